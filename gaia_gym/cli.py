@@ -10,7 +10,9 @@ import json
 import sys
 from pathlib import Path
 
+from gaia_gym.checkpoint import ModelFileError
 from gaia_gym.data.format import DatasetError
+from gaia_gym.train.loop import ResumeError
 
 
 class CLIError(Exception):
@@ -103,6 +105,80 @@ def cmd_bench_collect(a: argparse.Namespace) -> None:
         _merge_json(Path(a.json), {"collect_vs_raw_speed_ratio": r["collect_vs_raw_speed_ratio"],
                                    "collect_bench": r})
         print(f"wrote {a.json}")
+
+
+# ---------------------------------------------------------------------------------------------
+# train / eval
+# ---------------------------------------------------------------------------------------------
+def _train_config(a: argparse.Namespace, **defaults):
+    from gaia_gym.train.loop import TrainConfig
+
+    kw = dict(defaults)
+    for k in ("steps", "batch_size", "lr", "seed"):
+        if getattr(a, k, None) is not None:
+            kw[k] = getattr(a, k)
+    if a.minutes is not None:
+        kw["max_minutes"] = a.minutes
+    if a.preset == "tiny":
+        kw.update(steps=min(kw.get("steps", 20), 20) if a.steps is None else a.steps, batch_size=8,
+                  warmup_steps=2, log_every=5, image_every=10)
+    if a.no_bf16:
+        kw["bf16"] = False
+    return TrainConfig(**kw)
+
+
+def cmd_train_tokenizer(a: argparse.Namespace) -> None:
+    from gaia_gym.stages.tokenizer import train_tokenizer
+
+    tc = _train_config(a, steps=6000, batch_size=64, lr=1e-3, warmup_steps=200, channels_last=True,
+                       checkpoint_minutes=5, log_every=25, image_every=500)
+    r = train_tokenizer(Path(a.data), Path(a.out), preset=a.preset, train_cfg=tc, progress=not a.quiet)
+    print(f"{a.out}: tokenizer trained to step {r['step']} ({r['minutes']:.1f} min in total, stopped by "
+          f"{r.get('stopped', 'steps')}); last metrics: "
+          + ", ".join(f"{k}={v:.4g}" for k, v in (r.get("metrics") or {}).items() if k in ("psnr", "l1", "l2")))
+
+
+def cmd_eval_tokenizer(a: argparse.Namespace) -> None:
+    from gaia_gym.stages.tokenizer import evaluate_tokenizer, load_tokenizer, recon_grid
+
+    model = load_tokenizer(a.model)
+    r = evaluate_tokenizer(model, Path(a.data), split=a.split, max_frames=a.max_frames, bf16=not a.no_bf16,
+                           progress=not a.quiet)
+    r["model"] = str(a.model or "default (gaia_gym/assets/tokenizer)")
+    r["data"] = str(a.data)
+    print(f"tokenizer on {r['frames']} {a.split} frames of {a.data}:")
+    print(f"  PSNR {r['psnr_db']:.2f} dB (p10 {r['psnr_db_p10']:.2f}), SSIM {r['ssim']:.4f}")
+    print(f"  codes used {r['codes_used']}/{r['vocab_size']} ({100 * r['codebook_usage']:.1f}%), "
+          f"perplexity {r['code_perplexity']:.0f}")
+    print(f"  {r['tokens_per_frame']} tokens/frame, {r['bits_per_frame']:.0f} bits/frame, "
+          f"compression {r['compression_ratio']:.1f}x")
+    print(f"  encode {r['encode_frames_per_s']:.0f} frames/s, decode {r['decode_frames_per_s']:.0f} frames/s "
+          f"(batch 64, {r['device']}, {r['torch_threads']} threads, {r['precision']})")
+    if a.recon:
+        print(f"  reconstructions: {recon_grid(model, Path(a.data), Path(a.recon), split=a.split)}")
+    if a.json:
+        _merge_json(Path(a.json), r) if a.merge else _write_json(Path(a.json), r)
+        print(f"wrote {a.json}")
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    from gaia_gym.data.format import atomic_write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, obj)
+
+
+def _add_train_args(p: argparse.ArgumentParser, presets: list[str]) -> None:
+    p.add_argument("--data", required=True, help="dataset directory (its train split is used)")
+    p.add_argument("--out", required=True, help="run / model directory (rerun the same command to resume)")
+    p.add_argument("--preset", default="default", choices=presets, help="model preset (tiny: smoke test)")
+    p.add_argument("--steps", type=int, help="total optimizer steps")
+    p.add_argument("--minutes", type=float, help="total wall-clock budget in minutes (across resumes)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-bf16", action="store_true", help="train in fp32 (bf16 autocast is the default)")
+    p.add_argument("--quiet", action="store_true")
 
 
 def _merge_json(path: Path, update: dict) -> None:
@@ -203,6 +279,30 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--frame-skip", type=int, default=4)
     bc.add_argument("--json", help="merge the result into this JSON file (e.g. results/data.json)")
     bc.set_defaults(fn=cmd_bench_collect)
+    # train / eval
+    from gaia_gym.models.tokenizer import TOKENIZER_PRESETS
+
+    t = sub.add_parser("train", help="train a stage (TensorBoard logs in RUN/tb; rerun to resume)",
+                       description="Train a stage. Multi-process: torchrun --nproc_per_node N -m gaia_gym.cli train ...")
+    tsub = t.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    tt = tsub.add_parser("tokenizer", help="frames <-> tokens (GAIA-1 image tokenizer)")
+    _add_train_args(tt, list(TOKENIZER_PRESETS))
+    tt.set_defaults(fn=cmd_train_tokenizer)
+
+    e = sub.add_parser("eval", help="evaluate a stage on held-out data; --json writes the metrics")
+    esub = e.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    et = esub.add_parser("tokenizer", help="PSNR, SSIM, code usage, compression, encode/decode speed")
+    et.add_argument("--data", required=True, help="dataset directory")
+    et.add_argument("--model", help="tokenizer model directory (default: the shipped tokenizer)")
+    et.add_argument("--split", default="val", choices=["val", "train", "all"],
+                    help="val: held-out tracks; all: a directory nobody trained on (e.g. an imported drive)")
+    et.add_argument("--max-frames", type=int, help="evaluate at most this many frames")
+    et.add_argument("--json", help="write the metrics here")
+    et.add_argument("--merge", action="store_true", help="merge into an existing --json file")
+    et.add_argument("--recon", help="also write a PNG of real frames over their reconstructions")
+    et.add_argument("--no-bf16", action="store_true")
+    et.add_argument("--quiet", action="store_true")
+    et.set_defaults(fn=cmd_eval_tokenizer)
     return p
 
 
@@ -216,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (CLIError, DatasetError, ValueError, FileNotFoundError) as e:
+    except (CLIError, DatasetError, ValueError, FileNotFoundError, ModelFileError, ResumeError) as e:
         print(f"gaia-gym: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,313 @@
+"""The model file format: one place that reads and writes it.
+
+A model is a directory::
+
+    DIR/
+      model.safetensors      # weights only (safetensors: no pickle, nothing executes on load)
+      config.json            # what the weights are and how to rebuild the module around them
+
+``config.json`` holds::
+
+    {"format": "gaia_gym.model", "version": 1,
+     "kind": "tokenizer" | "world_model" | ...,      # which model family the weights belong to
+     "config": {...},                               # the model's config dataclass as JSON
+     "meta": {...},                                 # free-form: training step, metrics, data used...
+     "weights": {"file": "model.safetensors", "bytes": N, "sha256": "..."}}
+
+Both files are written atomically (temp file + rename), weights first and ``config.json`` last, and
+``config.json`` records the size and sha256 of the weights it describes: a truncated, corrupt or
+mismatched weights file (say, a save interrupted between the two renames) is detected on load instead
+of silently producing a broken model. Every problem raises `ModelFileError` with a one-line message
+naming the offending path.
+
+Tensors that share storage (tied weights) are stored once; the other names are recorded as aliases in
+the safetensors header and restored on load. Wrappers (DistributedDataParallel's ``module.``,
+``torch.compile``'s ``_orig_mod.``) are stripped, so a file never depends on how the model was trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from gaia_gym.data.format import atomic_write_bytes, atomic_write_json
+
+FORMAT_NAME = "gaia_gym.model"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+ALIASES_KEY = "gaia_gym.aliases"  # safetensors header metadata: JSON {alias name: stored name}
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class ModelFileError(Exception):
+    """A model file is missing, corrupt, foreign or does not fit the model; the message names the path."""
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare module inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def strip_wrapper_prefix(name: str) -> str:
+    """``module._orig_mod.enc.weight`` -> ``enc.weight``."""
+    changed = True
+    while changed:
+        changed = False
+        for p in WRAPPER_PREFIXES:
+            if name.startswith(p):
+                name, changed = name[len(p):], True
+    return name
+
+
+def config_to_dict(config: Any) -> dict:
+    """A config dataclass (or a dict) as plain JSON data (tuples become lists, as after a JSON round trip)."""
+    if is_dataclass(config) and not isinstance(config, type):
+        d = asdict(config)
+    elif isinstance(config, dict):
+        d = dict(config)
+    else:
+        raise TypeError(f"model config must be a dataclass instance or a dict, got {type(config).__name__}")
+    try:
+        return json.loads(json.dumps(d))
+    except TypeError as e:
+        raise TypeError(f"model config is not JSON-serialisable: {e}") from None
+
+
+def _state_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors to store, {alias: stored name}) from the model's state_dict, ready for safetensors.
+
+    Tensors that are the very same view of one storage (tied weights) are stored once; everything else
+    is made a contiguous CPU tensor that owns its storage (safetensors refuses shared or strided memory).
+    """
+    state = unwrap_model(model).state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for raw_name, t in state.items():
+        name = strip_wrapper_prefix(raw_name)
+        if not isinstance(t, torch.Tensor):
+            continue
+        t = t.detach()
+        if t.numel() > 0:
+            key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
+                   tuple(t.stride()), t.dtype)
+            if key in seen:
+                aliases[name] = seen[key]
+                continue
+            seen[key] = name
+        # clone: a tensor owning exactly its own bytes, in the standard (row-major) layout
+        tensors[name] = t.to("cpu", copy=True, memory_format=torch.contiguous_format)
+    return tensors, aliases
+
+
+def _header_metadata(data: bytes, path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's JSON header."""
+    try:
+        (n,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8:8 + n])
+        return dict(header.get("__metadata__") or {})
+    except (struct.error, ValueError, UnicodeDecodeError) as e:
+        raise ModelFileError(f"corrupt weights file {path}: unreadable header ({e})") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# paths and info
+# ----------------------------------------------------------------------------------------------
+def model_dir(path: str | Path) -> Path:
+    """The model directory for `path`: the directory itself, or the parent of config.json / model.safetensors."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"model path {path} does not exist")
+    if path.is_dir():
+        return path
+    if path.name in (WEIGHTS, CONFIG):
+        return path.parent
+    raise ModelFileError(f"{path} is not a gaia_gym model (expected a directory, {CONFIG} or {WEIGHTS})")
+
+
+def read_model_info(path: str | Path) -> dict:
+    """Validated contents of a model's config.json (`path`: the directory or either file)."""
+    directory = model_dir(path)
+    cfg_path = directory / CONFIG
+    if not cfg_path.exists():
+        raise ModelFileError(f"{directory} is not a gaia_gym model (no {CONFIG})")
+    try:
+        info = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelFileError(f"corrupt model config {cfg_path}: {e}") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
+        fmt = info.get("format") if isinstance(info, dict) else None
+        raise ModelFileError(f"{cfg_path} is not a gaia_gym model config (format={fmt!r})")
+    version = info.get("version")
+    if not isinstance(version, int):
+        raise ModelFileError(f"{cfg_path} has no valid format version (version={version!r})")
+    if version > FORMAT_VERSION:
+        raise ModelFileError(f"{cfg_path} has format version {version}, this gaia_gym reads <= {FORMAT_VERSION}")
+    for key, typ in (("kind", str), ("config", dict), ("meta", dict), ("weights", dict)):
+        if not isinstance(info.get(key), typ):
+            raise ModelFileError(f"{cfg_path} is incomplete: {key!r} missing or not a {typ.__name__}")
+    return info
+
+
+# ----------------------------------------------------------------------------------------------
+# save
+# ----------------------------------------------------------------------------------------------
+def save_model(directory: str | Path, model: nn.Module, kind: str, config: Any, meta: dict | None = None) -> dict:
+    """Atomically write `model`'s weights and its config/meta to DIR; returns the config.json contents.
+
+    `config` is the model's config dataclass (or a dict); `meta` any JSON-serialisable facts (training
+    step, metrics, data used...). Weights are written first and config.json last, so a config.json
+    always describes complete weights (its recorded size/sha256 catch the window between the renames).
+    """
+    import safetensors.torch as st
+
+    if not kind or not isinstance(kind, str):
+        raise ValueError(f"model kind must be a non-empty string, got {kind!r}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config_d = config_to_dict(config)
+    try:
+        meta_d = json.loads(json.dumps(meta or {}))
+    except TypeError as e:
+        raise TypeError(f"model meta is not JSON-serialisable: {e}") from None
+
+    tensors, aliases = _state_tensors(model)
+    data = st.save(tensors, metadata={ALIASES_KEY: json.dumps(aliases), "kind": kind})
+    del tensors
+    atomic_write_bytes(directory / WEIGHTS, lambda f: f.write(data))
+    info = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "kind": kind,
+        "config": config_d,
+        "meta": meta_d,
+        "weights": {"file": WEIGHTS, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()},
+    }
+    atomic_write_json(directory / CONFIG, info)
+    return info
+
+
+# ----------------------------------------------------------------------------------------------
+# load
+# ----------------------------------------------------------------------------------------------
+def read_weights(path: str | Path, info: dict | None = None) -> dict[str, torch.Tensor]:
+    """The checked state dict (CPU tensors, aliases restored) of a model directory or file."""
+    import safetensors
+    import safetensors.torch as st
+
+    directory = model_dir(path)
+    info = read_model_info(directory) if info is None else info
+    w_path = directory / WEIGHTS
+    if not w_path.exists():
+        raise ModelFileError(f"model {directory} has {CONFIG} but its weights {w_path} are missing")
+    data = w_path.read_bytes()
+    rec = info["weights"]
+    if "bytes" in rec and len(data) != rec["bytes"]:
+        raise ModelFileError(f"weights {w_path} are {len(data)} bytes, {CONFIG} recorded {rec['bytes']} "
+                             f"(truncated, or replaced by an interrupted save)")
+    if "sha256" in rec and hashlib.sha256(data).hexdigest() != rec["sha256"]:
+        raise ModelFileError(f"weights {w_path} do not match the sha256 recorded in {CONFIG} "
+                             f"(corrupt, or replaced by an interrupted save)")
+    try:
+        state = st.load(data)
+    except (safetensors.SafetensorError, ValueError, RuntimeError) as e:
+        raise ModelFileError(f"corrupt weights file {w_path}: {e}") from None
+    meta = _header_metadata(data, w_path)
+    del data
+    try:
+        aliases = json.loads(meta.get(ALIASES_KEY, "{}"))
+    except json.JSONDecodeError:
+        raise ModelFileError(f"corrupt weights file {w_path}: bad alias table in header") from None
+    state = {strip_wrapper_prefix(k): v for k, v in state.items()}
+    for alias, target in aliases.items():
+        if target not in state:
+            raise ModelFileError(f"corrupt weights file {w_path}: alias {alias} -> missing tensor {target}")
+        state[alias] = state[target]
+    return state
+
+
+def _fmt_keys(keys: list[str], limit: int = 6) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_weights_into(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Copy a model file's weights into an existing `model` (wrappers allowed), checking names and shapes."""
+    target = unwrap_model(model)
+    where = model_dir(path) / WEIGHTS
+    state = read_weights(path) if state is None else state
+    expected = target.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    problems = []
+    if missing:
+        problems.append(f"missing {_fmt_keys(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_fmt_keys(unexpected)}")
+    if shapes:
+        problems.append("shape mismatch " + _fmt_keys(
+            [f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}" for k in shapes], 4))
+    if problems:
+        raise ModelFileError(f"weights {where} do not fit the built model: {'; '.join(problems)}")
+    target.load_state_dict(state, strict=True)
+
+
+def load_model(
+    path: str | Path,
+    kind: str | None,
+    build: Callable[[dict], nn.Module],
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, dict, dict]:
+    """Rebuild a model from DIR (or either of its files): returns (model in eval mode on `device`, config, meta).
+
+    `kind` is the expected model kind (None accepts any); `build(config_dict)` constructs the module
+    from the stored config (turn the dict back into the config dataclass there). Nothing is unpickled.
+    """
+    directory = model_dir(path)
+    info = read_model_info(directory)
+    if kind is not None and info["kind"] != kind:
+        raise ModelFileError(f"{directory} is a {info['kind']} file, expected a {kind}")
+    state = read_weights(directory, info)
+    model = build(info["config"])
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"build() must return an nn.Module, got {type(model).__name__}")
+    load_weights_into(model, directory, state)
+    model.to(device)
+    model.eval()
+    return model, info["config"], info["meta"]
+
+
+__all__ = [
+    "CONFIG",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "ModelFileError",
+    "WEIGHTS",
+    "config_to_dict",
+    "load_model",
+    "load_weights_into",
+    "model_dir",
+    "read_model_info",
+    "read_weights",
+    "save_model",
+    "strip_wrapper_prefix",
+    "unwrap_model",
+]

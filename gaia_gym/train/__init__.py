@@ -1,0 +1,5 @@
+"""Training: one loop (`train`) for every gaia_gym model that has `compute_loss(batch)`."""
+
+from gaia_gym.train.loop import ResumeError, TrainConfig, data_seed, lr_at, train
+
+__all__ = ["ResumeError", "TrainConfig", "data_seed", "lr_at", "train"]
