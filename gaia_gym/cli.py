@@ -138,6 +138,19 @@ def cmd_train_tokenizer(a: argparse.Namespace) -> None:
           + ", ".join(f"{k}={v:.4g}" for k, v in (r.get("metrics") or {}).items() if k in ("psnr", "l1", "l2")))
 
 
+def cmd_train_world_model(a: argparse.Namespace) -> None:
+    from gaia_gym.stages.world_model import train_world_model
+
+    tc = _train_config(a, steps=4000, batch_size=16, lr=6e-4, warmup_steps=200, checkpoint_minutes=5,
+                       log_every=25, image_every=0)
+    overrides = {"decoding": a.decoding} if a.decoding else {}
+    r = train_world_model(Path(a.data), Path(a.tokenizer), Path(a.out), preset=a.preset, train_cfg=tc,
+                          progress=not a.quiet, **overrides)
+    m = r.get("metrics") or {}
+    print(f"{a.out}: world model trained to step {r['step']} ({r['minutes']:.1f} min in total); "
+          + ", ".join(f"{k}={m[k]:.4g}" for k in ("ce", "token_acc", "reward_mae") if k in m))
+
+
 def cmd_eval_tokenizer(a: argparse.Namespace) -> None:
     from gaia_gym.stages.tokenizer import evaluate_tokenizer, load_tokenizer, recon_grid
 
@@ -288,6 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
     tt = tsub.add_parser("tokenizer", help="frames <-> tokens (GAIA-1 image tokenizer)")
     _add_train_args(tt, list(TOKENIZER_PRESETS))
     tt.set_defaults(fn=cmd_train_tokenizer)
+
+    from gaia_gym.models.world_model import WORLD_MODEL_PRESETS
+
+    tw = tsub.add_parser("world-model", help="transformer over image + action tokens (GAIA-1 world model)")
+    _add_train_args(tw, list(WORLD_MODEL_PRESETS))
+    tw.add_argument("--tokenizer", required=True, help="trained tokenizer model directory")
+    tw.add_argument("--decoding", choices=["parallel", "autoregressive"],
+                    help="next-frame decoding scheme (default: parallel, one pass per frame)")
+    tw.set_defaults(fn=cmd_train_world_model)
 
     e = sub.add_parser("eval", help="evaluate a stage on held-out data; --json writes the metrics")
     esub = e.add_subparsers(dest="stage", metavar="STAGE", required=True)

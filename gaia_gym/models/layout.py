@@ -1,0 +1,103 @@
+"""The token layout and the action codec: the one place for each.
+
+## Token layout (per time step)
+
+The world model reads a clip as a sequence of *blocks*, one per time step (GAIA-1's order)::
+
+    block t = [ meta tokens (reserved, 0 today) | image tokens of frame t (P) | action tokens a_t (2) ]
+
+a_t is the action the agent chose after observing frame t; it conditions frame t+1. Image tokens may be
+*patched*: with patch 2 the 8x8 token grid becomes P = 16 super-tokens of 2x2 tokens each, so the
+transformer's cost per frame is that of a 4x4 tokenizer while the image keeps 64 codes.
+
+Two decoding schemes share this layout (`WorldModelConfig.decoding`):
+
+- ``parallel``: attention is bidirectional within a block and causal across blocks; the output at image
+  position p of block t predicts the tokens at p in frame t+1. One forward pass per imagined frame.
+- ``autoregressive``: attention is causal over the flattened sequence (IRIS, GAIA-1); each position
+  predicts the next image position; one pass per image position.
+
+In both, the output at the *last action token* of block t has seen frame t and a_t (and the past): it
+is the model's memory after the step (World Models' h_{t+1}). The reward and termination heads read it
+(r_t and the end flag of the transition t -> t+1), and it is the hidden feature an agent observes with
+frame t+1.
+
+## Action codec
+
+The model's action input is two numbers in [-1, 1]: [steering, speed]. Physical meaning (stored with
+each model, see `ActionCodec`):
+
+- steering: the simulator's steer command, -1 = full left, +1 = full right (CarRacing: the front wheels
+  reach their 0.4 rad joint limit at |steer| >= 0.4);
+- speed: the target speed the low-level controller tracks over the step, mapped linearly from
+  [0, max_speed_mps] to [-1, 1] (so -1 = stop, +1 = max_speed_mps).
+
+Inside the network each number is linearly embedded into its own token (GAIA-2 symlogs speed and
+curvature first because real speeds span orders of magnitude; ours are already normalised).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where each kind of token sits inside a time step's block."""
+
+    image_tokens: int = 16  # image positions per block (the tokenizer's h*w / patch^2)
+    image_vocab: int = 1000  # the tokenizer's vocabulary
+    action_tokens: int = 2  # steering, speed
+    meta_tokens: int = 0  # reserved for text / scene metadata tokens
+
+    @property
+    def block(self) -> int:
+        """Tokens per time step."""
+        return self.meta_tokens + self.action_tokens + self.image_tokens
+
+    @property
+    def meta_slice(self) -> slice:
+        return slice(0, self.meta_tokens)
+
+    @property
+    def image_slice(self) -> slice:
+        return slice(self.meta_tokens, self.meta_tokens + self.image_tokens)
+
+    @property
+    def action_slice(self) -> slice:
+        return slice(self.meta_tokens + self.image_tokens, self.block)
+
+    @property
+    def memory_index(self) -> int:
+        """Position (within a block) whose output is the step's memory: the last action token."""
+        return self.block - 1
+
+    def block_ids(self, n_blocks: int) -> torch.Tensor:
+        """(n_blocks * block,) block index of every position."""
+        return torch.arange(n_blocks).repeat_interleave(self.block)
+
+    def kind_ids(self) -> torch.Tensor:
+        """(block,) 0 = meta, 1 = image, 2 = action, for a type embedding."""
+        return torch.tensor([0] * self.meta_tokens + [1] * self.image_tokens + [2] * self.action_tokens)
+
+
+@dataclass(frozen=True)
+class ActionCodec:
+    """[steering, speed] between physical units and the model's [-1, 1] inputs."""
+
+    max_speed_mps: float = 100.0  # speed action +1 (CarRacing's hull tops out near 100 m/s)
+    steering_unit: str = "CarRacing-v3 steer command (-1 full left .. +1 full right)"
+
+    def encode(self, steering: np.ndarray | float, speed_mps: np.ndarray | float) -> np.ndarray:
+        """Physical -> model inputs, (..., 2) float32 in [-1, 1] (clipped)."""
+        s = np.clip(np.asarray(steering, dtype=np.float32), -1, 1)
+        v = np.clip(np.asarray(speed_mps, dtype=np.float32) / self.max_speed_mps * 2 - 1, -1, 1)
+        return np.stack([s, v], axis=-1).astype(np.float32)
+
+    def decode(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Model inputs (..., 2) in [-1, 1] -> (steering, target speed m/s)."""
+        a = np.clip(np.asarray(action, dtype=np.float32), -1, 1)
+        return a[..., 0], (a[..., 1] + 1) / 2 * self.max_speed_mps

@@ -1,0 +1,414 @@
+"""The world model: a transformer over image and action tokens that predicts the next frame's tokens,
+the reward and the end of the episode (GAIA-1's dynamics model with IRIS's reward/termination heads).
+
+Token layout and action codec: `gaia_gym.models.layout`. Shapes use B batch, T blocks (time steps),
+P image positions per block (after patching), S = patch^2 tokens per position, V vocabulary, d width.
+
+Two decoding schemes (config ``decoding``) share weights' shapes and the KV cache:
+``parallel`` predicts all of frame t+1's tokens in one pass from block t; ``autoregressive`` predicts
+them one position at a time. Temporal positions are rotary (RoPE over the block index), so cached keys
+stay valid when the context window slides: long rollouts keep a bounded cost.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from gaia_gym.models.layout import TokenLayout
+
+
+@dataclass(frozen=True)
+class WorldModelConfig:
+    """Architecture, layout and loss settings (stored in every world-model file)."""
+
+    grid: int = 8  # the tokenizer's token grid side
+    vocab: int = 1000  # the tokenizer's vocabulary
+    patch: int = 2  # token patch side: (grid/patch)^2 positions per frame, patch^2 tokens each
+    action_dim: int = 2  # [steering, speed] in [-1, 1] (see ActionCodec)
+    context: int = 16  # frames in the attention window (training clips and rollouts)
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    decoding: str = "parallel"  # "parallel" (one pass per frame) or "autoregressive" (one per position)
+    action_dropout: float = 0.2  # training: a_t replaced by the learned null action (enables CFG)
+    reward_bins: int = 41  # two-hot bins over symlog(reward) in [-reward_range, reward_range]
+    reward_range: float = 5.0  # symlog units: covers |r| <= e^5 - 1 = 147
+    reward_weight: float = 1.0
+    end_weight: float = 1.0
+
+    @property
+    def layout(self) -> TokenLayout:
+        return TokenLayout(image_tokens=(self.grid // self.patch) ** 2, image_vocab=self.vocab,
+                           action_tokens=self.action_dim)
+
+
+WORLD_MODEL_PRESETS = {
+    "tiny": dict(grid=4, vocab=16, patch=2, context=4, d_model=32, n_layers=2, n_heads=2, reward_bins=9),
+    "default": {},
+}
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def symexp(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.expm1(x.abs())
+
+
+def two_hot(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """x (...,) -> (..., K) weights on the two bins around x (DreamerV3)."""
+    x = x.clamp(bins[0], bins[-1])
+    idx = torch.searchsorted(bins, x.contiguous()).clamp(1, len(bins) - 1)
+    lo, hi = bins[idx - 1], bins[idx]
+    w_hi = (x - lo) / (hi - lo)
+    out = torch.zeros(*x.shape, len(bins), device=x.device)
+    out.scatter_(-1, (idx - 1).unsqueeze(-1), (1 - w_hi).unsqueeze(-1))
+    out.scatter_add_(-1, idx.unsqueeze(-1), w_hi.unsqueeze(-1))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# transformer pieces
+# ----------------------------------------------------------------------------------------------
+def rope(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x (B, H, N, hd) at temporal positions pos (N,)."""
+    hd = x.shape[-1]
+    freqs = 1.0 / (1000.0 ** (torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd))
+    ang = pos.float()[:, None] * freqs[None]  # (N, hd/2)
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+@dataclass
+class KVCache:
+    """Keys/values of the blocks seen so far, per layer: (B, H, N, hd); `pos` (N,) block indices."""
+
+    k: list[torch.Tensor] = field(default_factory=list)
+    v: list[torch.Tensor] = field(default_factory=list)
+    pos: torch.Tensor | None = None
+    kind: torch.Tensor | None = None  # (N,) position-in-block of every cached token (for masks)
+
+    @property
+    def length(self) -> int:
+        return 0 if self.pos is None else len(self.pos)
+
+    def trim(self, keep_from_block: int) -> None:
+        """Drop cached tokens of blocks < keep_from_block (the sliding window)."""
+        if self.pos is None:
+            return
+        keep = self.pos >= keep_from_block
+        if bool(keep.all()):
+            return
+        i = int((~keep).sum())  # blocks are appended in order: the dropped tokens are a prefix
+        self.k = [k[:, :, i:] for k in self.k]
+        self.v = [v[:, :, i:] for v in self.v]
+        self.pos, self.kind = self.pos[i:], self.kind[i:]
+
+    def select(self, index: torch.Tensor) -> "KVCache":
+        """A cache of the batch rows `index` (for branching / CFG)."""
+        return KVCache([k[index] for k in self.k], [v[index] for v in self.v], self.pos, self.kind)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: WorldModelConfig) -> None:
+        super().__init__()
+        self.h = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.drop = cfg.dropout
+
+    def forward(self, x, pos, mask, past_k=None, past_v=None):
+        q, k, v = rearrange(self.qkv(x), "b n (three h e) -> three b h n e", three=3, h=self.h)
+        q, k = rope(q, pos), rope(k, pos)
+        if past_k is not None:
+            k = torch.cat([past_k.to(k.dtype), k], dim=2)
+            v = torch.cat([past_v.to(v.dtype), v], dim=2)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.drop if self.training else 0.0)
+        return self.proj(rearrange(y, "b h n e -> b n (h e)")), k, v
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: WorldModelConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = Attention(cfg)
+        self.mlp = nn.Sequential(nn.Linear(d, cfg.mlp_ratio * d), nn.GELU(), nn.Linear(cfg.mlp_ratio * d, d))
+
+    def forward(self, x, pos, mask, past_k=None, past_v=None):
+        a, k, v = self.attn(self.ln1(x), pos, mask, past_k, past_v)
+        x = x + a
+        return x + self.mlp(self.ln2(x)), k, v
+
+
+@dataclass
+class WorldModelOutput:
+    """Outputs for the blocks that were run."""
+
+    image_logits: torch.Tensor  # (B, T, P, S, V): parallel: frame t+1's tokens; AR: see `predict_next`
+    memory: torch.Tensor  # (B, T, d): hidden state after block t (frame t and a_t seen)
+    reward: torch.Tensor  # (B, T) expected reward of the step t -> t+1
+    end_logit: torch.Tensor  # (B, T) logit of "the episode ends after step t"
+    hidden: torch.Tensor  # (B, T, block, d) final-layer outputs
+
+
+class WorldModel(nn.Module):
+    """Action-conditioned next-frame token predictor with reward and termination heads."""
+
+    def __init__(self, cfg: WorldModelConfig) -> None:
+        super().__init__()
+        if cfg.decoding not in ("parallel", "autoregressive"):
+            raise ValueError(f"decoding must be 'parallel' or 'autoregressive', got {cfg.decoding!r}")
+        if cfg.grid % cfg.patch:
+            raise ValueError(f"patch {cfg.patch} does not divide the token grid {cfg.grid}")
+        self.cfg = cfg
+        self.layout = L = cfg.layout
+        d, S = cfg.d_model, cfg.patch**2
+        self.S = S
+        self.tok_emb = nn.Embedding(S * cfg.vocab, d)  # one table per sub-position of a patch
+        self.pos_emb = nn.Parameter(torch.zeros(L.block, d))  # position inside the block
+        self.act_w = nn.Parameter(torch.randn(cfg.action_dim, d) * 0.02)
+        self.act_b = nn.Parameter(torch.zeros(cfg.action_dim, d))
+        self.null_action = nn.Parameter(torch.zeros(cfg.action_dim, d))
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, S * cfg.vocab)
+        self.reward_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, cfg.reward_bins))
+        self.end_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
+        self.register_buffer("bins", torch.linspace(-cfg.reward_range, cfg.reward_range, cfg.reward_bins),
+                             persistent=False)
+        self.apply(self._init)
+        nn.init.normal_(self.pos_emb, std=0.02)
+        nn.init.zeros_(self.reward_head[-1].weight)  # start by predicting reward 0
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    # ---- token <-> position plumbing -------------------------------------------------------
+    def patchify(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, g, g) token grid -> (B, T, P, S)."""
+        p = self.cfg.patch
+        return rearrange(tokens, "b t (h p1) (w p2) -> b t (h w) (p1 p2)", p1=p, p2=p)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, P, S) -> (B, T, g, g)."""
+        p, g = self.cfg.patch, self.cfg.grid
+        return rearrange(x, "b t (h w) (p1 p2) -> b t (h p1) (w p2)", h=g // p, p1=p, p2=p)
+
+    def embed_image(self, patched: torch.Tensor) -> torch.Tensor:
+        """(B, T, P, S) tokens -> (B, T, P, d): the sum of the patch's sub-token embeddings."""
+        offset = torch.arange(self.S, device=patched.device) * self.cfg.vocab
+        return self.tok_emb(patched + offset).sum(-2)
+
+    def embed_action(self, actions: torch.Tensor, null: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, A) in [-1, 1] -> (B, T, A, d); rows with null=True get the learned null action."""
+        e = actions.unsqueeze(-1) * self.act_w + self.act_b
+        if null is not None:
+            e = torch.where(null[..., None, None], self.null_action.expand_as(e), e)
+        return e
+
+    def _mask(self, q_block: torch.Tensor, q_slot: torch.Tensor, k_block: torch.Tensor,
+              k_slot: torch.Tensor) -> torch.Tensor:
+        """Boolean (Nq, Nk) attention mask from each token's block index and slot inside the block."""
+        earlier = k_block[None, :] < q_block[:, None]
+        same = k_block[None, :] == q_block[:, None]
+        if self.cfg.decoding == "parallel":
+            return earlier | same
+        return earlier | (same & (k_slot[None, :] <= q_slot[:, None]))
+
+    # ---- forward -----------------------------------------------------------------------------
+    def forward(self, tokens: torch.Tensor, actions: torch.Tensor, null_action: torch.Tensor | None = None,
+                cache: KVCache | None = None, start_block: int = 0) -> WorldModelOutput:
+        """Run T whole blocks: tokens (B, T, g, g) int64, actions (B, T, A).
+
+        With `cache`, the blocks continue the cached sequence (block indices from `start_block`) and their
+        keys/values are appended to it.
+        """
+        B, T = tokens.shape[:2]
+        L = self.layout
+        img = self.embed_image(self.patchify(tokens))  # (B, T, P, d)
+        act = self.embed_action(actions, null_action)  # (B, T, A, d)
+        x = torch.cat([img, act], dim=2) + self.pos_emb  # (B, T, block, d)
+        x = rearrange(x, "b t n d -> b (t n) d")
+        dev = x.device
+        blocks = torch.arange(start_block, start_block + T, device=dev).repeat_interleave(L.block)
+        slots = torch.arange(L.block, device=dev).repeat(T)
+        hid = self._run(x, blocks, slots, cache)
+        return self._heads(rearrange(hid, "b (t n) d -> b t n d", n=L.block))
+
+    def _run(self, x, blocks, slots, cache: KVCache | None):
+        if cache is not None and cache.length:
+            k_blocks, k_slots = torch.cat([cache.pos, blocks]), torch.cat([cache.kind, slots])
+        else:
+            k_blocks, k_slots = blocks, slots
+        mask = self._mask(blocks, slots, k_blocks, k_slots)
+        new_k, new_v = [], []
+        for i, blk in enumerate(self.blocks):
+            pk = cache.k[i] if cache is not None and cache.length else None
+            pv = cache.v[i] if cache is not None and cache.length else None
+            x, k, v = blk(x, blocks, mask, pk, pv)
+            new_k.append(k)
+            new_v.append(v)
+        if cache is not None:
+            cache.k, cache.v = new_k, new_v
+            cache.pos, cache.kind = k_blocks, k_slots
+        return self.ln_f(x)
+
+    def _heads(self, h: torch.Tensor) -> WorldModelOutput:
+        L = self.layout
+        h_img = h[:, :, L.image_slice]
+        mem = h[:, :, L.memory_index]
+        logits = rearrange(self.head(h_img), "b t p (s v) -> b t p s v", s=self.S)
+        r_logits = self.reward_head(mem).float()
+        reward = symexp((r_logits.softmax(-1) * self.bins).sum(-1))
+        return WorldModelOutput(logits, mem, reward, self.end_head(mem).squeeze(-1).float(), h)
+
+    def reward_logits(self, memory: torch.Tensor) -> torch.Tensor:
+        return self.reward_head(memory).float()
+
+    # ---- training ----------------------------------------------------------------------------
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """batch: tokens (B, T, g, g), actions (B, T, A), reward (B, T), terminated (B, T)."""
+        tokens, actions = batch["tokens"], batch["actions"]
+        B, T = tokens.shape[:2]
+        null = torch.rand(B, T, device=tokens.device) < self.cfg.action_dropout if self.training else None
+        out = self.forward(tokens, actions, null)
+        logits, target = self.next_frame_logits(out), self.patchify(tokens[:, 1:])  # (B,T-1,P,S,V), (B,T-1,P,S)
+        ce = F.cross_entropy(logits.float().flatten(0, -2), target.flatten())
+        acc = (logits.argmax(-1) == target).float().mean()
+        r_target = two_hot(symlog(batch["reward"].float()), self.bins)
+        r_loss = -(r_target * self.reward_logits(out.memory).log_softmax(-1)).sum(-1).mean()
+        end = batch["terminated"].float()
+        e_loss = F.binary_cross_entropy_with_logits(out.end_logit, end)
+        loss = ce + self.cfg.reward_weight * r_loss + self.cfg.end_weight * e_loss
+        return loss, {"ce": ce.item(), "token_acc": acc.item(), "reward_loss": r_loss.item(),
+                      "end_loss": e_loss.item(),
+                      "reward_mae": (out.reward - batch["reward"].float()).abs().mean().item()}
+
+    def next_frame_logits(self, out: WorldModelOutput) -> torch.Tensor:
+        """Teacher-forced logits for frames 1..T-1 from a forward over blocks 0..T-1: (B, T-1, P, S, V)."""
+        if self.cfg.decoding == "parallel":
+            return out.image_logits[:, :-1]
+        # autoregressive: position p of frame t+1 is predicted by the token before it in the sequence:
+        # the memory (last action token) of block t for p = 0, else image position p-1 of block t+1
+        L = self.layout
+        src = torch.cat([out.hidden[:, :-1, L.memory_index : L.memory_index + 1],
+                         out.hidden[:, 1:, L.image_slice][:, :, :-1]], dim=2)  # (B, T-1, P, d)
+        return rearrange(self.head(src), "b t p (s v) -> b t p s v", s=self.S)
+
+    # ---- generation --------------------------------------------------------------------------
+    @property
+    def window(self) -> int:
+        """Blocks attended when predicting a frame (training clips have `context` frames: the last
+        prediction in a clip sees context - 1 blocks)."""
+        return self.cfg.context - 1
+
+    def _block_embedding(self, tokens: torch.Tensor, actions: torch.Tensor, null: torch.Tensor | None = None):
+        """One block per row: tokens (B, g, g), actions (B, A) -> (B, block, d)."""
+        img = self.embed_image(self.patchify(tokens[:, None]))[:, 0]
+        act = self.embed_action(actions[:, None], None if null is None else null[:, None])[:, 0]
+        return torch.cat([img, act], dim=1) + self.pos_emb
+
+    def _feed(self, cache: KVCache, x: torch.Tensor, block: int, slots: torch.Tensor) -> torch.Tensor:
+        blocks = torch.full_like(slots, block)
+        return self._run(x, blocks, slots, cache)
+
+    @torch.no_grad()
+    def prefill(self, cache: KVCache, tokens: torch.Tensor, actions: torch.Tensor) -> None:
+        """Feed real context blocks 0..T-2 (of tokens (B, T, g, g), actions (B, T, A)) into an empty
+        cache, keeping the window; the last frame is fed by the first `step`, with its action."""
+        T = tokens.shape[1]
+        if T > 1:
+            self.forward(tokens[:, : T - 1], actions[:, : T - 1], cache=cache, start_block=0)
+            cache.trim(T - 1 - self.window + 1)
+
+    @torch.no_grad()
+    def step(self, cache: KVCache, block: int, tokens: torch.Tensor, actions: torch.Tensor, sample,
+             guidance: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One imagined step from frame `block`: append (tokens (B, g, g), actions (B, A)) to `cache` and
+        generate frame block+1. `sample(logits (..., V)) -> ids`. Returns (next tokens (B, g, g),
+        memory (B, d), reward (B,), end logit (B,)). `guidance` > 1: classifier-free guidance on the
+        action (parallel decoding only)."""
+        L = self.layout
+        dev = tokens.device
+        if self.cfg.decoding == "parallel":
+            slots = torch.arange(L.block, device=dev)
+            if guidance != 1.0:
+                tmp = KVCache(list(cache.k), list(cache.v), cache.pos, cache.kind)  # _run never mutates tensors
+                null = torch.ones(len(tokens), dtype=torch.bool, device=dev)
+                hu = self._feed(tmp, self._block_embedding(tokens, actions, null), block, slots)
+            h = self._feed(cache, self._block_embedding(tokens, actions), block, slots)
+            logits = rearrange(self.head(h[:, L.image_slice]), "b p (s v) -> b p s v", s=self.S).float()
+            if guidance != 1.0:
+                lu = rearrange(self.head(hu[:, L.image_slice]), "b p (s v) -> b p s v", s=self.S).float()
+                logits = lu + guidance * (logits - lu)
+            nxt = sample(logits)  # (B, P, S)
+            mem = h[:, L.memory_index]
+        else:
+            if guidance != 1.0:
+                raise ValueError("classifier-free guidance is implemented for parallel decoding only")
+            nxt, mem = self._step_autoregressive(cache, block, tokens, actions, sample)
+        cache.trim(block + 1 - self.window + 1)
+        reward = symexp((self.reward_logits(mem).softmax(-1) * self.bins).sum(-1))
+        end = self.end_head(mem).squeeze(-1).float()
+        return self.unpatchify(nxt[:, None])[:, 0], mem, reward, end
+
+    def _step_autoregressive(self, cache, block, tokens, actions, sample):
+        """Token-by-token with the KV cache: feed what of block `block` is not cached yet (its image
+        tokens, then the action), then generate frame block+1 one image position at a time, feeding each
+        sampled position back (its last position is fed by the next step)."""
+        L = self.layout
+        dev = tokens.device
+        have = 0 if cache.pos is None else int((cache.pos == block).sum())
+        x = self._block_embedding(tokens, actions)
+        h = self._feed(cache, x[:, have:], block, torch.arange(have, L.block, device=dev))
+        mem = src = h[:, -1]
+        out: list[torch.Tensor] = []
+        for p in range(L.image_tokens):
+            ids = sample(rearrange(self.head(src), "b (s v) -> b s v", s=self.S).float())  # (B, S)
+            out.append(ids)
+            if p < L.image_tokens - 1:  # feed position p of frame block+1
+                offset = torch.arange(self.S, device=dev) * self.cfg.vocab
+                xe = self.tok_emb(ids + offset).sum(-2) + self.pos_emb[L.image_slice][p]
+                src = self._feed(cache, xe[:, None], block + 1, torch.tensor([L.image_slice.start + p], device=dev))[:, 0]
+        return torch.stack(out, dim=1), mem
+
+
+def make_sampler(temperature: float = 1.0, top_k: int = 0, generator: torch.Generator | None = None):
+    """logits (..., V) -> ids (...): argmax at temperature 0, else softmax sampling (optionally top-k)."""
+
+    def sample(logits: torch.Tensor) -> torch.Tensor:
+        if temperature <= 0:
+            return logits.argmax(-1)
+        lg = logits / temperature
+        if top_k and top_k < lg.shape[-1]:
+            kth = lg.topk(top_k, dim=-1).values[..., -1:]
+            lg = lg.masked_fill(lg < kth, float("-inf"))
+        probs = lg.softmax(-1).flatten(0, -2)
+        ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return ids.view(logits.shape[:-1])
+
+    return sample
+
+
+def build_world_model(config: dict | WorldModelConfig) -> WorldModel:
+    """World model from a config dataclass or its stored dict."""
+    if isinstance(config, dict):
+        config = WorldModelConfig(**config)
+    return WorldModel(config)

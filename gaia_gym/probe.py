@@ -1,0 +1,334 @@
+"""An inverse-dynamics probe trained on real frames only: which way did the car turn, did it speed up?
+
+The world model's action adherence is measured by decoding imagined frames and asking a model that never
+saw the world model what happened between two of them. `Probe` is a small CNN over a pair of frames
+(frame t, frame t+k), stacked into 6 channels, with two binary heads:
+
+- **steering**: the mean steering command over the k steps t..t+k-1 is < -``steer_threshold`` (left,
+  label 0) or > +``steer_threshold`` (right, label 1); pairs in between are ignored in training and
+  evaluation;
+- **speed**: the measured speed at t+k is higher than at t by more than ``speed_threshold_mps`` (faster,
+  label 1) or lower by more than that (slower, label 0); pairs in between are ignored.
+
+A single pair shows the average velocity over the interval, not its change; speed changes are still
+readable through cues such as the car's displacement and skid marks, but less directly than steering.
+``ProbeConfig(frames=4)`` adds frames t+1 and t+k-1, so the velocity at both ends of the interval is
+visible (12 channels; `predict` then needs those frames too).
+
+Training pairs come from the train split (``ClipDataset`` clips of k+1 frames, k in ``ks``), validation
+pairs from the val split (held-out tracks). With ``flip_augment`` a pair is mirrored left-right at random,
+and its steering label swapped (CarRacing's view is centred on the car, so a mirrored drive is a valid
+drive turning the other way): both steering classes get the same number of examples.
+
+Train with `train_probe` (the shared training loop; the model file's kind is ``"probe"``), load with
+`load_probe`, read imagined frames with `Probe.predict`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import IterableDataset, get_worker_info
+
+from gaia_gym.checkpoint import load_model, read_model_info, save_model
+from gaia_gym.data.loader import ClipDataset, EpisodeIndex
+
+KIND = "probe"
+PROBE_FIELDS = ("frames", "steering", "speed_mps")
+IGNORE = -1.0  # label of a head that does not apply to a pair
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Architecture and labelling of the probe (stored in every probe model file)."""
+
+    frame_size: int = 64
+    frames: int = 2  # 2: (t, t+k); 4: (t, t+1, t+k-1, t+k) - velocity visible at both ends
+    channels: tuple[int, ...] = (16, 32, 64, 64)  # one stride-2 conv each: 64 -> 4x4
+    hidden: int = 128
+    ks: tuple[int, ...] = (4, 8)  # frame gaps trained on
+    steer_threshold: float = 0.3  # |mean steering| above this is a turn
+    speed_threshold_mps: float = 3.0  # |speed change| above this is a speed-up / slow-down
+    flip_augment: bool = True  # mirror pairs at random (training only), swapping left/right
+
+    def __post_init__(self):
+        if self.frames not in (2, 4):
+            raise ValueError(f"ProbeConfig.frames must be 2 or 4, got {self.frames}")
+        if not self.ks or min(self.ks) < (2 if self.frames == 4 else 1):
+            raise ValueError(f"ProbeConfig.ks must be non-empty gaps >= {2 if self.frames == 4 else 1}, got {self.ks}")
+
+    def offsets(self, k: int) -> list[int]:
+        """Frame indices (within a clip of k+1 frames) the probe reads for gap k."""
+        return [0, k] if self.frames == 2 else [0, 1, k - 1, k]
+
+
+def pair_labels(steering: np.ndarray, speed_mps: np.ndarray, k: int, cfg: ProbeConfig) -> tuple[float, float]:
+    """(steer label, faster label) of the pair (0, k) of a clip: 1 / 0 / IGNORE."""
+    s = float(np.mean(steering[:k]))
+    dv = float(speed_mps[k] - speed_mps[0])
+    steer = 1.0 if s > cfg.steer_threshold else 0.0 if s < -cfg.steer_threshold else IGNORE
+    faster = 1.0 if dv > cfg.speed_threshold_mps else 0.0 if dv < -cfg.speed_threshold_mps else IGNORE
+    return steer, faster
+
+
+class ProbePairs(IterableDataset):
+    """Labelled frame pairs of one split: dicts with ``frames`` uint8 (n, H, W, 3), ``steer``, ``faster``
+    (float: 1, 0 or IGNORE) and ``k``. Pairs with neither label are skipped.
+
+    ``shuffle=True``: endless, the clip streams of the gaps interleaved at random (training).
+    ``shuffle=False``: every non-overlapping clip of each gap once, the gaps interleaved (evaluation).
+    """
+
+    def __init__(self, data: str | Path, split: str, cfg: ProbeConfig, seed: int = 0, shuffle: bool = True,
+                 augment: bool = False, buffer_episodes: int = 8, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__()
+        self.data, self.split, self.cfg = Path(data), split, cfg
+        self.seed, self.shuffle, self.augment = int(seed), bool(shuffle), bool(augment)
+        self.buffer_episodes, self.rank, self.world_size = buffer_episodes, rank, world_size
+        self.streams = {k: ClipDataset(self.data, split=split, clip_len=k + 1, fields=PROBE_FIELDS,
+                                       buffer_episodes=buffer_episodes, seed=self.seed * 101 + k, shuffle=shuffle,
+                                       rank=rank, world_size=world_size) for k in cfg.ks}
+
+    def _sample(self, clip: dict, k: int, rng: np.random.Generator) -> dict | None:
+        steer, faster = pair_labels(clip["steering"].numpy(), clip["speed_mps"].numpy(), k, self.cfg)
+        if steer == IGNORE and faster == IGNORE:
+            return None
+        frames = clip["frames"][self.cfg.offsets(k)]  # (n, H, W, 3)
+        if self.augment and self.cfg.flip_augment and rng.random() < 0.5:
+            frames = frames.flip(2)
+            if steer != IGNORE:
+                steer = 1.0 - steer
+        return {"frames": frames.contiguous(), "steer": torch.tensor(steer), "faster": torch.tensor(faster),
+                "k": torch.tensor(k)}
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        rng = np.random.default_rng([self.seed, 0 if info is None else info.id, 0xB0BE])
+        if not self.shuffle:  # the gaps' ordered streams, round-robin (a prefix covers every gap)
+            streams = [zip(itertools.repeat(k), ds) for k, ds in self.streams.items()]
+            for group in itertools.zip_longest(*streams):
+                for item in group:
+                    if item is not None:
+                        s = self._sample(item[1], item[0], rng)
+                        if s is not None:
+                            yield s
+            return
+        its = {k: iter(ds) for k, ds in self.streams.items()}
+        ks = list(its)
+        while ks:
+            k = ks[int(rng.integers(len(ks)))]
+            clip = next(its[k], None)
+            if clip is None:  # this worker has no episodes of that length
+                ks.remove(k)
+                continue
+            s = self._sample(clip, k, rng)
+            if s is not None:
+                yield s
+
+
+class Probe(nn.Module):
+    """Frames (B, n, H, W, 3) uint8 -> logits (B, 2): [steer right, faster]."""
+
+    def __init__(self, cfg: ProbeConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        layers: list[nn.Module] = []
+        prev = 3 * cfg.frames
+        for i, c in enumerate(cfg.channels):
+            layers += [nn.Conv2d(prev, c, 4 if i == 0 else 3, stride=2, padding=1), nn.GroupNorm(min(8, c // 4) or 1, c),
+                       nn.SiLU()]
+            prev = c
+        self.conv = nn.Sequential(*layers)
+        side = cfg.frame_size // 2 ** len(cfg.channels)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(prev * side * side, cfg.hidden), nn.SiLU(),
+                                  nn.Linear(cfg.hidden, 2))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        B, n, H, W, C = frames.shape
+        if n != self.cfg.frames or H != self.cfg.frame_size or W != self.cfg.frame_size:
+            raise ValueError(f"probe expects (B, {self.cfg.frames}, {self.cfg.frame_size}, {self.cfg.frame_size}, 3) "
+                             f"frames, got {tuple(frames.shape)}")
+        x = frames.permute(0, 1, 4, 2, 3).reshape(B, n * C, H, W).float().div(127.5).sub(1.0)
+        return self.head(self.conv(x)).float()
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = self(batch["frames"])
+        losses, metrics = [], {}
+        for j, name in enumerate(("steer", "faster")):
+            y = batch[name].float()
+            valid = y != IGNORE
+            n = valid.sum()
+            lj = F.binary_cross_entropy_with_logits(logits[:, j], y.clamp(min=0), reduction="none")
+            losses.append((lj * valid).sum() / n.clamp(min=1))
+            if int(n):
+                metrics[f"{name}_acc"] = float(((logits[:, j] > 0).float() == y)[valid].float().mean())
+        return losses[0] + losses[1], metrics
+
+    @torch.no_grad()
+    def predict(self, frames_a, frames_b, frames_a_next=None, frames_b_prev=None) -> dict[str, torch.Tensor]:
+        """P(turned right) and P(got faster) between uint8 frames (B, H, W, 3) a (time t) and b (t+k).
+
+        With ``cfg.frames == 4`` also pass the frames at t+1 (``frames_a_next``) and t+k-1 (``frames_b_prev``).
+        Returns CPU float tensors (B,): ``steer_right_prob``, ``faster_prob``.
+        """
+        dev = next(self.parameters()).device
+        seq = [frames_a, frames_b] if self.cfg.frames == 2 else [frames_a, frames_a_next, frames_b_prev, frames_b]
+        if any(f is None for f in seq):
+            raise ValueError("this probe reads 4 frames: pass frames_a_next and frames_b_prev too")
+        x = torch.stack([torch.as_tensor(np.asarray(f) if not isinstance(f, torch.Tensor) else f).to(dev)
+                         for f in seq], dim=1)
+        p = torch.sigmoid(self(x)).cpu()
+        return {"steer_right_prob": p[:, 0], "faster_prob": p[:, 1]}
+
+
+def build_probe(config: dict | ProbeConfig) -> Probe:
+    if isinstance(config, dict):
+        config = ProbeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    return Probe(config)
+
+
+def load_probe(path: str | Path, device: str | torch.device = "cpu") -> Probe:
+    """A trained probe from its model directory (kind ``"probe"``), in eval mode."""
+    model, _cfg, _meta = load_model(path, KIND, build_probe, device=device)
+    return model.eval()
+
+
+def _collate(samples: list[dict]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+def pair_batches(data: Path, cfg: ProbeConfig, batch_size: int, split: str = "train", workers: int = 1,
+                 buffer_episodes: int = 8):
+    """Batch factory for the training loop: endless, augmented, rank-sharded batches of labelled pairs."""
+
+    def make(rank: int, world_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+        ds = ProbePairs(data, split, cfg, seed=seed, shuffle=True, augment=True, buffer_episodes=buffer_episodes,
+                        rank=rank, world_size=world_size)
+        kw = dict(num_workers=workers, persistent_workers=True, prefetch_factor=4) if workers else {}
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=_collate, **kw)
+        while True:
+            yield from loader
+
+    return make
+
+
+def _head_stats(prob: np.ndarray, y: np.ndarray) -> dict:
+    valid = y != IGNORE
+    p, t = prob[valid], y[valid]
+    if not len(t):
+        return {"accuracy": None, "balanced_accuracy": None, "pairs": 0, "positive_fraction": None}
+    pred = p > 0.5
+    recalls = [float((pred[t == c] == bool(c)).mean()) for c in (0, 1) if (t == c).any()]
+    return {"accuracy": float((pred == (t == 1)).mean()), "balanced_accuracy": float(np.mean(recalls)),
+            "pairs": int(len(t)), "positive_fraction": float((t == 1).mean())}
+
+
+@torch.no_grad()
+def evaluate_probe(probe: Probe, data: str | Path, split: str = "val", max_pairs: int | None = None,
+                   batch_size: int = 256) -> dict:
+    """Accuracy of both heads on every labelled non-overlapping pair of `split` (deterministic), overall
+    and per gap k. ``steer_accuracy`` / ``speed_accuracy`` are the headline numbers."""
+    probe.eval()
+    ds = ProbePairs(data, split, probe.cfg, shuffle=False, augment=False)
+    probs, steer, faster, ks = [], [], [], []
+    it = iter(ds)
+    while max_pairs is None or sum(len(x) for x in ks) < max_pairs:
+        chunk = list(itertools.islice(it, batch_size))
+        if not chunk:
+            break
+        b = _collate(chunk)
+        dev = next(probe.parameters()).device
+        probs.append(torch.sigmoid(probe(b["frames"].to(dev))).cpu().numpy())
+        steer.append(b["steer"].numpy())
+        faster.append(b["faster"].numpy())
+        ks.append(b["k"].numpy())
+    if not probs:
+        raise ValueError(f"{data}: no labelled probe pairs in split {split!r}")
+    P, S, V, K = np.concatenate(probs), np.concatenate(steer), np.concatenate(faster), np.concatenate(ks)
+    if max_pairs is not None:
+        P, S, V, K = P[:max_pairs], S[:max_pairs], V[:max_pairs], K[:max_pairs]
+    steer_all, speed_all = _head_stats(P[:, 0], S), _head_stats(P[:, 1], V)
+    out = {"split": split, "pairs": int(len(K)),
+           "steer_accuracy": steer_all["accuracy"], "speed_accuracy": speed_all["accuracy"],
+           "steer": steer_all, "speed": speed_all, "by_k": {}}
+    for k in sorted(set(K.tolist())):
+        m = K == k
+        out["by_k"][str(k)] = {"steer": _head_stats(P[m, 0], S[m]), "speed": _head_stats(P[m, 1], V[m])}
+    return out
+
+
+def _has_split(data: Path, split: str) -> bool:
+    try:
+        EpisodeIndex(data, split=split)
+        return True
+    except Exception:  # noqa: BLE001 - any reason means "not usable"
+        return False
+
+
+def train_probe(
+    data: str | Path,
+    out: str | Path,
+    minutes: float = 5.0,
+    steps: int = 3000,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    workers: int = 1,
+    threads: int = 0,
+    seed: int = 0,
+    bf16: bool = False,
+    val_max_pairs: int | None = None,
+    progress: bool = True,
+    train_cfg=None,
+    **config_overrides,
+) -> dict:
+    """Train (or resume) a probe on the train split of `data` into model directory `out`, for `steps`
+    optimizer steps or `minutes` of training, whichever ends first; then evaluate it on the val split
+    (held-out tracks) and store those metrics in the model file's meta under ``"val"``.
+
+    Returns the training loop's result plus ``"val"`` (see `evaluate_probe`; None without a val split).
+    """
+    from gaia_gym.train.loop import TrainConfig, train
+
+    data, out = Path(data), Path(out)
+    cfg = ProbeConfig(**config_overrides)
+    train_cfg = train_cfg or TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(100, steps // 10),
+                                         max_minutes=minutes, checkpoint_minutes=max(1.0, minutes / 2),
+                                         log_every=25, image_every=max(1, steps // 10), bf16=bf16, seed=seed,
+                                         threads=threads)
+    EpisodeIndex(data, split="train")  # a clear error now, not in a worker process later
+    has_val = _has_split(data, "val")
+    torch.manual_seed(seed)
+    model = Probe(cfg)
+
+    val_batch = None
+    if has_val:  # a fixed handful of val pairs for the TensorBoard curve
+        first = list(itertools.islice(iter(ProbePairs(data, "val", cfg, shuffle=False)), 256))
+        val_batch = _collate(first) if first else None
+
+    def log_images(m, writer, step):
+        if val_batch is None:
+            return
+        p = torch.sigmoid(m(val_batch["frames"].to(next(m.parameters()).device))).cpu().numpy()
+        for j, name in enumerate(("steer", "faster")):
+            acc = _head_stats(p[:, j], val_batch[name].numpy())["accuracy"]
+            if acc is not None:
+                writer.add_scalar(f"val/{name}_acc", acc, step)
+
+    result = train(model, KIND, cfg, pair_batches(data, cfg, train_cfg.batch_size, workers=workers), train_cfg, out,
+                   log_images=log_images, progress=progress)
+    model.eval()
+    val = evaluate_probe(model, data, "val", max_pairs=val_max_pairs) if has_val else None
+    info = read_model_info(out)
+    save_model(out, model, KIND, cfg, meta={**info["meta"], "val": val})  # same weights: same sha256
+    return {**result, "val": val}
+
+
+__all__ = ["KIND", "Probe", "ProbeConfig", "ProbePairs", "build_probe", "evaluate_probe", "load_probe",
+           "pair_batches", "pair_labels", "train_probe"]

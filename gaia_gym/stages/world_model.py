@@ -1,0 +1,146 @@
+"""The world-model stage: tokenize a dataset with a trained tokenizer, then train the world model on
+token clips (`gaia-gym train world-model`).
+
+Tokens are small (200k frames x 64 codes x 2 bytes = 26 MB), so a tokenized split lives in one file
+and in memory; clips are sampled uniformly over every valid (episode, start) pair.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from gaia_gym.checkpoint import load_model, read_model_info
+from gaia_gym.data.format import DatasetError, atomic_write_bytes
+from gaia_gym.data.loader import EpisodeIndex
+from gaia_gym.data.format import load_episode
+from gaia_gym.models.layout import ActionCodec
+from gaia_gym.models.world_model import WORLD_MODEL_PRESETS, WorldModel, WorldModelConfig, build_world_model
+from gaia_gym.stages.tokenizer import autocast, load_tokenizer
+
+KIND = "world_model"
+DEFAULT_WORLD_MODEL = Path(__file__).resolve().parent.parent / "assets" / "world_model"
+
+
+def world_model_config(preset: str = "default", **overrides) -> WorldModelConfig:
+    if preset not in WORLD_MODEL_PRESETS:
+        raise ValueError(f"unknown world-model preset {preset!r}; choose from {', '.join(WORLD_MODEL_PRESETS)}")
+    return WorldModelConfig(**{**WORLD_MODEL_PRESETS[preset], **overrides})
+
+
+def _tokenizer_id(tokenizer_dir: Path) -> str:
+    info = read_model_info(tokenizer_dir)
+    return info.get("weights", {}).get("sha256") or hashlib.sha256(json.dumps(info).encode()).hexdigest()
+
+
+@torch.no_grad()
+def tokenize_split(data: Path, tokenizer_dir: Path, split: str, out: Path, codec: ActionCodec,
+                   batch_size: int = 256, progress: bool = True) -> Path:
+    """Encode every frame of `split` into `out` (one .npz): tokens, model actions, reward, terminated
+    and episode boundaries. Skipped when `out` exists for the same tokenizer weights."""
+    tid = _tokenizer_id(tokenizer_dir)
+    if out.exists():
+        with np.load(out) as z:
+            if str(z["tokenizer_id"]) == tid:
+                return out
+    tok = load_tokenizer(tokenizer_dir)
+    idx = EpisodeIndex(data, split=split)
+    parts: dict[str, list] = {"tokens": [], "actions": [], "reward": [], "terminated": []}
+    starts = [0]
+    bar = tqdm(total=idx.total_steps, unit="frame", desc=f"tokenize {split}", disable=not progress)
+    for path in idx.paths:
+        ep = load_episode(path, fields=["frames", "steering", "target_speed_mps", "reward", "terminated"])
+        f = torch.from_numpy(ep["frames"])
+        toks = []
+        for i in range(0, len(f), batch_size):
+            with autocast(f.device):
+                toks.append(tok.encode(f[i : i + batch_size]))
+            bar.update(len(f[i : i + batch_size]))
+        parts["tokens"].append(torch.cat(toks).numpy().astype(np.uint16))
+        parts["actions"].append(codec.encode(ep["steering"], ep["target_speed_mps"]))
+        parts["reward"].append(ep["reward"].astype(np.float32))
+        parts["terminated"].append(ep["terminated"].astype(bool))
+        starts.append(starts[-1] + len(f))
+    bar.close()
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    buf = io.BytesIO()
+    np.savez(buf, **arrays, episode_starts=np.asarray(starts, np.int64), tokenizer_id=np.array(tid),
+             vocab=np.array(tok.cfg.vocab_size), grid=np.array(tok.cfg.grid))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, lambda fh: fh.write(buf.getvalue()))
+    return out
+
+
+class TokenClips:
+    """In-memory token clips of one tokenized split."""
+
+    def __init__(self, path: Path, clip_len: int) -> None:
+        with np.load(path) as z:
+            self.tokens = torch.from_numpy(z["tokens"].astype(np.int64))
+            self.actions = torch.from_numpy(z["actions"])
+            self.reward = torch.from_numpy(z["reward"])
+            self.terminated = torch.from_numpy(z["terminated"])
+            starts = z["episode_starts"]
+        self.clip_len = clip_len
+        valid = [np.arange(a, b - clip_len + 1) for a, b in zip(starts[:-1], starts[1:]) if b - a >= clip_len]
+        if not valid:
+            raise DatasetError(f"{path}: no episode has {clip_len} steps")
+        self.starts = torch.from_numpy(np.concatenate(valid))
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def batch(self, starts: torch.Tensor) -> dict[str, torch.Tensor]:
+        idx = starts[:, None] + torch.arange(self.clip_len)
+        return {"tokens": self.tokens[idx], "actions": self.actions[idx], "reward": self.reward[idx],
+                "terminated": self.terminated[idx]}
+
+    def sampler(self, batch_size: int):
+        def make(rank: int, world_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+            g = torch.Generator().manual_seed(seed * 1009 + rank)
+            while True:
+                pick = self.starts[torch.randint(len(self.starts), (batch_size,), generator=g)]
+                yield self.batch(pick)
+
+        return make
+
+
+def train_world_model(data: Path, tokenizer_dir: Path, out: Path, preset: str = "default", train_cfg=None,
+                      progress: bool = True, **overrides) -> dict:
+    """Tokenize `data` (cached in OUT/tokens) and train (or resume) a world model into `out`."""
+    from gaia_gym.train.loop import TrainConfig, train
+
+    tokenizer_dir = Path(tokenizer_dir)
+    tok_info = read_model_info(tokenizer_dir)
+    if tok_info.get("kind") != "tokenizer":
+        raise ValueError(f"{tokenizer_dir} is a {tok_info.get('kind')} file, expected a tokenizer")
+    tcfg = tok_info["config"]
+    grid = tcfg["frame_size"] // 2 ** len(tcfg["enc_channels"])
+    vocab = int(np.prod(tcfg["fsq_levels"])) if tcfg["quantizer"] == "fsq" else tcfg["vq_size"]
+    cfg = world_model_config(preset, **{"grid": grid, "vocab": vocab, **overrides})
+    codec = ActionCodec()
+    train_cfg = train_cfg or TrainConfig(steps=4000, batch_size=16, lr=6e-4, warmup_steps=200,
+                                         checkpoint_minutes=5, log_every=25, image_every=0)
+    tokens = tokenize_split(Path(data), tokenizer_dir, "train", Path(out) / "tokens" / "train.npz", codec,
+                            progress=progress)
+    clips = TokenClips(tokens, cfg.context)
+    model = WorldModel(cfg)
+    meta_extra = {"tokenizer": str(tokenizer_dir), "tokenizer_sha256": _tokenizer_id(tokenizer_dir),
+                  "action_codec": asdict(codec), "data": str(data)}
+    (Path(out) / "sources.json").write_text(json.dumps(meta_extra, indent=1))
+    return train(model, KIND, cfg, clips.sampler(train_cfg.batch_size), train_cfg, Path(out), progress=progress)
+
+
+def load_world_model(path: Path | str | None = None, device: str | torch.device = "cpu") -> WorldModel:
+    """A trained world model from its model directory (default: the shipped one)."""
+    path = Path(path) if path is not None else DEFAULT_WORLD_MODEL
+    model, _cfg, _meta = load_model(path, KIND, build_world_model, device=device)
+    return model.eval()
