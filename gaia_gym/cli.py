@@ -151,6 +151,44 @@ def cmd_train_world_model(a: argparse.Namespace) -> None:
           + ", ".join(f"{k}={m[k]:.4g}" for k in ("ce", "token_acc", "reward_mae") if k in m))
 
 
+def cmd_train_probe(a: argparse.Namespace) -> None:
+    from gaia_gym.probe import train_probe
+    from gaia_gym.stages.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(a.tokenizer) if a.tokenizer else None
+    r = train_probe(Path(a.data), Path(a.out), minutes=a.minutes, steps=a.steps, tokenizer=tok, progress=not a.quiet)
+    v = r.get("val") or {}
+    print(f"{a.out}: probe trained to step {r['step']}; validation: " + json.dumps(v)[:400])
+
+
+def cmd_eval_world_model(a: argparse.Namespace) -> None:
+    from gaia_gym.probe import load_probe
+    from gaia_gym.stages.tokenizer import load_tokenizer
+    from gaia_gym.stages.world_model import load_world_model, sources_of
+    from gaia_gym.stages.world_model_eval import evaluate_world_model
+
+    wm = load_world_model(a.model)
+    tok_path = a.tokenizer or sources_of(a.model).get("tokenizer")
+    tok = load_tokenizer(tok_path)
+    probe = load_probe(a.probe) if a.probe else None
+    r = evaluate_world_model(wm, tok, Path(a.data), split=a.split, max_clips=a.max_clips, probe=probe,
+                             sample_temperature=a.temperature, progress=not a.quiet,
+                             real_sim_seconds=a.real_seconds, grid_path=a.grid)
+    r.update(model=str(a.model or "default"), tokenizer=str(tok_path or "default"), data=str(a.data))
+    keys = ("val_cross_entropy", "token_accuracy", "psnr_by_horizon", "copy_last_psnr_by_horizon",
+            "tokenizer_ceiling_psnr", "reward_mae_teacher_forced", "termination_auc",
+            "counterfactual_steering_accuracy", "counterfactual_speed_accuracy", "imagined_frames_per_s_b64",
+            "imagined_vs_real_driving_ratio")
+    for k in keys:
+        if k in r:
+            v = r[k]
+            print(f"  {k}: " + (json.dumps({h: round(x, 2) for h, x in v.items()}) if isinstance(v, dict)
+                               else f"{v:.4g}" if isinstance(v, float) else str(v)))
+    if a.json:
+        _merge_json(Path(a.json), r) if a.merge else _write_json(Path(a.json), r)
+        print(f"wrote {a.json}")
+
+
 def cmd_eval_tokenizer(a: argparse.Namespace) -> None:
     from gaia_gym.stages.tokenizer import evaluate_tokenizer, load_tokenizer, recon_grid
 
@@ -311,6 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="next-frame decoding scheme (default: parallel, one pass per frame)")
     tw.set_defaults(fn=cmd_train_world_model)
 
+    tp = tsub.add_parser("probe", help="inverse-dynamics probe on real frames (reads steering/speed back)")
+    tp.add_argument("--data", required=True)
+    tp.add_argument("--out", required=True)
+    tp.add_argument("--minutes", type=float, default=5.0)
+    tp.add_argument("--steps", type=int, default=3000)
+    tp.add_argument("--tokenizer", help="also train on this tokenizer's reconstructions of real frames")
+    tp.add_argument("--quiet", action="store_true")
+    tp.set_defaults(fn=cmd_train_probe)
+
     e = sub.add_parser("eval", help="evaluate a stage on held-out data; --json writes the metrics")
     esub = e.add_subparsers(dest="stage", metavar="STAGE", required=True)
     et = esub.add_parser("tokenizer", help="PSNR, SSIM, code usage, compression, encode/decode speed")
@@ -325,6 +372,21 @@ def build_parser() -> argparse.ArgumentParser:
     et.add_argument("--no-bf16", action="store_true")
     et.add_argument("--quiet", action="store_true")
     et.set_defaults(fn=cmd_eval_tokenizer)
+    ew = esub.add_parser("world-model", help="cross-entropy, rollout PSNR vs baselines, reward/termination, "
+                         "counterfactual adherence, imagination speed vs the real simulator")
+    ew.add_argument("--data", required=True, help="dataset directory")
+    ew.add_argument("--model", help="world model directory (default: the shipped one)")
+    ew.add_argument("--tokenizer", help="tokenizer directory (default: the one the world model was trained with)")
+    ew.add_argument("--probe", help="probe directory for counterfactual read-back (gaia-gym train probe)")
+    ew.add_argument("--split", default="val", choices=["val", "train", "all"])
+    ew.add_argument("--max-clips", type=int, default=128)
+    ew.add_argument("--temperature", type=float, default=0.0, help="0: greedy rollouts")
+    ew.add_argument("--real-seconds", type=float, default=15.0, help="seconds to measure the real simulator")
+    ew.add_argument("--grid", help="write the counterfactual picture grid here (PNG)")
+    ew.add_argument("--json", help="write the metrics here")
+    ew.add_argument("--merge", action="store_true")
+    ew.add_argument("--quiet", action="store_true")
+    ew.set_defaults(fn=cmd_eval_world_model)
     return p
 
 

@@ -20,6 +20,10 @@ pairs from the val split (held-out tracks). With ``flip_augment`` a pair is mirr
 and its steering label swapped (CarRacing's view is centred on the car, so a mirrored drive is a valid
 drive turning the other way): both steering classes get the same number of examples.
 
+The probe later reads *decoded* frames. `train_probe(tokenizer=...)` therefore can also train on the
+tokenizer's reconstructions of the same real pairs (half of each batch by default; still real drives,
+never the world model's output) and reports the val accuracy on reconstructions too.
+
 Train with `train_probe` (the shared training loop; the model file's kind is ``"probe"``), load with
 `load_probe`, read imagined frames with `Probe.predict`.
 """
@@ -205,8 +209,13 @@ def _collate(samples: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def pair_batches(data: Path, cfg: ProbeConfig, batch_size: int, split: str = "train", workers: int = 1,
-                 buffer_episodes: int = 8):
-    """Batch factory for the training loop: endless, augmented, rank-sharded batches of labelled pairs."""
+                 buffer_episodes: int = 8, tokenizer: nn.Module | None = None, recon_fraction: float = 0.5):
+    """Batch factory for the training loop: endless, augmented, rank-sharded batches of labelled pairs.
+
+    With a `tokenizer`, a `recon_fraction` of each batch's pairs is replaced by the tokenizer's
+    reconstruction of the same real frames (still real drives, never the world model's), so the probe also
+    reads frames in the decoder's style, which is how it sees imagined frames.
+    """
 
     def make(rank: int, world_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
         ds = ProbePairs(data, split, cfg, seed=seed, shuffle=True, augment=True, buffer_episodes=buffer_episodes,
@@ -214,7 +223,25 @@ def pair_batches(data: Path, cfg: ProbeConfig, batch_size: int, split: str = "tr
         kw = dict(num_workers=workers, persistent_workers=True, prefetch_factor=4) if workers else {}
         loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=_collate, **kw)
         while True:
-            yield from loader
+            for b in loader:
+                if tokenizer is not None and recon_fraction > 0:
+                    b["frames"] = _with_reconstructions(tokenizer, b["frames"], recon_fraction)
+                yield b
+
+    return make
+
+
+@torch.no_grad()
+def _with_reconstructions(tokenizer: nn.Module, frames: torch.Tensor, fraction: float) -> torch.Tensor:
+    """frames (B, n, H, W, 3) with the first round(fraction * B) pairs replaced by reconstructions (the
+    batch is already shuffled)."""
+    m = int(round(fraction * len(frames)))
+    if m == 0:
+        return frames
+    dev = next(tokenizer.parameters()).device
+    x = frames[:m].flatten(0, 1).to(dev)
+    recon = tokenizer.decode(tokenizer.encode(x)).cpu().view(m, *frames.shape[1:])
+    return torch.cat([recon, frames[m:]])
 
     return make
 
@@ -232,9 +259,10 @@ def _head_stats(prob: np.ndarray, y: np.ndarray) -> dict:
 
 @torch.no_grad()
 def evaluate_probe(probe: Probe, data: str | Path, split: str = "val", max_pairs: int | None = None,
-                   batch_size: int = 256) -> dict:
+                   batch_size: int = 256, tokenizer: nn.Module | None = None) -> dict:
     """Accuracy of both heads on every labelled non-overlapping pair of `split` (deterministic), overall
-    and per gap k. ``steer_accuracy`` / ``speed_accuracy`` are the headline numbers."""
+    and per gap k. ``steer_accuracy`` / ``speed_accuracy`` are the headline numbers. With a `tokenizer`,
+    the probe reads the tokenizer's reconstructions of the frames instead."""
     probe.eval()
     ds = ProbePairs(data, split, probe.cfg, shuffle=False, augment=False)
     probs, steer, faster, ks = [], [], [], []
@@ -244,6 +272,8 @@ def evaluate_probe(probe: Probe, data: str | Path, split: str = "val", max_pairs
         if not chunk:
             break
         b = _collate(chunk)
+        if tokenizer is not None:
+            b["frames"] = _with_reconstructions(tokenizer, b["frames"], 1.0)
         dev = next(probe.parameters()).device
         probs.append(torch.sigmoid(probe(b["frames"].to(dev))).cpu().numpy())
         steer.append(b["steer"].numpy())
@@ -255,7 +285,7 @@ def evaluate_probe(probe: Probe, data: str | Path, split: str = "val", max_pairs
     if max_pairs is not None:
         P, S, V, K = P[:max_pairs], S[:max_pairs], V[:max_pairs], K[:max_pairs]
     steer_all, speed_all = _head_stats(P[:, 0], S), _head_stats(P[:, 1], V)
-    out = {"split": split, "pairs": int(len(K)),
+    out = {"split": split, "pairs": int(len(K)), "frames": "tokenizer reconstructions" if tokenizer is not None else "real",
            "steer_accuracy": steer_all["accuracy"], "speed_accuracy": speed_all["accuracy"],
            "steer": steer_all, "speed": speed_all, "by_k": {}}
     for k in sorted(set(K.tolist())):
@@ -286,11 +316,16 @@ def train_probe(
     val_max_pairs: int | None = None,
     progress: bool = True,
     train_cfg=None,
+    tokenizer: nn.Module | None = None,
+    recon_fraction: float = 0.5,
     **config_overrides,
 ) -> dict:
     """Train (or resume) a probe on the train split of `data` into model directory `out`, for `steps`
     optimizer steps or `minutes` of training, whichever ends first; then evaluate it on the val split
     (held-out tracks) and store those metrics in the model file's meta under ``"val"``.
+
+    `tokenizer` (optional): train on a `recon_fraction` of tokenizer reconstructions of the real pairs too
+    (see `pair_batches`); validation then also reports the accuracy on reconstructions (``"val_recon"``).
 
     Returns the training loop's result plus ``"val"`` (see `evaluate_probe`; None without a val split).
     """
@@ -321,13 +356,19 @@ def train_probe(
             if acc is not None:
                 writer.add_scalar(f"val/{name}_acc", acc, step)
 
-    result = train(model, KIND, cfg, pair_batches(data, cfg, train_cfg.batch_size, workers=workers), train_cfg, out,
-                   log_images=log_images, progress=progress)
+    if tokenizer is not None:
+        tokenizer.eval()
+    batches = pair_batches(data, cfg, train_cfg.batch_size, workers=workers, tokenizer=tokenizer,
+                           recon_fraction=recon_fraction)
+    result = train(model, KIND, cfg, batches, train_cfg, out, log_images=log_images, progress=progress)
     model.eval()
     val = evaluate_probe(model, data, "val", max_pairs=val_max_pairs) if has_val else None
+    extra = {}
+    if has_val and tokenizer is not None:
+        extra["val_recon"] = evaluate_probe(model, data, "val", max_pairs=val_max_pairs, tokenizer=tokenizer)
     info = read_model_info(out)
-    save_model(out, model, KIND, cfg, meta={**info["meta"], "val": val})  # same weights: same sha256
-    return {**result, "val": val}
+    save_model(out, model, KIND, cfg, meta={**info["meta"], "val": val, **extra})  # same weights: same sha256
+    return {**result, "val": val, **extra}
 
 
 __all__ = ["KIND", "Probe", "ProbeConfig", "ProbePairs", "build_probe", "evaluate_probe", "load_probe",

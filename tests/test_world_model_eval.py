@@ -154,6 +154,20 @@ def test_probe_learns_synthetic_steering(ds: Path, tmp_path: Path):
     assert ((out["steer_right_prob"] > 0.5).float() == y).float().mean() > 0.85
 
 
+def test_probe_with_tokenizer_reconstructions(ds: Path, models, tmp_path: Path):
+    _wm, tok = models
+    tc = TrainConfig(steps=3, batch_size=8, lr=1e-3, warmup_steps=1, image_every=0, bf16=False, checkpoint_minutes=60)
+    res = train_probe(ds, tmp_path / "p", train_cfg=tc, workers=0, progress=False, tokenizer=tok, val_max_pairs=16,
+                      channels=(4, 4, 4, 4), hidden=8, frames=4)
+    assert res["val_recon"]["frames"] == "tokenizer reconstructions" and res["val_recon"]["pairs"] == 16
+    assert res["val"]["frames"] == "real"
+    p = load_probe(tmp_path / "p")
+    f = torch.zeros(2, S, S, 3, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="4 frames"):
+        p.predict(f, f)
+    assert p.predict(f, f, f, f)["faster_prob"].shape == (2,)
+
+
 def test_evaluate_world_model(ds: Path, models, tmp_path: Path):
     wm, tok = models
     probe = Probe(ProbeConfig(channels=(4, 4, 4, 4), hidden=8)).eval()
@@ -161,10 +175,13 @@ def test_evaluate_world_model(ds: Path, models, tmp_path: Path):
     grid = tmp_path / "grid.png"
     res = evaluate_world_model(wm, tok, ds, split="val", context=context, horizons=horizons, max_clips=None,
                                batch_size=4, probe=probe, progress=False, real_sim_seconds=0,
-                               real_sim_frames_per_s=150.0, throughput_batch=8, throughput_steps=2, grid_path=grid)
+                               real_sim_frames_per_s=150.0, throughput_batch=8, throughput_steps=2, grid_path=grid,
+                               counterfactual_steps=4)
     keys = ["val_cross_entropy", "token_accuracy", "tokenizer_ceiling_psnr", "reward_mae_teacher_forced",
             "reward_mae_rollout", "termination_auc", "counterfactual_steering_accuracy",
-            "counterfactual_speed_accuracy", "imagined_frames_per_s_b8", "imagined_vs_real_driving_ratio"]
+            "counterfactual_speed_accuracy", "counterfactual_steering_accuracy_moving",
+            "probe_steering_accuracy_on_reconstructions", "probe_speed_accuracy_on_reconstructions",
+            "imagined_frames_per_s_b8", "imagined_vs_real_driving_ratio"]
     for k in keys:
         assert isinstance(res[k], float) and math.isfinite(res[k]), (k, res[k])
     for k in ("psnr_by_horizon", "ssim_by_horizon", "copy_last_psnr_by_horizon"):
@@ -173,17 +190,19 @@ def test_evaluate_world_model(ds: Path, models, tmp_path: Path):
     assert 0 <= res["token_accuracy"] <= 1 and 0 <= res["termination_auc"] <= 1
     assert res["termination_positives"] >= 2 and res["termination_end_windows"] == 2  # 2 of 4 val episodes end
     assert res["clips"] == 4 * (80 // (context + 4))
+    assert res["probe_reference_pairs"]["steer"] > 0
     assert res["imagined_vs_real_driving_ratio"] == pytest.approx(res["imagined_frames_per_s_b8"] * 4 / 150.0)
 
     # copy-last PSNR by hand, over the same (all) clips
-    clips = list(ClipDataset(ds, split="val", clip_len=context + 4, fields=("frames",), shuffle=False))
+    clips = list(ClipDataset(ds, split="val", clip_len=context + 4, fields=("frames", "speed_mps"), shuffle=False))
+    assert res["counterfactual_contexts_moving"] == sum(float(c["speed_mps"][context - 1]) > 10 for c in clips)
     for h in horizons:
         by_hand = torch.cat([psnr_uint8(c["frames"][context - 1][None], c["frames"][context - 1 + h][None])
                              for c in clips]).mean()
         assert res["copy_last_psnr_by_horizon"][str(h)] == pytest.approx(float(by_hand), rel=1e-5)
 
     img = iio.imread(grid)
-    assert img.ndim == 3 and img.shape[0] > 5 * 2 * S and img.shape[1] > 9 * 2 * S  # 5 rows, 1 + 8 columns
+    assert img.ndim == 3 and img.shape[0] > 5 * 2 * S and img.shape[1] > 5 * 2 * S  # 5 rows, 1 + 4 columns
 
 
 def test_max_clips_spreads_over_the_split(ds: Path):

@@ -139,6 +139,13 @@ def train_world_model(data: Path, tokenizer_dir: Path, out: Path, preset: str = 
     return train(model, KIND, cfg, clips.sampler(train_cfg.batch_size), train_cfg, Path(out), progress=progress)
 
 
+def sources_of(model_dir: Path | str | None) -> dict:
+    """What a world model was trained from (tokenizer path, data), from its sources.json."""
+    p = Path(model_dir) if model_dir is not None else DEFAULT_WORLD_MODEL
+    f = p / "sources.json"
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
 def load_world_model(path: Path | str | None = None, device: str | torch.device = "cpu") -> WorldModel:
     """A trained world model from its model directory (default: the shipped one)."""
     path = Path(path) if path is not None else DEFAULT_WORLD_MODEL

@@ -1,4 +1,4 @@
-"""World-model evaluation: one run, one dict, every number deterministic given the model and the data.
+"""World-model evaluation: one run, one dict; every quality number is deterministic given the models and data.
 
 `evaluate_world_model` reads clips of ``context + max(horizons)`` real frames from a split (held-out tracks
 by default), spread evenly over all of the split's non-overlapping clips, and measures:
@@ -42,6 +42,7 @@ from gaia_gym.data.loader import ClipDataset, EpisodeIndex
 from gaia_gym.metrics import psnr_uint8, ssim_uint8
 from gaia_gym.models.layout import ActionCodec
 from gaia_gym.models.world_model import KVCache, WorldModel, make_sampler
+from gaia_gym.probe import IGNORE, pair_labels
 from gaia_gym.stages.tokenizer import autocast
 
 EVAL_FIELDS = ("frames", "steering", "target_speed_mps", "speed_mps", "reward", "terminated")
@@ -284,6 +285,7 @@ def evaluate_world_model(
     bf16: bool = True,
     counterfactual_steps: int = 8,
     fast_mps: float = DEFAULT_FAST_MPS,
+    moving_mps: float = 10.0,
     max_end_windows: int | None = 256,
     throughput_batch: int = 64,
     throughput_steps: int = 24,
@@ -299,6 +301,14 @@ def evaluate_world_model(
     `real_sim_seconds`: how long to run the real simulator for the speed ratio (0: skip it, the ratio is
     None unless `real_sim_frames_per_s` gives a figure measured elsewhere). `throughput_steps` 0 skips the
     throughput measurement. `grid_path`: also write `counterfactual_grid` of the first clip there.
+
+    Counterfactuals (with a `probe`) run `counterfactual_steps` steps (the probe's gap). Besides the
+    headline accuracies over all contexts, ``..._steering_accuracy_moving`` keeps the contexts whose real
+    speed at the last context frame exceeds `moving_mps` (a stopped car cannot turn), and
+    ``..._speed_accuracy_midrange`` those between `moving_mps` and ``fast_mps - moving_mps`` (room both to
+    slow down and to speed up). ``probe_*_accuracy_on_reconstructions`` is the probe on the tokenizer's
+    reconstruction of the real continuation with its real labels: how far the probe itself can be trusted
+    on decoded frames (needs ``max(horizons) >= counterfactual_steps``).
     """
     from tqdm import tqdm
 
@@ -336,11 +346,13 @@ def evaluate_world_model(
     copy_ssim_h = {h: [] for h in horizons}
     ceil_psnr, ceil_ssim = [], []
     cf: dict[str, list[torch.Tensor]] = {k: [] for k in ("left", "right", "slow", "fast")}
+    cf_speed: list[torch.Tensor] = []  # measured speed at the last context frame
+    ref: dict[str, list[float]] = {"steer": [], "speed": []}
     ro_sample = _sampler(sample_temperature, seed, dev)
     cf_sample = _sampler(sample_temperature, seed + 1, dev)
     C = context
 
-    def teacher_forced(b: dict, tok: torch.Tensor) -> torch.Tensor:
+    def teacher_forced(b: dict, tok: torch.Tensor):
         with autocast(dev, bf16):
             out = wm(tok[:, :W], b["actions"][:, :W].to(dev))
         end_scores.append(out.end_logit.float().cpu().numpy().ravel())
@@ -396,6 +408,18 @@ def evaluate_world_model(
             for v, name in enumerate(names):
                 p = _probe_read(probe, start, cf_frames[:, v])
                 cf[name].append(p["steer_right_prob"] if name in ("left", "right") else p["faster_prob"])
+            cf_speed.append(b["speed_mps"][:, C - 1])
+            if cf_steps <= H:  # reference: the probe on the reconstructed real continuation, real labels
+                k = cf_steps
+                real_rec = _decode(tokenizer, tok[:, C - 1 : C + k], bf16)  # frames C-1 .. C-1+k
+                p = _probe_read(probe, real_rec[:, 0], real_rec[:, 1:])
+                for r in range(B):
+                    ys, yf = pair_labels(b["steering"][r, C - 1 :].numpy(), b["speed_mps"][r, C - 1 :].numpy(), k,
+                                         probe.cfg)
+                    if ys != IGNORE:
+                        ref["steer"].append(float((p["steer_right_prob"][r] > 0.5) == (ys == 1.0)))
+                    if yf != IGNORE:
+                        ref["speed"].append(float((p["faster_prob"][r] > 0.5) == (yf == 1.0)))
         bar.update(B)
     bar.close()
 
@@ -439,15 +463,34 @@ def evaluate_world_model(
     if probe is not None:
         left, right = torch.cat(cf["left"]), torch.cat(cf["right"])
         slow, fast = torch.cat(cf["slow"]), torch.cat(cf["fast"])
+        v0 = torch.cat(cf_speed)
+        steer_ok = torch.stack([left < 0.5, right > 0.5], 1).float()  # (N, 2)
+        speed_ok = torch.stack([slow < 0.5, fast > 0.5], 1).float()
+        moving = v0 > moving_mps
+        mid = moving & (v0 < fast_mps - moving_mps)
+
+        def frac(x: torch.Tensor, m: torch.Tensor | None = None) -> float | None:
+            x = x if m is None else x[m]
+            return float(x.mean()) if x.numel() else None
+
         res.update({
             "counterfactual_steps": cf_steps,
-            "counterfactual_steering_accuracy": float(torch.cat([left < 0.5, right > 0.5]).float().mean()),
-            "counterfactual_speed_accuracy": float(torch.cat([slow < 0.5, fast > 0.5]).float().mean()),
+            "counterfactual_steering_accuracy": frac(steer_ok),
+            "counterfactual_speed_accuracy": frac(speed_ok),
+            # contexts where the command can show: moving (steering), room to speed up and slow down (speed)
+            "counterfactual_steering_accuracy_moving": frac(steer_ok, moving),
+            "counterfactual_speed_accuracy_midrange": frac(speed_ok, mid),
+            "counterfactual_contexts_moving": int(moving.sum()),
+            "counterfactual_contexts_midrange": int(mid.sum()),
             "counterfactual_right_prob_when_left": float(left.mean()),
             "counterfactual_right_prob_when_right": float(right.mean()),
             "counterfactual_faster_prob_when_slow": float(slow.mean()),
             "counterfactual_faster_prob_when_fast": float(fast.mean()),
             "counterfactual_fast_mps": fast_mps,
+            # the probe's own accuracy on reconstructed real continuations (the trust in the numbers above)
+            "probe_steering_accuracy_on_reconstructions": float(np.mean(ref["steer"])) if ref["steer"] else None,
+            "probe_speed_accuracy_on_reconstructions": float(np.mean(ref["speed"])) if ref["speed"] else None,
+            "probe_reference_pairs": {"steer": len(ref["steer"]), "speed": len(ref["speed"])},
         })
     else:
         res.update({"counterfactual_steering_accuracy": None, "counterfactual_speed_accuracy": None,
