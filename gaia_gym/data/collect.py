@@ -72,25 +72,7 @@ def run_collection(
     `info["source"]` into the same directory is refused.
     """
     out_dir = Path(out_dir)
-    (out_dir / fmt.EPISODES).mkdir(parents=True, exist_ok=True)
-    fmt.clean_temp_files(out_dir / fmt.EPISODES)
-    fmt.clean_temp_files(out_dir)
-    if (out_dir / fmt.MANIFEST).exists():
-        manifest = fmt.read_manifest(out_dir)
-        if manifest.get("source") != info.get("source"):
-            raise fmt.DatasetError(
-                f"{out_dir} already holds a {manifest.get('source')!r} dataset; "
-                f"refusing to add {info.get('source')!r} episodes"
-            )
-        manifest.update(info)
-    else:
-        manifest = fmt.new_manifest(info)
-    # shards on disk are the truth: index any complete shard the manifest missed (killed mid-update)
-    listed = {e["file"] for e in manifest["episodes"]}
-    for p in sorted((out_dir / fmt.EPISODES).glob("ep_*.npz")):
-        if f"{fmt.EPISODES}/{p.name}" not in listed:
-            ep = fmt.load_episode(p, fields=["reward", "terminated"])
-            manifest["episodes"].append(fmt.manifest_entry(p, ep["meta"], ep))
+    manifest = fmt.open_for_writing(out_dir, info)
     done = {e["file"] for e in manifest["episodes"]}
     todo = [s for s in specs if f"{fmt.EPISODES}/{fmt.episode_filename(s.index)}" not in done]
     fmt.write_manifest(out_dir, manifest)

@@ -239,6 +239,37 @@ def write_manifest(directory: Path, manifest: dict) -> None:
     atomic_write_json(Path(directory) / MANIFEST, manifest)
 
 
+def open_for_writing(directory: Path, info: dict, match: tuple[str, ...] = ("source",),
+                     error: type[Exception] = DatasetError) -> dict:
+    """Create DIR, or reopen it to add episodes; returns its manifest (not yet written).
+
+    Removes leftovers of interrupted writes, refuses a dataset whose `match` keys differ from `info`
+    (raising `error`), and indexes any complete shard the manifest missed (a job killed between writing
+    a shard and updating the manifest loses nothing).
+    """
+    directory = Path(directory)
+    (directory / EPISODES).mkdir(parents=True, exist_ok=True)
+    clean_temp_files(directory / EPISODES)
+    clean_temp_files(directory)
+    if (directory / MANIFEST).exists():
+        manifest = read_manifest(directory)
+        for key in match:
+            if key in manifest and manifest[key] != info.get(key):
+                what = (f"a {manifest[key]!r} dataset" if key == "source"
+                        else f"data with {key}={manifest[key]!r}, not {info.get(key)!r}")
+                raise error(f"{directory} already holds {what}; refusing to add these episodes "
+                            f"(write into another directory)")
+        manifest.update(info)
+    else:
+        manifest = new_manifest(info)
+    listed = {e["file"] for e in manifest["episodes"]}
+    for p in sorted((directory / EPISODES).glob("ep_*.npz")):
+        if f"{EPISODES}/{p.name}" not in listed:
+            ep = load_episode(p, fields=["reward", "terminated"])
+            manifest["episodes"].append(manifest_entry(p, ep["meta"], ep))
+    return manifest
+
+
 def rebuild_manifest(directory: Path, info: dict | None = None) -> dict:
     """Re-index every complete shard under DIR/episodes (shards are the truth)."""
     directory = Path(directory)

@@ -209,35 +209,6 @@ def sample_video(
 # ----------------------------------------------------------------------------------------------
 # the dataset
 # ----------------------------------------------------------------------------------------------
-def _open_dataset(out_dir: Path, info: dict) -> dict:
-    """Manifest of `out_dir` (new if none), reconciled with the shards on disk; refuses foreign data."""
-    (out_dir / fmt.EPISODES).mkdir(parents=True, exist_ok=True)
-    fmt.clean_temp_files(out_dir / fmt.EPISODES)
-    fmt.clean_temp_files(out_dir)
-    if (out_dir / fmt.MANIFEST).exists():
-        manifest = fmt.read_manifest(out_dir)
-        if manifest.get("source") != SOURCE:
-            raise DriveImportError(
-                f"{out_dir} already holds a {manifest.get('source')!r} dataset; refusing to add imported "
-                f"episodes (import into another directory)"
-            )
-        for key in ("fps", "frame_size", "like"):
-            if key in manifest and manifest[key] != info[key]:
-                raise DriveImportError(
-                    f"{out_dir} holds imports with {key}={manifest[key]!r}; this import has {key}={info[key]!r} "
-                    f"(one dataset, one {key}: import into another directory)"
-                )
-        manifest.update(info)
-    else:
-        manifest = fmt.new_manifest(info)
-    listed = {e["file"] for e in manifest["episodes"]}
-    for p in sorted((out_dir / fmt.EPISODES).glob("ep_*.npz")):
-        if f"{fmt.EPISODES}/{p.name}" not in listed:  # a shard whose manifest update was lost
-            ep = fmt.load_episode(p, fields=["reward", "terminated"])
-            manifest["episodes"].append(fmt.manifest_entry(p, ep["meta"], ep))
-    return manifest
-
-
 def _next_index(out_dir: Path, manifest: dict) -> int:
     used = [-1]
     names = [Path(e["file"]).name for e in manifest["episodes"]]
@@ -360,7 +331,8 @@ def import_drive(
     }
 
     info = {"source": SOURCE, "fps": fps, "frame_size": frame_size, "like": like}
-    manifest = _open_dataset(out_dir, info)
+    manifest = fmt.open_for_writing(out_dir, info, match=("source", "fps", "frame_size", "like"),
+                                    error=DriveImportError)
     index = _next_index(out_dir, manifest)
     meta = {
         "source": SOURCE,
