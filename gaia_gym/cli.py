@@ -184,6 +184,10 @@ def cmd_eval_world_model(a: argparse.Namespace) -> None:
             v = r[k]
             print(f"  {k}: " + (json.dumps({h: round(x, 2) for h, x in v.items()}) if isinstance(v, dict)
                                else f"{v:.4g}" if isinstance(v, float) else str(v)))
+    if a.gif:
+        from gaia_gym.stages.world_model_eval import write_rollout_gif
+
+        print(f"  rollouts: {write_rollout_gif(wm, tok, Path(a.data), Path(a.gif), split=a.split, clip=a.gif_clip)}")
     if a.json:
         _merge_json(Path(a.json), r) if a.merge else _write_json(Path(a.json), r)
         print(f"wrote {a.json}")
@@ -383,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     ew.add_argument("--temperature", type=float, default=0.0, help="0: greedy rollouts")
     ew.add_argument("--real-seconds", type=float, default=15.0, help="seconds to measure the real simulator")
     ew.add_argument("--grid", help="write the counterfactual picture grid here (PNG)")
+    ew.add_argument("--gif", help="write a GIF: one real context, 4 sampled futures, left/straight/right")
+    ew.add_argument("--gif-clip", type=int, default=0, help="which validation clip the GIF starts from")
     ew.add_argument("--json", help="write the metrics here")
     ew.add_argument("--merge", action="store_true")
     ew.add_argument("--quiet", action="store_true")

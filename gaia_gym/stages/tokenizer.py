@@ -8,17 +8,15 @@ directory nobody trained on (`--split all`, e.g. an imported drive).
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from gaia_gym.checkpoint import load_model, read_model_info, save_model  # noqa: F401  (re-exported)
+from gaia_gym.checkpoint import load_model
 from gaia_gym.data.loader import ClipDataset, EpisodeIndex, iter_frames
 from gaia_gym.metrics import code_stats, psnr_uint8, ssim_uint8
 from gaia_gym.models.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig, build_tokenizer
@@ -158,10 +156,6 @@ def recon_grid(model: Tokenizer, data: Path, path: Path, split: str = "val", n: 
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), img[:, :, ::-1])
     return path
-
-
-def config_dict(cfg: TokenizerConfig) -> dict:
-    return asdict(cfg)
 
 
 def estimate_world_model_cost(tokens_per_frame: int, action_tokens: int = 2, context_frames: int = 8,
