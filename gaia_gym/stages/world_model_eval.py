@@ -347,6 +347,7 @@ def evaluate_world_model(
     ceil_psnr, ceil_ssim = [], []
     cf: dict[str, list[torch.Tensor]] = {k: [] for k in ("left", "right", "slow", "fast")}
     cf_speed: list[torch.Tensor] = []  # measured speed at the last context frame
+    cf_motion: dict[str, list[torch.Tensor]] = {k: [] for k in ("left", "right", "slow", "fast")}
     ref: dict[str, list[float]] = {"steer": [], "speed": []}
     ro_sample = _sampler(sample_temperature, seed, dev)
     cf_sample = _sampler(sample_temperature, seed + 1, dev)
@@ -409,6 +410,11 @@ def evaluate_world_model(
                 p = _probe_read(probe, start, cf_frames[:, v])
                 cf[name].append(p["steer_right_prob"] if name in ("left", "right") else p["faster_prob"])
             cf_speed.append(b["speed_mps"][:, C - 1])
+            # motion energy of each branch: mean absolute change between consecutive imagined frames
+            seq = torch.cat([start[:, None, None].expand(-1, len(names), -1, -1, -1, -1), cf_frames], 2).float()
+            motion = (seq[:, :, 1:] - seq[:, :, :-1]).abs().mean(dim=(2, 3, 4, 5))  # (B, V)
+            for v, name in enumerate(names):
+                cf_motion[name].append(motion[:, v])
             if cf_steps <= H:  # reference: the probe on the reconstructed real continuation, real labels
                 k = cf_steps
                 real_rec = _decode(tokenizer, tok[:, C - 1 : C + k], bf16)  # frames C-1 .. C-1+k
@@ -487,6 +493,13 @@ def evaluate_world_model(
             "counterfactual_faster_prob_when_slow": float(slow.mean()),
             "counterfactual_faster_prob_when_fast": float(fast.mean()),
             "counterfactual_fast_mps": fast_mps,
+            # paired read-back: from the same context, does the right-branch look more "right" to the probe
+            # than the left branch, and does the fast branch move more (pixel motion energy, no model at
+            # all) than the slow one?
+            "counterfactual_steering_paired_accuracy": frac((right > left).float()),
+            "counterfactual_speed_paired_motion_accuracy": frac(
+                (torch.cat(cf_motion["fast"]) > torch.cat(cf_motion["slow"])).float()),
+            "counterfactual_motion_energy": {k: float(torch.cat(v).mean()) for k, v in cf_motion.items()},
             # the probe's own accuracy on reconstructed real continuations (the trust in the numbers above)
             "probe_steering_accuracy_on_reconstructions": float(np.mean(ref["steer"])) if ref["steer"] else None,
             "probe_speed_accuracy_on_reconstructions": float(np.mean(ref["speed"])) if ref["speed"] else None,
