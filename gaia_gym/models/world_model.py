@@ -390,6 +390,9 @@ class WorldModel(nn.Module):
         return torch.stack(out, dim=1), mem
 
 
+DEFAULT_TOP_K = 50  # imagination samples among the 50 likeliest codes (GAIA-1 samples top-k too)
+
+
 def make_sampler(temperature: float = 1.0, top_k: int = 0, generator: torch.Generator | None = None):
     """logits (..., V) -> ids (...): argmax at temperature 0, else softmax sampling (optionally top-k)."""
 
@@ -398,8 +401,11 @@ def make_sampler(temperature: float = 1.0, top_k: int = 0, generator: torch.Gene
             return logits.argmax(-1)
         lg = logits / temperature
         if top_k and top_k < lg.shape[-1]:
-            kth = lg.topk(top_k, dim=-1).values[..., -1:]
-            lg = lg.masked_fill(lg < kth, float("-inf"))
+            # draw among the k best only: k random numbers per position instead of V (the draw was half
+            # of an imagined step's time at V = 1000)
+            vals, idx = lg.topk(top_k, dim=-1)
+            pick = torch.multinomial(vals.softmax(-1).flatten(0, -2), 1, generator=generator)
+            return idx.flatten(0, -2).gather(1, pick).view(logits.shape[:-1])
         probs = lg.softmax(-1).flatten(0, -2)
         ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         return ids.view(logits.shape[:-1])

@@ -41,7 +41,7 @@ from gaia_gym.data.format import load_episode
 from gaia_gym.data.loader import ClipDataset, EpisodeIndex
 from gaia_gym.metrics import psnr_uint8, ssim_uint8
 from gaia_gym.models.layout import ActionCodec
-from gaia_gym.models.world_model import KVCache, WorldModel, make_sampler
+from gaia_gym.models.world_model import DEFAULT_TOP_K, KVCache, WorldModel, make_sampler
 from gaia_gym.probe import IGNORE, pair_labels
 from gaia_gym.stages.tokenizer import autocast
 
@@ -86,7 +86,7 @@ def _sync(device: torch.device) -> None:
 
 def _sampler(temperature: float, seed: int, device: torch.device):
     gen = torch.Generator(device=device).manual_seed(int(seed)) if temperature > 0 else None
-    return make_sampler(temperature, generator=gen)
+    return make_sampler(temperature, DEFAULT_TOP_K, generator=gen)
 
 
 @torch.no_grad()
@@ -226,7 +226,8 @@ def _probe_read(probe, start: torch.Tensor, imagined: torch.Tensor) -> dict[str,
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
 def measure_imagination_speed(wm: WorldModel, batch_size: int = 64, steps: int = 24, warmup: int = 3,
-                              bf16: bool = True, temperature: float = 1.0, seed: int = 0) -> float:
+                              bf16: bool = True, temperature: float = 1.0, seed: int = 0,
+                              top_k: int = DEFAULT_TOP_K) -> float:
     """Imagined steps per second at `batch_size` (tokens only, nothing decoded), the context window full,
     sampling as an environment would; the first `warmup` steps are not timed."""
     dev = _device(wm)
@@ -235,7 +236,7 @@ def measure_imagination_speed(wm: WorldModel, batch_size: int = 64, steps: int =
     C = max(2, cfg.context)
     tokens = torch.randint(0, cfg.vocab, (batch_size, C, cfg.grid, cfg.grid), generator=g).to(dev)
     actions = (torch.rand(batch_size, C, cfg.action_dim, generator=g) * 2 - 1).to(dev)
-    sample = _sampler(temperature, seed, dev)
+    sample = make_sampler(temperature, top_k, torch.Generator(dev).manual_seed(seed))
     with autocast(dev, bf16):
         cache = KVCache()
         wm.prefill(cache, tokens, actions)
