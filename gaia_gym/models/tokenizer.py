@@ -257,5 +257,10 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def build_tokenizer(config: dict | TokenizerConfig, teacher: nn.Module | None = None) -> Tokenizer:
     """Tokenizer from a config dataclass or its stored dict (lists become tuples)."""
     if isinstance(config, dict):
-        config = TokenizerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+        config = config_from_dict(config)
     return Tokenizer(config, teacher)
+
+
+def config_from_dict(stored: dict) -> TokenizerConfig:
+    """A TokenizerConfig from its stored JSON form (lists back to tuples)."""
+    return TokenizerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})

@@ -275,12 +275,14 @@ class WorldModel(nn.Module):
         h_img = h[:, :, L.image_slice]
         mem = h[:, :, L.memory_index]
         logits = rearrange(self.head(h_img), "b t p (s v) -> b t p s v", s=self.S)
-        r_logits = self.reward_head(mem).float()
-        reward = symexp((r_logits.softmax(-1) * self.bins).sum(-1))
-        return WorldModelOutput(logits, mem, reward, self.end_head(mem).squeeze(-1).float(), h)
+        return WorldModelOutput(logits, mem, self.expected_reward(mem), self.end_head(mem).squeeze(-1).float(), h)
 
     def reward_logits(self, memory: torch.Tensor) -> torch.Tensor:
         return self.reward_head(memory).float()
+
+    def expected_reward(self, memory: torch.Tensor) -> torch.Tensor:
+        """The reward head's expectation, back in reward units (symexp of the two-hot mean)."""
+        return symexp((self.reward_logits(memory).softmax(-1) * self.bins).sum(-1))
 
     # ---- training ----------------------------------------------------------------------------
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -365,7 +367,7 @@ class WorldModel(nn.Module):
                 raise ValueError("classifier-free guidance is implemented for parallel decoding only")
             nxt, mem = self._step_autoregressive(cache, block, tokens, actions, sample)
         cache.trim(block + 1 - self.window + 1)
-        reward = symexp((self.reward_logits(mem).softmax(-1) * self.bins).sum(-1))
+        reward = self.expected_reward(mem)
         end = self.end_head(mem).squeeze(-1).float()
         return self.unpatchify(nxt[:, None])[:, 0], mem, reward, end
 

@@ -19,11 +19,11 @@ import torch
 from tqdm import tqdm
 
 from gaia_gym.checkpoint import load_model, read_model_info
-from gaia_gym.data.format import DatasetError, atomic_write_bytes
+from gaia_gym.data.format import DatasetError, atomic_write_bytes, load_episode
 from gaia_gym.data.loader import EpisodeIndex
-from gaia_gym.data.format import load_episode
 from gaia_gym.models.layout import ActionCodec
 from gaia_gym.models.world_model import WORLD_MODEL_PRESETS, WorldModel, WorldModelConfig, build_world_model
+from gaia_gym.models.tokenizer import config_from_dict
 from gaia_gym.stages.tokenizer import autocast, load_tokenizer
 
 KIND = "world_model"
@@ -122,10 +122,8 @@ def train_world_model(data: Path, tokenizer_dir: Path, out: Path, preset: str = 
     tok_info = read_model_info(tokenizer_dir)
     if tok_info.get("kind") != "tokenizer":
         raise ValueError(f"{tokenizer_dir} is a {tok_info.get('kind')} file, expected a tokenizer")
-    tcfg = tok_info["config"]
-    grid = tcfg["frame_size"] // 2 ** len(tcfg["enc_channels"])
-    vocab = int(np.prod(tcfg["fsq_levels"])) if tcfg["quantizer"] == "fsq" else tcfg["vq_size"]
-    cfg = world_model_config(preset, **{"grid": grid, "vocab": vocab, **overrides})
+    tcfg = config_from_dict(tok_info["config"])
+    cfg = world_model_config(preset, **{"grid": tcfg.grid, "vocab": tcfg.vocab_size, **overrides})
     codec = ActionCodec()
     train_cfg = train_cfg or TrainConfig(steps=4000, batch_size=16, lr=6e-4, warmup_steps=200,
                                          checkpoint_minutes=5, log_every=25, image_every=0)

@@ -90,31 +90,23 @@ def _sampler(temperature: float, seed: int, device: torch.device):
 
 
 @torch.no_grad()
+def _chunked(fn, x: torch.Tensor, item_dims: int, bf16: bool, device: torch.device, chunk: int = 256):
+    """Apply `fn` to x's items (its last `item_dims` dims) in chunks of `chunk`, keeping leading dims."""
+    lead = x.shape[: x.dim() - item_dims]
+    flat = x.reshape(-1, *x.shape[x.dim() - item_dims :])
+    with autocast(device, bf16):
+        out = torch.cat([fn(flat[i : i + chunk].to(device)) for i in range(0, len(flat), chunk)])
+    return out.reshape(*lead, *out.shape[1:])
+
+
 def _encode(tokenizer, frames: torch.Tensor, bf16: bool, chunk: int = 256) -> torch.Tensor:
     """uint8 (..., H, W, 3) -> tokens (..., g, g) on the tokenizer's device."""
-    dev = _device(tokenizer)
-    lead = frames.shape[:-3]
-    flat = frames.reshape(-1, *frames.shape[-3:])
-    out = []
-    with autocast(dev, bf16):
-        for i in range(0, len(flat), chunk):
-            out.append(tokenizer.encode(flat[i : i + chunk].to(dev)))
-    t = torch.cat(out)
-    return t.reshape(*lead, *t.shape[-2:])
+    return _chunked(tokenizer.encode, frames, 3, bf16, _device(tokenizer), chunk)
 
 
-@torch.no_grad()
 def _decode(tokenizer, tokens: torch.Tensor, bf16: bool, chunk: int = 256) -> torch.Tensor:
     """tokens (..., g, g) -> uint8 frames (..., H, W, 3) on the CPU."""
-    dev = _device(tokenizer)
-    lead = tokens.shape[:-2]
-    flat = tokens.reshape(-1, *tokens.shape[-2:])
-    out = []
-    with autocast(dev, bf16):
-        for i in range(0, len(flat), chunk):
-            out.append(tokenizer.decode(flat[i : i + chunk].to(dev)).cpu())
-    f = torch.cat(out)
-    return f.reshape(*lead, *f.shape[-3:])
+    return _chunked(lambda t: tokenizer.decode(t).cpu(), tokens, 2, bf16, _device(tokenizer), chunk)
 
 
 def _model_actions(steering: torch.Tensor, target_speed_mps: torch.Tensor, codec: ActionCodec) -> torch.Tensor:
