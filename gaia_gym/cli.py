@@ -145,7 +145,7 @@ def cmd_train_world_model(a: argparse.Namespace) -> None:
                        log_every=25, image_every=0)
     overrides = {"decoding": a.decoding} if a.decoding else {}
     r = train_world_model(Path(a.data), Path(a.tokenizer), Path(a.out), preset=a.preset, train_cfg=tc,
-                          progress=not a.quiet, **overrides)
+                          progress=not a.quiet, head=a.head, **overrides)
     m = r.get("metrics") or {}
     print(f"{a.out}: world model trained to step {r['step']} ({r['minutes']:.1f} min in total); "
           + ", ".join(f"{k}={m[k]:.4g}" for k in ("ce", "token_acc", "reward_mae") if k in m))
@@ -232,7 +232,7 @@ def _add_train_args(p: argparse.ArgumentParser, presets: list[str]) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
-    p.add_argument("--no-bf16", action="store_true", help="train in fp32 (bf16 autocast is the default)")
+    p.add_argument("--no-bf16", action="store_true", help="train in fp32 (default: bf16 autocast where the hardware runs it fast: CUDA, AMX or AVX-512 BF16 CPUs)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -351,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     tw.add_argument("--tokenizer", required=True, help="trained tokenizer model directory")
     tw.add_argument("--decoding", choices=["parallel", "autoregressive"],
                     help="next-frame decoding scheme (default: parallel, one pass per frame)")
+    tw.add_argument("--head", choices=["digits", "codes"], default="digits",
+                    help="image head: one small softmax per FSQ digit (default; cheaper to sample) or one "
+                         "softmax over all codes")
     tw.set_defaults(fn=cmd_train_world_model)
 
     tp = tsub.add_parser("probe", help="inverse-dynamics probe on real frames (reads steering/speed back)")

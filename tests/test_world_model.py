@@ -183,3 +183,68 @@ def test_bad_configs_raise():
         WorldModel(WorldModelConfig(decoding="diffusion"))
     with pytest.raises(ValueError, match="patch"):
         WorldModel(WorldModelConfig(grid=8, patch=3))
+
+
+# ---- the factorized ("digits") image head -------------------------------------------------------
+def digits_model(**kw) -> WorldModel:
+    return tiny(vocab=16, code_levels=(4, 4), **kw)
+
+
+def test_digits_match_the_fsq_tokenizer_index_order():
+    from gaia_gym.models.quantizers import FSQ
+
+    m = tiny(vocab=1000, code_levels=(8, 5, 5, 5))
+    q = FSQ((8, 5, 5, 5))
+    ids = torch.arange(1000)
+    d = m.to_digits(ids)
+    assert torch.equal(m.from_digits(d), ids)
+    # FSQ.embed places digit i on channel i: the same digits, as centred values
+    zq = q.embed(ids.view(1, 1, -1))[0, :, 0]  # (D, 1000)
+    half = torch.tensor([4.0, 2, 2, 2])[:, None]
+    torch.testing.assert_close(zq * half + half, d.T.float())
+
+
+def test_digits_head_nll_is_the_sum_of_digit_cross_entropies_and_greedy_is_per_digit_argmax():
+    m = digits_model()
+    assert m.head.out_features == m.S * 8
+    logits = torch.randn(3, 5, 8)
+    target = torch.randint(0, 16, (3, 5))
+    nll, ok = m.image_nll(logits, target)
+    d = m.to_digits(target)
+    ref = (torch.nn.functional.cross_entropy(logits[..., :4].reshape(-1, 4), d[..., 0].flatten(), reduction="none")
+           + torch.nn.functional.cross_entropy(logits[..., 4:].reshape(-1, 4), d[..., 1].flatten(), reduction="none"))
+    torch.testing.assert_close(nll.flatten(), ref)
+    greedy = m.sample_ids(logits, make_sampler(0.0))
+    assert torch.equal(greedy, m.from_digits(torch.stack([logits[..., :4].argmax(-1), logits[..., 4:].argmax(-1)], -1)))
+    assert torch.equal(ok, greedy == target)
+    # the digits' distribution is a distribution over codes: probabilities of all 16 codes sum to 1
+    lp = -m.image_nll(logits[0, 0].expand(16, 8), torch.arange(16))[0]
+    torch.testing.assert_close(lp.exp().sum(), torch.tensor(1.0))
+
+
+def test_digits_head_kv_cache_matches_full_recomputation_and_trains():
+    m = digits_model(context=6)
+    tok, act = clip(m, T=5)
+    full = m(tok, act)
+    greedy_full = m.sample_ids(m.next_frame_logits(full), make_sampler(0.0))  # (B, T-1, P, S)
+    c = KVCache()
+    m.prefill(c, tok[:, :1], act[:, :1])
+    for t in range(4):
+        nxt, *_ = m.step(c, t, tok[:, t], act[:, t], make_sampler(0.0))
+        assert torch.equal(m.patchify(nxt[:, None])[:, 0], greedy_full[:, t])
+    m.train()
+    batch = {"tokens": tok, "actions": act, "reward": torch.zeros(3, 5), "terminated": torch.zeros(3, 5)}
+    opt = torch.optim.AdamW(m.parameters(), 3e-3)
+    first = None
+    for _ in range(40):
+        loss, metrics = m.compute_loss(batch)
+        first = first if first is not None else metrics["ce"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert metrics["ce"] < 0.5 * first
+
+
+def test_digits_head_levels_must_match_the_vocabulary():
+    with pytest.raises(ValueError, match="code_levels"):
+        WorldModelConfig(vocab=1000, code_levels=(8, 8))

@@ -43,6 +43,20 @@ class WorldModelConfig:
     reward_range: float = 5.0  # symlog units: covers |r| <= e^5 - 1 = 147
     reward_weight: float = 1.0
     end_weight: float = 1.0
+    # image head: () = one softmax over the whole vocabulary; the tokenizer's FSQ levels (e.g. (8, 5, 5, 5))
+    # = one small softmax per FSQ digit (factorized: 23 logits instead of 1000 per token; neighbouring
+    # digit values decode to similar pixels, and sampling costs a few draws instead of a top-k)
+    code_levels: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "code_levels", tuple(int(x) for x in self.code_levels))
+        if self.code_levels and math.prod(self.code_levels) != self.vocab:
+            raise ValueError(f"code_levels {self.code_levels} do not multiply to the vocabulary {self.vocab}")
+
+    @property
+    def head_width(self) -> int:
+        """Logits per image token."""
+        return sum(self.code_levels) if self.code_levels else self.vocab
 
     @property
     def layout(self) -> TokenLayout:
@@ -89,34 +103,103 @@ def rope(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
 
 
-@dataclass
 class KVCache:
-    """Keys/values of the blocks seen so far, per layer: (B, H, N, hd); `pos` (N,) block indices."""
+    """Keys/values of the tokens seen so far, per layer, in preallocated buffers (B, H, capacity, hd).
 
-    k: list[torch.Tensor] = field(default_factory=list)
-    v: list[torch.Tensor] = field(default_factory=list)
-    pos: torch.Tensor | None = None
-    kind: torch.Tensor | None = None  # (N,) position-in-block of every cached token (for masks)
+    The live tokens occupy ``[start, end)`` of every buffer; `pos` and `kind` (length `length`) hold each
+    live token's block index and slot inside its block (for the attention mask). Appending writes in
+    place and `trim` (the sliding window) only moves `start`, so an imagined step copies nothing; when
+    the buffer is full the live part is moved to the front (once every few steps) or the buffer grows.
+    """
+
+    def __init__(self) -> None:
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        self.start = 0
+        self.end = 0
+        self.pos: torch.Tensor | None = None
+        self.kind: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
-        return 0 if self.pos is None else len(self.pos)
+        return self.end - self.start
+
+    def keys(self, layer: int) -> torch.Tensor:
+        return self.k[layer][:, :, self.start : self.end]
+
+    def values(self, layer: int) -> torch.Tensor:
+        return self.v[layer][:, :, self.start : self.end]
+
+    def reserve(self, m: int) -> None:
+        """Make room for m more tokens after `end` (compacting or growing the buffers)."""
+        if not self.k or self.end + m <= self.k[0].shape[2]:
+            return
+        n = self.length
+        cap = self.k[0].shape[2]
+        if n + m > cap // 2:  # grow: keep at least as much free room as live tokens
+            cap = 2 * (n + m)
+        for bufs in (self.k, self.v):
+            for i, b in enumerate(bufs):
+                new = b.new_empty(b.shape[0], b.shape[1], cap, b.shape[3])
+                new[:, :, :n] = b[:, :, self.start : self.end]
+                bufs[i] = new
+        self.start, self.end = 0, n
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new keys/values (B, H, m, hd) after the live ones (`reserve` first); returns the live
+        keys and values including them. `commit` makes them part of the cache."""
+        m = k.shape[2]
+        if len(self.k) <= layer:  # first use: allocate
+            cap = max(64, 2 * m)
+            self.k.append(k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3]))
+            self.v.append(v.new_empty(v.shape[0], v.shape[1], cap, v.shape[3]))
+        self.k[layer][:, :, self.end : self.end + m] = k
+        self.v[layer][:, :, self.end : self.end + m] = v
+        return self.k[layer][:, :, self.start : self.end + m], self.v[layer][:, :, self.start : self.end + m]
+
+    def commit(self, blocks: torch.Tensor, slots: torch.Tensor) -> None:
+        """Advance `end` past the tokens just written (blocks/slots: their block index and slot)."""
+        self.end += len(blocks)
+        self.pos = blocks if self.pos is None else torch.cat([self.pos, blocks])
+        self.kind = slots if self.kind is None else torch.cat([self.kind, slots])
 
     def trim(self, keep_from_block: int) -> None:
         """Drop cached tokens of blocks < keep_from_block (the sliding window)."""
         if self.pos is None:
             return
-        keep = self.pos >= keep_from_block
-        if bool(keep.all()):
-            return
-        i = int((~keep).sum())  # blocks are appended in order: the dropped tokens are a prefix
-        self.k = [k[:, :, i:] for k in self.k]
-        self.v = [v[:, :, i:] for v in self.v]
-        self.pos, self.kind = self.pos[i:], self.kind[i:]
+        i = int((self.pos < keep_from_block).sum())  # blocks are appended in order: dropped = a prefix
+        if i:
+            self.start += i
+            self.pos, self.kind = self.pos[i:], self.kind[i:]
 
-    def select(self, index: torch.Tensor) -> "KVCache":
-        """A cache of the batch rows `index` (for branching / CFG)."""
-        return KVCache([k[index] for k in self.k], [v[index] for v in self.v], self.pos, self.kind)
+    def view(self) -> "KVCache":
+        """A cache sharing these buffers: what it writes after `end` is overwritten by this cache's next
+        write (used for the unconditional pass of classifier-free guidance). Call `reserve` first."""
+        c = KVCache()
+        c.k, c.v, c.start, c.end, c.pos, c.kind = list(self.k), list(self.v), self.start, self.end, self.pos, self.kind
+        return c
+
+    def clone(self) -> "KVCache":
+        """An independent copy of the live part."""
+        return self.select(slice(None))
+
+    def assign_rows(self, rows: torch.Tensor, other: "KVCache") -> None:
+        """Overwrite batch rows `rows` with `other`'s (len(rows) rows, same blocks and slots): resets one
+        imagined env while the others keep driving."""
+        if other.length != self.length or not torch.equal(other.pos, self.pos) or not torch.equal(other.kind, self.kind):
+            raise ValueError("assign_rows needs a cache over the same blocks")
+        for i in range(len(self.k)):
+            self.k[i][rows, :, self.start : self.end] = other.keys(i).to(self.k[i].dtype)
+            self.v[i][rows, :, self.start : self.end] = other.values(i).to(self.v[i].dtype)
+
+    def select(self, index: torch.Tensor | slice) -> "KVCache":
+        """A cache of the batch rows `index` (copies; for branching / CFG)."""
+        c = KVCache()
+        c.k = [self.keys(i)[index].contiguous() for i in range(len(self.k))]
+        c.v = [self.values(i)[index].contiguous() for i in range(len(self.v))]
+        c.start, c.end = 0, self.length
+        c.pos, c.kind = self.pos, self.kind
+        return c
 
 
 class Attention(nn.Module):
@@ -127,14 +210,14 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.drop = cfg.dropout
 
-    def forward(self, x, pos, mask, past_k=None, past_v=None):
+    def forward(self, x, pos, mask, cache: KVCache | None = None, layer: int = 0):
         q, k, v = rearrange(self.qkv(x), "b n (three h e) -> three b h n e", three=3, h=self.h)
         q, k = rope(q, pos), rope(k, pos)
-        if past_k is not None:
-            k = torch.cat([past_k.to(k.dtype), k], dim=2)
-            v = torch.cat([past_v.to(v.dtype), v], dim=2)
+        if cache is not None:
+            k, v = cache.write(layer, k, v)
+            q = q.to(k.dtype)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.drop if self.training else 0.0)
-        return self.proj(rearrange(y, "b h n e -> b n (h e)")), k, v
+        return self.proj(rearrange(y, "b h n e -> b n (h e)"))
 
 
 class Block(nn.Module):
@@ -145,17 +228,16 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.mlp = nn.Sequential(nn.Linear(d, cfg.mlp_ratio * d), nn.GELU(), nn.Linear(cfg.mlp_ratio * d, d))
 
-    def forward(self, x, pos, mask, past_k=None, past_v=None):
-        a, k, v = self.attn(self.ln1(x), pos, mask, past_k, past_v)
-        x = x + a
-        return x + self.mlp(self.ln2(x)), k, v
+    def forward(self, x, pos, mask, cache: KVCache | None = None, layer: int = 0):
+        x = x + self.attn(self.ln1(x), pos, mask, cache, layer)
+        return x + self.mlp(self.ln2(x))
 
 
 @dataclass
 class WorldModelOutput:
     """Outputs for the blocks that were run."""
 
-    image_logits: torch.Tensor  # (B, T, P, S, V): parallel: frame t+1's tokens; AR: see `predict_next`
+    image_logits: torch.Tensor  # (B, T, P, S, K): parallel: frame t+1's tokens; AR: see `next_frame_logits`
     memory: torch.Tensor  # (B, T, d): hidden state after block t (frame t and a_t seen)
     reward: torch.Tensor  # (B, T) expected reward of the step t -> t+1
     end_logit: torch.Tensor  # (B, T) logit of "the episode ends after step t"
@@ -182,7 +264,12 @@ class WorldModel(nn.Module):
         self.null_action = nn.Parameter(torch.zeros(cfg.action_dim, d))
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
         self.ln_f = nn.LayerNorm(d)
-        self.head = nn.Linear(d, S * cfg.vocab)
+        self.head = nn.Linear(d, S * cfg.head_width)
+        if cfg.code_levels:
+            lv = torch.tensor(cfg.code_levels)
+            self.register_buffer("_levels", lv, persistent=False)
+            self.register_buffer("_basis", torch.cumprod(torch.cat([torch.ones(1, dtype=lv.dtype), lv[:-1]]), 0),
+                                 persistent=False)
         self.reward_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, cfg.reward_bins))
         self.end_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
         self.register_buffer("bins", torch.linspace(-cfg.reward_range, cfg.reward_range, cfg.reward_bins),
@@ -258,24 +345,65 @@ class WorldModel(nn.Module):
         else:
             k_blocks, k_slots = blocks, slots
         mask = self._mask(blocks, slots, k_blocks, k_slots)
-        new_k, new_v = [], []
-        for i, blk in enumerate(self.blocks):
-            pk = cache.k[i] if cache is not None and cache.length else None
-            pv = cache.v[i] if cache is not None and cache.length else None
-            x, k, v = blk(x, blocks, mask, pk, pv)
-            new_k.append(k)
-            new_v.append(v)
+        if bool(mask.all()):
+            mask = None  # e.g. a parallel step over a full window: SDPA's unmasked path is faster
         if cache is not None:
-            cache.k, cache.v = new_k, new_v
-            cache.pos, cache.kind = k_blocks, k_slots
+            cache.reserve(len(blocks))
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, blocks, mask, cache, i)
+        if cache is not None:
+            cache.commit(blocks, slots)
         return self.ln_f(x)
 
     def _heads(self, h: torch.Tensor) -> WorldModelOutput:
         L = self.layout
         h_img = h[:, :, L.image_slice]
         mem = h[:, :, L.memory_index]
-        logits = rearrange(self.head(h_img), "b t p (s v) -> b t p s v", s=self.S)
+        logits = self.image_logits(h_img)
         return WorldModelOutput(logits, mem, self.expected_reward(mem), self.end_head(mem).squeeze(-1).float(), h)
+
+    # ---- the image head: logits, loss and sampling for either head kind -----------------------
+    def image_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states (..., d) of image positions -> logits (..., S, head_width)."""
+        return rearrange(self.head(h), "... (s v) -> ... s v", s=self.S)
+
+    def to_digits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Code ids (...) -> FSQ digits (..., n_levels) (the tokenizer's FSQ index order)."""
+        return (ids.unsqueeze(-1) // self._basis) % self._levels
+
+    def from_digits(self, digits: torch.Tensor) -> torch.Tensor:
+        return (digits * self._basis).sum(-1)
+
+    def _digit_slices(self):
+        o = 0
+        for n in self.cfg.code_levels:
+            yield slice(o, o + n)
+            o += n
+
+    def image_nll(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token negative log-likelihood of the target ids and whether the argmax got them right:
+        logits (..., head_width), target (...) -> (nll (...), correct (...) bool). With the factorized
+        head a token's likelihood is the product of its digits' (so the two heads' NLLs compare)."""
+        logits = logits.float()
+        if not self.cfg.code_levels:
+            nll = F.cross_entropy(logits.flatten(0, -2), target.flatten(), reduction="none").view(target.shape)
+            return nll, logits.argmax(-1) == target
+        digits = self.to_digits(target)
+        nll = torch.zeros(target.shape, device=logits.device)
+        correct = torch.ones(target.shape, dtype=torch.bool, device=logits.device)
+        for i, sl in enumerate(self._digit_slices()):
+            lg = logits[..., sl]
+            nll = nll + F.cross_entropy(lg.flatten(0, -2), digits[..., i].flatten(), reduction="none").view(target.shape)
+            correct &= lg.argmax(-1) == digits[..., i]
+        return nll, correct
+
+    def sample_ids(self, logits: torch.Tensor, sample) -> torch.Tensor:
+        """Logits (..., head_width) -> code ids (...), drawing with `sample` (see `make_sampler`); the
+        factorized head draws each digit with it."""
+        if not self.cfg.code_levels:
+            return sample(logits)
+        digits = torch.stack([sample(logits[..., sl]) for sl in self._digit_slices()], dim=-1)
+        return self.from_digits(digits)
 
     def reward_logits(self, memory: torch.Tensor) -> torch.Tensor:
         return self.reward_head(memory).float()
@@ -291,9 +419,9 @@ class WorldModel(nn.Module):
         B, T = tokens.shape[:2]
         null = torch.rand(B, T, device=tokens.device) < self.cfg.action_dropout if self.training else None
         out = self.forward(tokens, actions, null)
-        logits, target = self.next_frame_logits(out), self.patchify(tokens[:, 1:])  # (B,T-1,P,S,V), (B,T-1,P,S)
-        ce = F.cross_entropy(logits.float().flatten(0, -2), target.flatten())
-        acc = (logits.argmax(-1) == target).float().mean()
+        logits, target = self.next_frame_logits(out), self.patchify(tokens[:, 1:])  # (B,T-1,P,S,K), (B,T-1,P,S)
+        nll, correct = self.image_nll(logits, target)
+        ce, acc = nll.mean(), correct.float().mean()
         r_target = two_hot(symlog(batch["reward"].float()), self.bins)
         r_loss = -(r_target * self.reward_logits(out.memory).log_softmax(-1)).sum(-1).mean()
         end = batch["terminated"].float()
@@ -312,7 +440,7 @@ class WorldModel(nn.Module):
         L = self.layout
         src = torch.cat([out.hidden[:, :-1, L.memory_index : L.memory_index + 1],
                          out.hidden[:, 1:, L.image_slice][:, :, :-1]], dim=2)  # (B, T-1, P, d)
-        return rearrange(self.head(src), "b t p (s v) -> b t p s v", s=self.S)
+        return self.image_logits(src)
 
     # ---- generation --------------------------------------------------------------------------
     @property
@@ -332,13 +460,17 @@ class WorldModel(nn.Module):
         return self._run(x, blocks, slots, cache)
 
     @torch.no_grad()
-    def prefill(self, cache: KVCache, tokens: torch.Tensor, actions: torch.Tensor) -> None:
-        """Feed real context blocks 0..T-2 (of tokens (B, T, g, g), actions (B, T, A)) into an empty
-        cache, keeping the window; the last frame is fed by the first `step`, with its action."""
+    def prefill(self, cache: KVCache, tokens: torch.Tensor, actions: torch.Tensor, start_block: int = 0) -> torch.Tensor:
+        """Feed real context blocks (of tokens (B, T, g, g), actions (B, T, A)) except the last into an
+        empty cache at block indices start_block.., keeping the window; the last frame is fed by the first
+        `step`, with its action. Returns the memory after the last fed block (B, d): the hidden feature
+        observed with the last frame (zeros when T == 1)."""
         T = tokens.shape[1]
-        if T > 1:
-            self.forward(tokens[:, : T - 1], actions[:, : T - 1], cache=cache, start_block=0)
-            cache.trim(T - 1 - self.window + 1)
+        if T == 1:
+            return torch.zeros(tokens.shape[0], self.cfg.d_model, device=tokens.device)
+        out = self.forward(tokens[:, : T - 1], actions[:, : T - 1], cache=cache, start_block=start_block)
+        cache.trim(start_block + T - 1 - self.window + 1)
+        return out.memory[:, -1]
 
     @torch.no_grad()
     def step(self, cache: KVCache, block: int, tokens: torch.Tensor, actions: torch.Tensor, sample,
@@ -352,15 +484,16 @@ class WorldModel(nn.Module):
         if self.cfg.decoding == "parallel":
             slots = torch.arange(L.block, device=dev)
             if guidance != 1.0:
-                tmp = KVCache(list(cache.k), list(cache.v), cache.pos, cache.kind)  # _run never mutates tensors
+                cache.reserve(L.block)
+                tmp = cache.view()  # its writes are overwritten by the conditional pass below
                 null = torch.ones(len(tokens), dtype=torch.bool, device=dev)
                 hu = self._feed(tmp, self._block_embedding(tokens, actions, null), block, slots)
             h = self._feed(cache, self._block_embedding(tokens, actions), block, slots)
-            logits = rearrange(self.head(h[:, L.image_slice]), "b p (s v) -> b p s v", s=self.S).float()
+            logits = self.image_logits(h[:, L.image_slice]).float()
             if guidance != 1.0:
-                lu = rearrange(self.head(hu[:, L.image_slice]), "b p (s v) -> b p s v", s=self.S).float()
+                lu = self.image_logits(hu[:, L.image_slice]).float()
                 logits = lu + guidance * (logits - lu)
-            nxt = sample(logits)  # (B, P, S)
+            nxt = self.sample_ids(logits, sample)  # (B, P, S)
             mem = h[:, L.memory_index]
         else:
             if guidance != 1.0:
@@ -383,7 +516,7 @@ class WorldModel(nn.Module):
         mem = src = h[:, -1]
         out: list[torch.Tensor] = []
         for p in range(L.image_tokens):
-            ids = sample(rearrange(self.head(src), "b (s v) -> b s v", s=self.S).float())  # (B, S)
+            ids = self.sample_ids(self.image_logits(src).float(), sample)  # (B, S)
             out.append(ids)
             if p < L.image_tokens - 1:  # feed position p of frame block+1
                 offset = torch.arange(self.S, device=dev) * self.cfg.vocab

@@ -9,7 +9,6 @@ directory nobody trained on (`--split all`, e.g. an imported drive).
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -20,16 +19,10 @@ from gaia_gym.checkpoint import load_model
 from gaia_gym.data.loader import ClipDataset, EpisodeIndex, iter_frames
 from gaia_gym.metrics import code_stats, psnr_uint8, ssim_uint8
 from gaia_gym.models.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig, build_tokenizer
+from gaia_gym.precision import autocast, precision_name  # noqa: F401 (autocast re-exported)
 
 KIND = "tokenizer"
 DEFAULT_TOKENIZER = Path(__file__).resolve().parent.parent / "assets" / "tokenizer"
-
-
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CPU (AMX) and CUDA; a no-op elsewhere or when disabled."""
-    if not enabled or device.type not in ("cpu", "cuda"):
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def tokenizer_config(preset: str = "default", **overrides) -> TokenizerConfig:
@@ -113,7 +106,7 @@ def evaluate_tokenizer(
         "bits_per_frame": cfg.bits_per_frame,
         "compression_ratio": cfg.compression_ratio,
         **speed,
-        "precision": "bf16-autocast" if bf16 else "fp32",
+        "precision": precision_name(device, bf16),
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
     }

@@ -24,7 +24,8 @@ from gaia_gym.data.loader import EpisodeIndex
 from gaia_gym.models.layout import ActionCodec
 from gaia_gym.models.world_model import WORLD_MODEL_PRESETS, WorldModel, WorldModelConfig, build_world_model
 from gaia_gym.models.tokenizer import config_from_dict
-from gaia_gym.stages.tokenizer import autocast, load_tokenizer
+from gaia_gym.precision import autocast
+from gaia_gym.stages.tokenizer import load_tokenizer
 
 KIND = "world_model"
 DEFAULT_WORLD_MODEL = Path(__file__).resolve().parent.parent / "assets" / "world_model"
@@ -113,9 +114,23 @@ class TokenClips:
         return make
 
 
+def head_levels(tokenizer_cfg, head: str) -> tuple[int, ...]:
+    """`code_levels` for an image head kind: "codes" (one softmax over the vocabulary) or "digits" (one per
+    FSQ digit; needs an FSQ tokenizer)."""
+    if head == "codes":
+        return ()
+    if head == "digits":
+        if tokenizer_cfg.quantizer != "fsq":
+            raise ValueError("the digits head needs an FSQ tokenizer; use --head codes with a VQ tokenizer")
+        return tuple(tokenizer_cfg.fsq_levels)
+    raise ValueError(f"head must be 'codes' or 'digits', got {head!r}")
+
+
 def train_world_model(data: Path, tokenizer_dir: Path, out: Path, preset: str = "default", train_cfg=None,
-                      progress: bool = True, **overrides) -> dict:
-    """Tokenize `data` (cached in OUT/tokens) and train (or resume) a world model into `out`."""
+                      progress: bool = True, head: str = "digits", **overrides) -> dict:
+    """Tokenize `data` (cached in OUT/tokens) and train (or resume) a world model into `out`.
+
+    head: "digits" (default; one small softmax per FSQ digit) or "codes" (one softmax over all codes)."""
     from gaia_gym.train.loop import TrainConfig, train
 
     tokenizer_dir = Path(tokenizer_dir)
@@ -123,7 +138,8 @@ def train_world_model(data: Path, tokenizer_dir: Path, out: Path, preset: str = 
     if tok_info.get("kind") != "tokenizer":
         raise ValueError(f"{tokenizer_dir} is a {tok_info.get('kind')} file, expected a tokenizer")
     tcfg = config_from_dict(tok_info["config"])
-    cfg = world_model_config(preset, **{"grid": tcfg.grid, "vocab": tcfg.vocab_size, **overrides})
+    cfg = world_model_config(preset, **{"grid": tcfg.grid, "vocab": tcfg.vocab_size,
+                                        "code_levels": head_levels(tcfg, head), **overrides})
     codec = ActionCodec()
     train_cfg = train_cfg or TrainConfig(steps=4000, batch_size=16, lr=6e-4, warmup_steps=200,
                                          checkpoint_minutes=5, log_every=25, image_every=0)

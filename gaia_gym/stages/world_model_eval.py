@@ -16,7 +16,7 @@ by default), spread evenly over all of the split's non-overlapping clips, and me
   contexts, rollouts with full-left vs full-right steering (at the context's last target speed) and with
   a 0 m/s vs ``fast_mps`` target speed (at its last steering); the probe reads the decoded pair (frame
   context-1, frame context-1+steps) and the accuracy is the fraction read back as the commanded direction;
-- **throughput**: imagined steps/s at batch 64 (tokens only, bf16 autocast, warm-up excluded) and, in the
+- **throughput**: imagined steps/s at batch 64 (tokens only, bf16 autocast where fast, warm-up excluded) and, in the
   same run, the real CarRacing-v3 simulator with one process per core, giving how many times faster than
   the real simulator the world model produces driving time.
 
@@ -43,7 +43,7 @@ from gaia_gym.metrics import psnr_uint8, ssim_uint8
 from gaia_gym.models.layout import ActionCodec
 from gaia_gym.models.world_model import DEFAULT_TOP_K, KVCache, WorldModel, make_sampler
 from gaia_gym.probe import IGNORE, pair_labels
-from gaia_gym.stages.tokenizer import autocast
+from gaia_gym.precision import autocast, precision_name
 
 EVAL_FIELDS = ("frames", "steering", "target_speed_mps", "speed_mps", "reward", "terminated")
 SIM_HZ = 50.0  # CarRacing-v3 simulates at 50 frames per second
@@ -364,8 +364,9 @@ def evaluate_world_model(
         out = teacher_forced(b, tok)
         logits = wm.next_frame_logits(out).float()
         target = wm.patchify(tok[:, 1:W])
-        ce_sum += float(F.cross_entropy(logits.flatten(0, -2), target.flatten(), reduction="sum"))
-        correct += float((logits.argmax(-1) == target).sum())
+        nll, ok = wm.image_nll(logits, target)
+        ce_sum += float(nll.sum())
+        correct += float(ok.sum())
         n_tok += target.numel()
         r_tf_err += float((out.reward.float().cpu() - b["reward"][:, :W]).abs().sum())
         r_tf_n += B * W
@@ -439,7 +440,7 @@ def evaluate_world_model(
         "context": C,
         "horizons": horizons,
         "sample_temperature": sample_temperature,
-        "precision": "bf16-autocast" if bf16 else "fp32",
+        "precision": precision_name(dev, bf16),
         "teacher_forced_window": W,
         "val_cross_entropy": ce_sum / n_tok,
         "token_accuracy": correct / n_tok,

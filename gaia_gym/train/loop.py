@@ -47,6 +47,7 @@ from gaia_gym.checkpoint import (
     unwrap_model,
 )
 from gaia_gym.data.format import atomic_write_bytes
+from gaia_gym.precision import autocast
 
 TRAIN_STATE = "train_state.pt"
 TB_DIR = "tb"
@@ -76,7 +77,7 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0  # checkpoint this often (and always at the end)
     log_every: int = 50  # TensorBoard scalars + progress-bar loss every this many steps
     image_every: int = 1000  # call `log_images` every this many steps (0 = never; also at the end)
-    bf16: bool = True  # torch.autocast(bfloat16) on CPU and CUDA (weights and optimizer stay fp32)
+    bf16: bool = True  # bf16 autocast where the hardware runs it fast (gaia_gym.precision); weights stay fp32
     channels_last: bool = False  # conv models: channels_last memory format
     seed: int = 0  # torch/numpy/random seed (+ rank); the batch factory gets a seed derived from it
     threads: int = 0  # torch intra-op threads (0 = leave torch's default)
@@ -501,7 +502,7 @@ def _train(model, kind, model_config, batches, cfg: TrainConfig, out_dir: Path, 
                     raise RuntimeError("the batch iterator ended; batches() must return an endless iterator") from None
                 n = _batch_len(batch)
                 batch = _to_device(batch, device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                with autocast(device, cfg.bf16):
                     loss, metrics = engine(batch)
                 if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
                     raise TypeError("compute_loss must return (scalar loss tensor, dict of metrics)")

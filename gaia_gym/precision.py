@@ -1,0 +1,53 @@
+"""Which number format to compute in: bf16 autocast only where the hardware runs it fast.
+
+bf16 matmuls are ~4x faster than fp32 on CPUs with AMX or AVX-512 BF16 (and on CUDA GPUs with bf16
+support), but several times *slower* on CPUs without them (measured 7x slower on an AVX2-only EPYC),
+where PyTorch emulates bf16. Every stage asks `use_bf16(device, requested)` instead of assuming.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from functools import lru_cache
+
+import torch
+
+
+@lru_cache(maxsize=None)
+def _cpu_has_fast_bf16() -> bool:
+    cpu = torch.cpu
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        fn = getattr(cpu, name, None)
+        try:
+            if fn is not None and fn():
+                return True
+        except Exception:  # pragma: no cover - private helpers may change between releases
+            pass
+    return False
+
+
+def bf16_is_fast(device: torch.device | str) -> bool:
+    """True where bf16 autocast speeds things up: CUDA with bf16 support, CPUs with AMX / AVX-512 BF16."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return _cpu_has_fast_bf16()
+    return False
+
+
+def use_bf16(device: torch.device | str, requested: bool = True) -> bool:
+    """bf16 when requested and fast on `device`; fp32 otherwise."""
+    return bool(requested) and bf16_is_fast(device)
+
+
+def precision_name(device: torch.device | str, requested: bool = True) -> str:
+    return "bf16-autocast" if use_bf16(device, requested) else "fp32"
+
+
+def autocast(device: torch.device | str, enabled: bool = True):
+    """bf16 autocast where it is fast (see `use_bf16`); a no-op context elsewhere or when disabled."""
+    device = torch.device(device)
+    if not use_bf16(device, enabled):
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
