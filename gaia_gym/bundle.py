@@ -34,15 +34,26 @@ PROMPTS = "prompts.npz"
 
 @dataclass
 class PromptBank:
-    """Real context clips: tokens (N, C, g, g) int64 and actions (N, C, A) float32 (model units)."""
+    """Real context clips: tokens (N, C, g, g) int64 and actions (N, C, A) float32 (model units), and
+    optionally what really happened next (next_tokens (N, F, g, g), next_actions (N, F, A)) so a demo can
+    show the real continuation beside the imagined ones."""
 
     tokens: torch.Tensor
     actions: torch.Tensor
+    next_tokens: torch.Tensor | None = None
+    next_actions: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.tokens.dim() != 4 or self.actions.dim() != 3 or self.tokens.shape[:2] != self.actions.shape[:2]:
             raise ValueError(f"prompt bank shapes do not fit: tokens {tuple(self.tokens.shape)}, "
                              f"actions {tuple(self.actions.shape)}")
+        if (self.next_tokens is None) != (self.next_actions is None) or (
+                self.next_tokens is not None and self.next_tokens.shape[:2] != self.next_actions.shape[:2]):
+            raise ValueError("prompt bank continuation: next_tokens and next_actions must come together")
+
+    @property
+    def continuation(self) -> int:
+        return 0 if self.next_tokens is None else self.next_tokens.shape[1]
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -53,7 +64,9 @@ class PromptBank:
 
     def save(self, path: str | Path) -> Path:
         buf = io.BytesIO()
-        np.savez_compressed(buf, tokens=self.tokens.numpy().astype(np.uint16), actions=self.actions.numpy())
+        extra = {} if self.next_tokens is None else {"next_tokens": self.next_tokens.numpy().astype(np.uint16),
+                                                      "next_actions": self.next_actions.numpy()}
+        np.savez_compressed(buf, tokens=self.tokens.numpy().astype(np.uint16), actions=self.actions.numpy(), **extra)
         atomic_write_bytes(Path(path), lambda f: f.write(buf.getvalue()))
         return Path(path)
 
@@ -62,7 +75,12 @@ class PromptBank:
         path = Path(path)
         try:
             with np.load(path) as z:
-                return cls(torch.from_numpy(z["tokens"].astype(np.int64)), torch.from_numpy(z["actions"].astype(np.float32)))
+                nxt = {}
+                if "next_tokens" in z:
+                    nxt = {"next_tokens": torch.from_numpy(z["next_tokens"].astype(np.int64)),
+                           "next_actions": torch.from_numpy(z["next_actions"].astype(np.float32))}
+                return cls(torch.from_numpy(z["tokens"].astype(np.int64)), torch.from_numpy(z["actions"].astype(np.float32)),
+                           **nxt)
         except FileNotFoundError:
             raise ModelFileError(f"{path}: no prompt bank (run training, or `gaia-gym pretrain`, to write one)") from None
         except Exception as e:  # zip / key / shape errors: the file is not a prompt bank
@@ -70,25 +88,30 @@ class PromptBank:
 
     @classmethod
     def from_token_file(cls, path: str | Path, context: int, n: int = 64, seed: int = 0,
-                        min_speed_action: float = -0.9) -> "PromptBank":
-        """`n` clips of `context` steps from a tokenized split (`tokenize_split`'s file), spread over its
-        episodes, preferring clips where the car is commanded to move (speed action > min_speed_action)."""
+                        min_speed_action: float = -0.9, continuation: int = 16) -> "PromptBank":
+        """`n` clips of `context` (+ `continuation`) steps from a tokenized split (`tokenize_split`'s
+        file), spread over its episodes, preferring clips where the car is commanded to move (speed
+        action > min_speed_action)."""
+        length = context + continuation
         with np.load(path) as z:
             tokens, actions, starts = z["tokens"], z["actions"], z["episode_starts"]
         rng = np.random.default_rng(seed)
         cands = []
         for a, b in zip(starts[:-1], starts[1:]):
-            if b - a < context:
+            if b - a < length:
                 continue
-            s = np.arange(a, b - context + 1)
+            s = np.arange(a, b - length + 1)
             moving = s[actions[s + context - 1, 1] > min_speed_action]
             cands.append(moving if len(moving) else s)
         if not cands:
-            raise ValueError(f"{path}: no episode has {context} steps")
+            raise ValueError(f"{path}: no episode has {length} steps")
         eps = rng.permutation(len(cands))[:n] if len(cands) >= n else rng.integers(0, len(cands), n)
         picks = np.array([rng.choice(cands[e]) for e in eps])
-        idx = picks[:, None] + np.arange(context)
-        return cls(torch.from_numpy(tokens[idx].astype(np.int64)), torch.from_numpy(actions[idx].astype(np.float32)))
+        idx = picks[:, None] + np.arange(length)
+        t, a = torch.from_numpy(tokens[idx].astype(np.int64)), torch.from_numpy(actions[idx].astype(np.float32))
+        if not continuation:
+            return cls(t, a)
+        return cls(t[:, :context], a[:, :context], t[:, context:], a[:, context:])
 
 
 @dataclass
@@ -100,6 +123,7 @@ class WorldBundle:
     prompts: PromptBank
     codec: ActionCodec
     path: Path
+    step_seconds: float = 0.08  # driving time one imagined step stands for (CarRacing: 4 frames at 50 Hz)
 
     @property
     def device(self) -> torch.device:
@@ -142,7 +166,7 @@ def load_bundle(model: str | Path | None = None, device: str | torch.device = "c
     if prompts.tokens.shape[2:] != (wm.cfg.grid, wm.cfg.grid) or int(prompts.tokens.max()) >= wm.cfg.vocab:
         raise ModelFileError(f"{path / PROMPTS}: prompts do not fit the world model's tokens")
     codec = ActionCodec(**{k: v for k, v in sources.get("action_codec", {}).items() if k in ("max_speed_mps",)})
-    return WorldBundle(wm, tok.eval(), prompts, codec, path)
+    return WorldBundle(wm, tok.eval(), prompts, codec, path, float(sources.get("step_seconds", 0.08)))
 
 
 def save_bundle(bundle: WorldBundle, directory: str | Path, copy_tokenizer: bool = True, meta: dict | None = None) -> Path:
@@ -164,7 +188,8 @@ def save_bundle(bundle: WorldBundle, directory: str | Path, copy_tokenizer: bool
         tinfo = read_model_info(DEFAULT_TOKENIZER)
     bundle.prompts.save(d / PROMPTS)
     sources = {"tokenizer": "tokenizer" if copy_tokenizer else "default",
-               "tokenizer_sha256": tinfo["weights"]["sha256"], "action_codec": asdict(bundle.codec)}
+               "tokenizer_sha256": tinfo["weights"]["sha256"], "action_codec": asdict(bundle.codec),
+               "step_seconds": bundle.step_seconds}
     atomic_write_json(d / "sources.json", json.loads(json.dumps(sources)))
     return d
 
@@ -181,5 +206,6 @@ def tiny_bundle(seed: int = 0, prompts: int = 8, device: str | torch.device = "c
     g = torch.Generator().manual_seed(seed)
     C = wm.cfg.context
     bank = PromptBank(torch.randint(0, 16, (prompts, C, 4, 4), generator=g),
-                      torch.rand(prompts, C, 2, generator=g) * 2 - 1)
+                      torch.rand(prompts, C, 2, generator=g) * 2 - 1,
+                      torch.randint(0, 16, (prompts, 8, 4, 4), generator=g), torch.rand(prompts, 8, 2, generator=g) * 2 - 1)
     return WorldBundle(wm.to(device).eval(), tok.to(device).eval(), bank, ActionCodec(), Path("<tiny>"))

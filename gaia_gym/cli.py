@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gaia_gym.checkpoint import ModelFileError
 from gaia_gym.data.format import DatasetError
+from gaia_gym.imagination import ImaginationError
 from gaia_gym.train.loop import ResumeError
 
 
@@ -396,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     ew.add_argument("--merge", action="store_true")
     ew.add_argument("--quiet", action="store_true")
     ew.set_defaults(fn=cmd_eval_world_model)
+
+    from gaia_gym.cli_world import add_parsers
+
+    add_parsers(sub)
     return p
 
 
@@ -406,10 +411,12 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv_tail = argv[1:]
     try:
         args.fn(args)
-    except (CLIError, DatasetError, ValueError, FileNotFoundError, ModelFileError, ResumeError) as e:
+    except (CLIError, DatasetError, ValueError, FileNotFoundError, ModelFileError, ResumeError, ImaginationError) as e:
         print(f"gaia-gym: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

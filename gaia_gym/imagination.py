@@ -82,6 +82,10 @@ def check_actions(actions, n: int, action_dim: int = 2, device: torch.device | N
     return a.clamp(-1.0, 1.0)
 
 
+def _skip_sampling(logits: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(logits.shape[:-1], dtype=torch.long, device=logits.device)
+
+
 class Imagination:
     """`n` imagined rows over one world model (see the module docstring)."""
 
@@ -142,19 +146,30 @@ class Imagination:
             raise ImaginationError("call reset() before step()")
 
     @torch.no_grad()
-    def reset(self, rows: torch.Tensor | None = None, prompt: torch.Tensor | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def reset(self, rows: torch.Tensor | None = None, prompt: torch.Tensor | None = None,
+              context: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Start `rows` (default: all) from prompt clips `prompt` (indices into the prompt bank; default:
-        drawn with the engine's generator). Returns (tokens (n, g, g), features (n, d)) of all rows."""
+        drawn with the engine's generator), or from `context` = (tokens (k, C, g, g), actions (k, C, A)),
+        e.g. real frames just seen (a partial reset needs C equal to the prompt bank's context). Returns
+        (tokens (n, g, g), features (n, d)) of all rows."""
         full = rows is None or self.cache is None
         rows = torch.arange(self.n, device=self.device) if full else torch.as_tensor(rows, device=self.device).long()
         if rows.numel() == 0:
             return self.tokens, self.features
-        if prompt is None:
-            prompt = torch.randint(len(self._prompt_tokens), (len(rows),), generator=self.generator,
-                                   device=self.device)
-        prompt = torch.as_tensor(prompt, device=self.device).long()
-        tok, act = self._prompt_tokens[prompt], self._prompt_actions[prompt]
+        if context is not None:
+            tok, act = (torch.as_tensor(x, device=self.device) for x in context)
+            tok, act = tok.long(), act.float()
+            if tok.shape[0] != len(rows) or tok.shape[2:] != (self.grid, self.grid) or act.shape[:2] != tok.shape[:2]:
+                raise ValueError(f"context must be tokens ({len(rows)}, C, {self.grid}, {self.grid}) and actions "
+                                 f"({len(rows)}, C, 2), got {tuple(tok.shape)} and {tuple(act.shape)}")
+            if not full and tok.shape[1] != self.context:
+                raise ValueError(f"a partial reset needs a context of {self.context} frames, got {tok.shape[1]}")
+        else:
+            if prompt is None:
+                prompt = torch.randint(len(self._prompt_tokens), (len(rows),), generator=self.generator,
+                                       device=self.device)
+            prompt = torch.as_tensor(prompt, device=self.device).long()
+            tok, act = self._prompt_tokens[prompt], self._prompt_actions[prompt]
         C = tok.shape[1]
         if full:
             self.block = C - 1
@@ -165,19 +180,28 @@ class Imagination:
             self.cache = cache
         else:
             self.cache.assign_rows(rows, cache)
+        self.tokens, self.features = self.tokens.clone(), self.features.clone()  # outputs already handed out stay
         self.tokens[rows] = tok[:, -1]
         self.features[rows] = feats.float()
         self.steps[rows.cpu()] = 0
         return self.tokens, self.features
 
     @torch.no_grad()
-    def step(self, actions) -> StepOutput:
-        """Advance every row by one step under `actions` (n, 2) in [-1, 1] (clipped; NaN/inf raise)."""
+    def step(self, actions, observed: torch.Tensor | None = None) -> StepOutput:
+        """Advance every row by one step under `actions` (n, 2) in [-1, 1] (clipped; NaN/inf raise).
+
+        `observed` (n, g, g): the frame that really came next (e.g. a real simulator's, tokenized); it
+        replaces the imagined one, so the model's memory follows the real history (nothing is sampled)."""
         self._require_reset()
         a = check_actions(actions, self.n, self.wm.cfg.action_dim, self.device)
+        sample = self._sample if observed is None else _skip_sampling
         with autocast(self.device, self.bf16):
-            nxt, mem, reward, end = self.wm.step(self.cache, self.block, self.tokens, a, self._sample,
+            nxt, mem, reward, end = self.wm.step(self.cache, self.block, self.tokens, a, sample,
                                                  guidance=self.guidance)
+        if observed is not None:
+            nxt = torch.as_tensor(observed, device=self.device).long()
+            if nxt.shape != self.tokens.shape:
+                raise ValueError(f"observed tokens must have shape {tuple(self.tokens.shape)}, got {tuple(nxt.shape)}")
         self.block += 1
         self.steps += 1
         self.tokens, self.features = nxt, mem.float()

@@ -110,6 +110,11 @@ class KVCache:
     live token's block index and slot inside its block (for the attention mask). Appending writes in
     place and `trim` (the sliding window) only moves `start`, so an imagined step copies nothing; when
     the buffer is full the live part is moved to the front (once every few steps) or the buffer grows.
+
+    As in any sliding-window KV cache (Transformer-XL, Mistral), the cached keys of the oldest blocks were
+    computed when those blocks could still see older ones, so after the window slides a step is not the
+    same as recomputing the window from scratch: information older than the window fades out through the
+    layers instead of being cut off. Until the window is full the two are identical (tested).
     """
 
     def __init__(self) -> None:

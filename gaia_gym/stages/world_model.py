@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from gaia_gym.bundle import PROMPTS, PromptBank
 from gaia_gym.checkpoint import load_model, read_model_info
 from gaia_gym.data.format import DatasetError, atomic_write_bytes, load_episode
 from gaia_gym.data.loader import EpisodeIndex
@@ -146,9 +147,13 @@ def train_world_model(data: Path, tokenizer_dir: Path, out: Path, preset: str = 
     tokens = tokenize_split(Path(data), tokenizer_dir, "train", Path(out) / "tokens" / "train.npz", codec,
                             progress=progress)
     clips = TokenClips(tokens, cfg.context)
+    prompts = Path(out) / PROMPTS
+    if not prompts.exists():  # the bank imagination starts from (GAIA-1's video prompt)
+        PromptBank.from_token_file(tokens, context=cfg.context, n=64, seed=0).save(prompts)
     model = WorldModel(cfg)
+    fps = EpisodeIndex(data, split="train").fps or 12.5
     meta_extra = {"tokenizer": str(tokenizer_dir), "tokenizer_sha256": _tokenizer_id(tokenizer_dir),
-                  "action_codec": asdict(codec), "data": str(data)}
+                  "action_codec": asdict(codec), "data": str(data), "step_seconds": 1.0 / fps}
     (Path(out) / "sources.json").write_text(json.dumps(meta_extra, indent=1))
     return train(model, KIND, cfg, clips.sampler(train_cfg.batch_size), train_cfg, Path(out), progress=progress)
 

@@ -1,0 +1,117 @@
+"""The `gaia-gym` verbs that use a trained world model: demo, imagine, bench, play, pretrain.
+
+Each is a thin shell over a library function (`gaia_gym.stages.imagine`, `.bench`, `.pretrain`,
+`gaia_gym.play`); `gaia_gym.cli` adds them to the parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEFAULT_DEMO_OUT = "gaia_demo.gif"
+
+
+def _bundle(a: argparse.Namespace):
+    from gaia_gym.bundle import load_bundle
+
+    return load_bundle(a.model, device=a.device)
+
+
+def cmd_imagine(a: argparse.Namespace) -> None:
+    from gaia_gym.stages.imagine import imagine
+
+    r = imagine(_bundle(a), a.out, prompt=a.prompt, n_futures=a.futures, steps=a.steps, temperature=a.temperature,
+                seed=a.seed, counterfactual=not a.no_counterfactual, scale=a.scale, fps=a.fps, guidance=a.guidance)
+    print(f"imagined {len(r['rows'])} futures of {r['steps']} steps ({', '.join(r['rows'])}) from real context clip "
+          f"{r['prompt']} of the model's prompt bank in {r['seconds']:.1f} s")
+    print(f"wrote {r['video']}" + (f" and {r['contact_sheet']}" if "contact_sheet" in r else ""))
+
+
+def cmd_bench(a: argparse.Namespace) -> None:
+    from gaia_gym.data.format import atomic_write_json
+    from gaia_gym.stages.bench import run_bench
+
+    r = run_bench(_bundle(a), batch_sizes=tuple(a.batch_sizes), seconds=a.seconds, real_seconds=a.real_seconds,
+                  progress=not a.quiet)
+    r["command"] = "gaia-gym bench " + " ".join(a.argv_tail)
+    print(f"real CarRacing-v3: {r['real_driving_s_per_s']:.2f} driving s/s ({r['real_sim_processes']} processes); "
+          f"imagined at batch 64: tokens {r.get('tokens_b64_vs_real', float('nan')):.1f}x, "
+          f"frames {r.get('frames_b64_vs_real', float('nan')):.1f}x")
+    if a.json:
+        atomic_write_json(Path(a.json), r)
+        print(f"wrote {a.json}")
+    else:
+        print(json.dumps(r, indent=1))
+
+
+def cmd_play(a: argparse.Namespace) -> None:
+    from gaia_gym.play import play
+
+    r = play(_bundle(a), keys=a.keys, steps=a.steps, out=a.out, seed=a.seed, prompt=a.prompt, scale=a.scale)
+    print(f"drove {r['steps']} imagined steps, return {r['return']:.1f}" + (f"; wrote {r['out']}" if r.get("out") else ""))
+
+
+def cmd_pretrain(a: argparse.Namespace) -> None:
+    from gaia_gym.stages.pretrain import pretrain
+
+    r = pretrain(Path(a.work), export=Path(a.export) if a.export else None, preset=a.preset, progress=not a.quiet)
+    print(json.dumps(r, indent=1))
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="world-model directory (default: the shipped model)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_parsers(sub) -> None:
+    for name, default_out, helptext in (
+            ("demo", DEFAULT_DEMO_OUT, "the main job: several imagined futures and a left/straight/right "
+                                       "counterfactual from a real context clip, as a GIF (shipped model)"),
+            ("imagine", "imagined.gif", "multi-future / counterfactual rollouts to GIF or MP4, with options")):
+        d = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
+        _model_args(d)
+        d.add_argument("--out", default=default_out, help=f"output .gif or .mp4 (default {default_out}); a PNG "
+                                                          "contact sheet of the counterfactuals is written beside it")
+        d.add_argument("--prompt", type=int, default=0, help="which real context clip of the prompt bank")
+        d.add_argument("--futures", type=int, default=4, help="futures sampled under the real actions")
+        d.add_argument("--steps", type=int, default=16, help="imagined steps (0.08 s of driving each)")
+        d.add_argument("--temperature", type=float, default=1.0)
+        d.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance on the action (1 = off)")
+        d.add_argument("--no-counterfactual", action="store_true")
+        d.add_argument("--scale", type=int, default=2, help="enlarge the 64x64 frames this many times")
+        d.add_argument("--fps", type=float, default=6.0)
+        d.set_defaults(fn=cmd_imagine)
+
+    b = sub.add_parser("bench", help="imagined steps/s and driving-time ratios vs the real simulator (JSON)",
+                       description="Throughput at several batch sizes, tokens only and with frames, each divided "
+                                   "by the real CarRacing-v3 measured in the same run (one process per core).")
+    _model_args(b)
+    b.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64, 256])
+    b.add_argument("--seconds", type=float, default=4.0, help="timed seconds per measurement")
+    b.add_argument("--real-seconds", type=float, default=15.0, help="seconds of the real simulator measurement")
+    b.add_argument("--json", help="write the figures here (e.g. results/bench.json)")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(fn=cmd_bench)
+
+    pl = sub.add_parser("play", help="drive inside the world model with the keyboard",
+                        description="Arrow keys: left/right steer, up/down change the target speed; Esc quits. "
+                                    "--keys runs without a window (headless): a string of L R U D . (one per step).")
+    _model_args(pl)
+    pl.add_argument("--keys", help="scripted keys, one per step: L left, R right, U faster, D slower, . nothing")
+    pl.add_argument("--steps", type=int, default=500, help="at most this many steps")
+    pl.add_argument("--out", help="also write the drive as a GIF/MP4")
+    pl.add_argument("--prompt", type=int, help="prompt-bank clip to start from (default: random)")
+    pl.add_argument("--scale", type=int, default=6)
+    pl.set_defaults(fn=cmd_play)
+
+    pt = sub.add_parser("pretrain", help="the whole pipeline that rebuilds the shipped default model",
+                        description="collect CarRacing-v3 -> train tokenizer -> train world model -> evaluate -> "
+                                    "export, every stage resumable (rerun the same command).")
+    pt.add_argument("--work", default="runs/pretrain", help="working directory (data, runs)")
+    pt.add_argument("--export", help="write the finished bundle here (e.g. gaia_gym/assets/world_model)")
+    pt.add_argument("--preset", default="default", choices=["default", "tiny"])
+    pt.add_argument("--quiet", action="store_true")
+    pt.set_defaults(fn=cmd_pretrain)

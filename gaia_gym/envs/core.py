@@ -1,0 +1,215 @@
+"""What every GaiaDrive adapter shares: one `Imagination` engine with `n` rows, the observation keys
+and spaces, and the conversion of the engine's torch tensors to numpy at the adapter boundary.
+
+The engine's hot path stays in torch; this layer only copies results out (`to_numpy` always copies, so
+an observation handed to the user is never changed by a later step or partial reset of the engine).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from gaia_gym.bundle import WorldBundle, load_bundle
+from gaia_gym.imagination import Imagination
+from gaia_gym.models.world_model import DEFAULT_TOP_K
+
+OBS_KEYS = ("tokens", "frame", "features")
+RewardFn = Callable[[np.ndarray, np.ndarray, np.ndarray], float]
+
+
+def parse_obs_mode(obs_mode: str) -> tuple[str, ...]:
+    """"all" or "+"-joined keys ("tokens", "tokens+features", "frame", ...) -> the keys, in OBS_KEYS order."""
+    allowed = f"'all' or '+'-joined keys from {', '.join(OBS_KEYS)} (e.g. 'tokens+features')"
+    if not isinstance(obs_mode, str):
+        raise ValueError(f"obs_mode must be a string: {allowed}; got {obs_mode!r}")
+    if obs_mode.strip() == "all":
+        return OBS_KEYS
+    parts = [p.strip() for p in obs_mode.split("+")]
+    if not parts or any(p not in OBS_KEYS for p in parts) or len(set(parts)) != len(parts):
+        raise ValueError(f"obs_mode {obs_mode!r} is not valid: use {allowed}")
+    return tuple(k for k in OBS_KEYS if k in parts)
+
+
+def observation_space(bundle: WorldBundle, keys: Sequence[str]) -> spaces.Dict:
+    """The Dict space of one env's observation for `keys` (see GaiaDriveEnv for what each key holds)."""
+    cfg = bundle.world_model.cfg
+    size = bundle.tokenizer.cfg.frame_size
+    every = {
+        "tokens": spaces.Box(0, cfg.vocab - 1, (cfg.grid, cfg.grid), np.int64),
+        "frame": spaces.Box(0, 255, (size, size, 3), np.uint8),
+        "features": spaces.Box(-np.inf, np.inf, (cfg.d_model,), np.float32),
+    }
+    return spaces.Dict({k: every[k] for k in keys})
+
+
+def action_space() -> spaces.Box:
+    """[steering, speed] in [-1, 1] (see ActionCodec for the physical units)."""
+    return spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A numpy copy of `t` (never a view of the engine's buffers)."""
+    return t.detach().to("cpu", copy=True).numpy()
+
+
+@dataclass
+class Transition:
+    """One batched step, in numpy: obs arrays have a leading row axis of length n."""
+
+    obs: dict[str, np.ndarray]
+    reward: np.ndarray  # (n,) float32
+    terminated: np.ndarray  # (n,) bool
+    truncated: np.ndarray  # (n,) bool
+    end_prob: np.ndarray  # (n,) float32
+    action: np.ndarray  # (n, 2) float32, clipped to [-1, 1]
+    steering: np.ndarray  # (n,) float32, steer command
+    speed_mps: np.ndarray  # (n,) float32, target speed
+
+    def info(self, i: int) -> dict[str, Any]:
+        """The per-step info of row i (python scalars)."""
+        return {"end_prob": float(self.end_prob[i]), "steering": float(self.steering[i]),
+                "speed_mps": float(self.speed_mps[i])}
+
+
+class ImaginedBatch:
+    """`n` imagined rows over one engine, with numpy observations for `obs_mode`'s keys.
+
+    Frames are decoded only when "frame" is observed or `frames()` is asked for (render); the frames of
+    the current state are cached until the next step or reset.
+    """
+
+    def __init__(self, n: int = 1, model=None, obs_mode: str = "all", horizon: int | None = 250,
+                 reward_fn: RewardFn | None = None, temperature: float = 1.0, top_k: int | None = None,
+                 guidance: float = 1.0, device: str | torch.device = "cpu", bundle: WorldBundle | None = None,
+                 end_threshold: float = 0.5, bf16: bool = True) -> None:
+        self.keys = parse_obs_mode(obs_mode)
+        if horizon is not None and (int(horizon) != horizon or horizon < 1):
+            raise ValueError(f"horizon must be a positive integer or None (never truncate), got {horizon!r}")
+        if reward_fn is not None and not callable(reward_fn):
+            raise ValueError(f"reward_fn must be callable(tokens, action, features) -> float, got {reward_fn!r}")
+        self.bundle = bundle if bundle is not None else load_bundle(model, device)
+        self.codec = self.bundle.codec
+        self.horizon = None if horizon is None else int(horizon)
+        self.reward_fn = reward_fn
+        self.engine = Imagination(self.bundle, n=n, temperature=temperature,
+                                  top_k=DEFAULT_TOP_K if top_k is None else top_k, guidance=guidance,
+                                  horizon=self.horizon, end_threshold=end_threshold, seed=None, bf16=bf16)
+        self.n = int(n)
+        self.num_prompts = len(self.bundle.prompts)
+        self.single_observation_space = observation_space(self.bundle, self.keys)
+        self.single_action_space = action_space()
+        self._frames: np.ndarray | None = None  # decoded frames of the current state (never mutated)
+        # what the overlay shows, per row
+        self.last_reward = np.zeros(self.n, np.float32)
+        self.last_action = np.zeros((self.n, 2), np.float32)
+        self.last_action[:, 1] = -1.0  # speed action -1 = standing still
+        self.steps = np.zeros(self.n, np.int64)
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def seed(self, seed: int) -> None:
+        self.engine.seed(seed)
+
+    def prompts(self, k: int, prompt=None) -> torch.Tensor:
+        """(k,) prompt-bank indices: drawn with the engine's generator where `prompt` is None (or a None
+        entry of a sequence), else the given index (an int for all k, or a sequence of k)."""
+        drawn = torch.randint(self.num_prompts, (k,), generator=self.engine.generator, device=self.engine.device)
+        if prompt is None:
+            return drawn
+        given = [prompt] * k if np.isscalar(prompt) else list(np.asarray(prompt, dtype=object).reshape(-1))
+        if len(given) != k:
+            raise ValueError(f"prompt must be an index or a sequence of {k} indices, got {len(given)}")
+        for i, p in enumerate(given):
+            if p is None:
+                continue
+            if isinstance(p, (bool, np.bool_)) or int(p) != p or not 0 <= int(p) < self.num_prompts:
+                raise ValueError(f"prompt {p!r} is not an index into the prompt bank (0..{self.num_prompts - 1})")
+            drawn[i] = int(p)
+        return drawn
+
+    def observe(self, tokens: torch.Tensor, features: torch.Tensor) -> dict[str, np.ndarray]:
+        """Numpy observation dict (rows of `tokens` / `features`); decodes frames only if observed."""
+        obs: dict[str, np.ndarray] = {}
+        for k in self.keys:  # OBS_KEYS order
+            if k == "tokens":
+                obs[k] = to_numpy(tokens)
+            elif k == "frame":
+                obs[k] = to_numpy(self.engine.frames(tokens))
+            else:
+                obs[k] = to_numpy(features)
+        return obs
+
+    def frames(self) -> np.ndarray:
+        """(n, H, W, 3) uint8 frames of the current state (decoded once per state)."""
+        if self._frames is None:
+            self._frames = to_numpy(self.engine.frames())
+        return self._frames
+
+    # ---- reset / step ----------------------------------------------------------------------------
+    def reset(self, rows: np.ndarray | None = None, prompt=None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Start `rows` (default: all) from prompt clips. Returns (obs of those rows, their prompt indices)."""
+        k = self.n if rows is None else len(rows)
+        p = self.prompts(k, prompt)
+        if rows is None:
+            tokens, features = self.engine.reset(prompt=p)
+            sel = slice(None)
+            obs = self.observe(tokens, features)
+        else:
+            sel = np.asarray(rows, dtype=np.int64)
+            idx = torch.as_tensor(sel, device=self.engine.device)
+            tokens, features = self.engine.reset(rows=idx, prompt=p)
+            obs = self.observe(tokens[idx], features[idx])
+        self._frames = obs["frame"] if rows is None and "frame" in obs else None
+        self.last_reward[sel] = 0.0
+        self.last_action[sel] = (0.0, -1.0)
+        self.steps[sel] = 0
+        return obs, to_numpy(p)
+
+    def step(self, actions: torch.Tensor) -> Transition:
+        """Advance all rows under validated, clipped actions (n, 2)."""
+        out = self.engine.step(actions)
+        obs = self.observe(out.tokens, out.features)
+        self._frames = obs.get("frame")
+        a = to_numpy(actions).astype(np.float32, copy=False)
+        if self.reward_fn is None:
+            reward = to_numpy(out.reward).astype(np.float32, copy=False)
+        else:
+            tok = obs["tokens"] if "tokens" in obs else to_numpy(out.tokens)
+            feat = obs["features"] if "features" in obs else to_numpy(out.features)
+            reward = np.array([float(self.reward_fn(tok[i], a[i], feat[i])) for i in range(self.n)], np.float32)
+        steering, speed = self.codec.decode(a)
+        self.last_reward, self.last_action = reward.copy(), a.copy()
+        self.steps += 1
+        return Transition(obs, reward, to_numpy(out.terminated), to_numpy(out.truncated), to_numpy(out.end_prob),
+                          a, steering.astype(np.float32), speed.astype(np.float32))
+
+    def autoreset(self, tr: Transition, prompt=None) -> tuple[np.ndarray, list[dict[str, np.ndarray]], np.ndarray]:
+        """Reset the rows of `tr` that ended (terminated or truncated) in place: their entries of `tr.obs`
+        become the first observation of a new episode. Returns (rows, final observations of those rows
+        (copies), prompt indices of the new episodes)."""
+        rows = np.flatnonzero(tr.terminated | tr.truncated)
+        if len(rows) == 0:
+            return rows, [], np.zeros(0, np.int64)
+        final = [{k: v[i].copy() for k, v in tr.obs.items()} for i in rows]
+        new, prompts = self.reset(rows, prompt)
+        for k, v in new.items():
+            tr.obs[k][rows] = v
+        self._frames = tr.obs.get("frame")  # the current frames, when observed
+        return rows, final, prompts
+
+    def overlay(self, i: int) -> list[str]:
+        from gaia_gym.envs.render import overlay_lines
+
+        steering, speed = self.codec.decode(self.last_action[i])
+        return overlay_lines(float(steering), float(speed), float(self.last_reward[i]), int(self.steps[i]))
+
+    def images(self) -> list[np.ndarray]:
+        """Annotated, enlarged RGB frames of every row (for render)."""
+        from gaia_gym.envs.render import annotate
+
+        frames = self.frames()
+        return [annotate(frames[i], self.overlay(i)) for i in range(self.n)]

@@ -1,0 +1,148 @@
+"""GaiaDrive-v0: the world model as a Gymnasium environment.
+
+An episode is imagined: it starts from a real context clip of the model's prompt bank and every next
+frame is sampled by the world model given the agent's action. The environment is a thin layer over one
+`gaia_gym.imagination.Imagination` engine (one row); see `GaiaDriveVectorEnv` (Gymnasium, many rows
+on one engine) and `GaiaDriveVecEnv` (Stable-Baselines3) for the batched adapters.
+
+    import gymnasium as gym, gaia_gym
+    env = gym.make("GaiaDrive-v0", obs_mode="tokens+features")
+    obs, info = env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step([0.0, 0.2])   # straight, ~60 m/s target
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from gaia_gym.envs.core import ImaginedBatch, RewardFn
+
+
+def check_action(action) -> np.ndarray:
+    """One env's action as a (2,) float32 array clipped to [-1, 1]; wrong shape or NaN/inf -> ValueError."""
+    try:
+        a = np.asarray(action, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"action must be 2 numbers [steering, speed], got {action!r} ({e})") from None
+    if a.shape != (2,):
+        raise ValueError(f"action must have shape (2,) = [steering, speed], got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"action contains NaN or inf: {a.tolist()}")
+    return np.clip(a, -1.0, 1.0)
+
+
+class GaiaDriveEnv(gym.Env):
+    """Drive in the world model's imagination.
+
+    **Action** ``Box(-1, 1, (2,), float32)`` = ``[steering, speed]`` (the `ActionCodec` units):
+
+    - ``steering``: CarRacing-v3's steer command, -1 = full left, +1 = full right;
+    - ``speed``: the target speed tracked by the car's low-level controller over the step, linear from
+      -1 = 0 m/s (stand still) to +1 = ``max_speed_mps`` of the model's codec (100 m/s by default).
+
+    Finite values outside [-1, 1] are clipped; NaN/inf or a shape other than (2,) raise ValueError.
+    ``info["steering"]`` and ``info["speed_mps"]`` report the applied action in physical units.
+
+    **Observation** ``Dict`` with the keys chosen by ``obs_mode`` ("all" = all three, or "+"-joined keys
+    such as "tokens", "tokens+features", "frame"):
+
+    - ``tokens``: ``Box(0, vocab-1, (g, g), int64)``: the tokenizer codes of the current imagined frame;
+    - ``frame``: ``Box(0, 255, (H, W, 3), uint8)``: the decoded RGB frame (decoded only when observed or
+      rendered);
+    - ``features``: ``Box(-inf, inf, (d,), float32)``: the world model's hidden state observed with the
+      frame (its memory after the last step, World Models' h_t).
+
+    **Reward**: the world model's learned reward head (expected reward of the transition), or
+    ``reward_fn(tokens, action, features) -> float`` when given (the new frame's tokens (g, g) int64, the
+    clipped action (2,) float32, the new features (d,) float32).
+
+    **Episode end**: ``terminated`` when the learned end head's probability exceeds ``end_threshold``
+    (``info["end_prob"]``); ``truncated`` after ``horizon`` steps (``horizon=None``: never). Stepping
+    after either without ``reset()`` raises RuntimeError.
+
+    **Reset**: ``reset(seed=...)`` seeds the engine's torch generator from ``self.np_random``, so one seed
+    gives one identical imagined rollout (for the same actions). ``options={"prompt": i}`` starts from
+    clip ``i`` of the prompt bank (default: drawn at random); ``info["prompt"]`` tells which.
+
+    **Model**: ``model`` is a world-model directory (default: the shipped model); a missing or wrong path
+    raises `gaia_gym.checkpoint.ModelFileError` naming it. ``bundle`` passes an already loaded
+    `WorldBundle` instead (then ``model`` and ``device`` are ignored: the bundle's device is used).
+    ``temperature``, ``top_k`` (None: the engine's default, 50) and ``guidance`` (classifier-free
+    guidance on the action) control the sampling of imagined frames.
+
+    **Render** (``render_mode``): "rgb_array" returns the current frame enlarged 4x with an overlay
+    (steering, target speed m/s, last reward, step); "human" shows it in a pygame window.
+    """
+
+    metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 12}
+
+    def __init__(self, model=None, obs_mode: str = "all", horizon: int | None = 250, render_mode: str | None = None,
+                 reward_fn: RewardFn | None = None, temperature: float = 1.0, top_k: int | None = None,
+                 guidance: float = 1.0, device: str | torch.device = "cpu", bundle=None,
+                 end_threshold: float = 0.5, bf16: bool = True) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        self.core = ImaginedBatch(1, model=model, obs_mode=obs_mode, horizon=horizon, reward_fn=reward_fn,
+                                  temperature=temperature, top_k=top_k, guidance=guidance, device=device,
+                                  bundle=bundle, end_threshold=end_threshold, bf16=bf16)
+        self.obs_mode, self.horizon, self.render_mode = obs_mode, self.core.horizon, render_mode
+        self.observation_space = self.core.single_observation_space
+        self.action_space = self.core.single_action_space
+        self._needs_reset = True
+        self._viewer = None
+
+    @property
+    def engine(self):
+        """The `Imagination` engine (one row) behind this env."""
+        return self.core.engine
+
+    @property
+    def codec(self):
+        return self.core.codec
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        options = options or {}
+        self.core.seed(int(self.np_random.integers(2**62)))
+        obs, prompts = self.core.reset(prompt=options.get("prompt"))
+        self._needs_reset = False
+        if self.render_mode == "human":
+            self.render()
+        return {k: v[0] for k, v in obs.items()}, {"prompt": int(prompts[0])}
+
+    def step(self, action):
+        if self._needs_reset:
+            raise RuntimeError("GaiaDrive-v0: the episode has ended (or never started): call reset() before step()")
+        a = check_action(action)
+        tr = self.core.step(torch.from_numpy(a[None]).to(self.engine.device))
+        terminated, truncated = bool(tr.terminated[0]), bool(tr.truncated[0])
+        self._needs_reset = terminated or truncated
+        if self.render_mode == "human":
+            self.render()
+        return {k: v[0] for k, v in tr.obs.items()}, float(tr.reward[0]), terminated, truncated, tr.info(0)
+
+    def render(self):
+        if self.render_mode is None:
+            gym.logger.warn("GaiaDrive-v0: render() called without a render_mode (pass render_mode='rgb_array')")
+            return None
+        if self.core.engine.cache is None:
+            raise RuntimeError("GaiaDrive-v0: call reset() before render()")
+        img = self.core.images()[0]
+        if self.render_mode == "rgb_array":
+            return img
+        if self._viewer is None:
+            from gaia_gym.envs.render import Viewer
+
+            self._viewer = Viewer("GaiaDrive-v0", self.metadata["render_fps"])
+        self._viewer.show(img)
+        return None
+
+    def close(self) -> None:
+        if self._viewer is not None:
+            self._viewer.close()
+            self._viewer = None
+        super().close()

@@ -1,0 +1,99 @@
+"""The real CarRacing-v3, seen exactly as GaiaDrive-v0 shows the world: for scoring agents trained in
+imagination (and planners) in the real simulator.
+
+Same action space ([steering, speed] in [-1, 1], decoded by the model's `ActionCodec` to a steer command
+and a target speed that `CarRacingDrive`'s speed controller tracks, 4 simulator frames per step), same
+observation space and keys (`obs_mode`): the real frame (the dataset's 64x64 crop), its tokens from the
+model's tokenizer, and the world model's hidden features computed over the *real* history (the engine
+is stepped with the real frames' tokens instead of sampling its own). Reward, termination and truncation
+are the real simulator's; `info["model_reward"]` is what the world model's reward head predicted for the
+same transition (to measure the reward head in closed loop).
+
+The episode starts after CarRacing's zoom-in, with the car standing still: the world model's context is
+the first real frame repeated (the prompt length) with "stand still" actions. Track seeds default to
+the test range (1,000,000 + n, never collected), drawn from `np_random`; `options={"track": s}` picks one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from gaia_gym.envs.core import action_space, observation_space, parse_obs_mode, to_numpy
+from gaia_gym.envs.gaia_drive import check_action
+from gaia_gym.imagination import Imagination
+from gaia_gym.precision import autocast
+
+TEST_TRACKS = 1_000_000  # track seeds from here up are never collected (gaia_gym.config)
+
+
+class RealCarRacingEnv(gym.Env):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 12}
+
+    def __init__(self, model=None, obs_mode: str = "all", bundle=None, device: str | torch.device = "cpu",
+                 render_mode: str | None = None, frame_skip: int = 4, bf16: bool = True) -> None:
+        from gaia_gym.bundle import load_bundle
+        from gaia_gym.sims.carracing import CarRacingDrive
+
+        self.keys = parse_obs_mode(obs_mode)
+        self.bundle = bundle if bundle is not None else load_bundle(model, device)
+        self.engine = Imagination(self.bundle, n=1, temperature=0.0, end_threshold=1.0, bf16=bf16)
+        self.codec = self.bundle.codec
+        self.drive = CarRacingDrive(frame_skip=frame_skip, frame_size=self.bundle.tokenizer.cfg.frame_size)
+        self.observation_space = observation_space(self.bundle, self.keys)
+        self.action_space = action_space()
+        self.render_mode = render_mode
+        self._frame: np.ndarray | None = None
+        self._needs_reset = True
+        self.track: int | None = None
+
+    @torch.no_grad()
+    def _tokens(self, frame: np.ndarray) -> torch.Tensor:
+        f = torch.from_numpy(np.ascontiguousarray(frame))[None].to(self.engine.device)
+        with autocast(self.engine.device, self.engine.bf16):
+            return self.bundle.tokenizer.encode(f)
+
+    def _obs(self, tokens: torch.Tensor, features: torch.Tensor) -> dict[str, np.ndarray]:
+        every = {"tokens": lambda: to_numpy(tokens[0]), "frame": lambda: self._frame.copy(),
+                 "features": lambda: to_numpy(features[0]).astype(np.float32)}
+        return {k: every[k]() for k in self.keys}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        options = options or {}
+        track = options.get("track")
+        self.track = int(track) if track is not None else TEST_TRACKS + int(self.np_random.integers(1_000_000))
+        self._frame = self.drive.reset(self.track)
+        tok = self._tokens(self._frame)
+        C = self.bundle.prompts.context
+        still = torch.as_tensor(self.codec.encode(0.0, 0.0), device=self.engine.device)
+        tokens, features = self.engine.reset(context=(tok[:, None].expand(1, C, *tok.shape[1:]),
+                                                      still.expand(1, C, 2)))
+        self._needs_reset = False
+        return self._obs(tokens, features), {"track": self.track}
+
+    def step(self, action):
+        if self._needs_reset:
+            raise RuntimeError("RealCarRacing: the episode has ended (or never started): call reset() before step()")
+        a = check_action(action)
+        steering, speed = self.codec.decode(a)
+        s = self.drive.step(float(steering), float(speed))
+        self._frame = s.frame
+        out = self.engine.step(torch.from_numpy(a[None]).to(self.engine.device), observed=self._tokens(s.frame))
+        self._needs_reset = s.terminated or s.truncated
+        info = {"model_reward": float(out.reward[0]), "model_end_prob": float(out.end_prob[0]),
+                "speed_mps": s.speed_mps, "steering": float(steering), "target_speed_mps": float(speed),
+                "track": self.track, **{k: v for k, v in s.info.items() if k == "lap_finished"}}
+        return self._obs(out.tokens, out.features), float(s.reward), s.terminated, s.truncated, info
+
+    def render(self):
+        if self.render_mode != "rgb_array" or self._frame is None:
+            return None
+        return np.kron(self._frame, np.ones((4, 4, 1), np.uint8))
+
+    def close(self) -> None:
+        self.drive.close()
+        super().close()

@@ -1,0 +1,99 @@
+"""Imagined futures and counterfactuals from one real context clip (`gaia-gym demo` / `gaia-gym imagine`).
+
+One batched engine does it all: the prompt clip is prefilled once, then the rows are
+``n_futures`` samples under the real continuation's actions (or the last context action, held) and the
+left / straight / right counterfactuals (steering held at -1 / 0 / +1, the context's last speed). The
+GIF/MP4 shows, per time step, the real continuation (through the tokenizer) beside every row; a PNG
+contact sheet of the counterfactuals is written next to it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gaia_gym.bundle import WorldBundle
+from gaia_gym.imagination import Imagination
+from gaia_gym.stages.world_model_eval import _grid_image, _text_strip
+
+STEER_ROWS = (("left", -1.0), ("straight", 0.0), ("right", 1.0))
+
+
+def _write_video(path: Path, frames: np.ndarray, fps: float) -> None:
+    import imageio.v3 as iio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    if path.suffix.lower() == ".gif":
+        iio.imwrite(tmp, frames, duration=1000.0 / fps, loop=0)
+    elif path.suffix.lower() in (".mp4", ".m4v", ".mov"):
+        # pad to multiples of 16 (the codec's macro blocks) with white
+        ph, pw = -frames.shape[1] % 16, -frames.shape[2] % 16
+        frames = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), constant_values=255)
+        iio.imwrite(tmp, frames, fps=fps, codec="libx264")
+    else:
+        raise ValueError(f"{path}: write a .gif or .mp4")
+    tmp.replace(path)
+
+
+@torch.no_grad()
+def imagine(bundle: WorldBundle, out: str | Path, prompt: int = 0, n_futures: int = 4, steps: int = 16,
+            temperature: float = 1.0, seed: int = 0, counterfactual: bool = True, scale: int = 2,
+            fps: float = 6.0, guidance: float = 1.0) -> dict:
+    """Write the futures / counterfactual video to `out` (.gif or .mp4) and a PNG contact sheet beside it.
+    Returns what was done (paths, rows, seconds)."""
+    t0 = time.perf_counter()
+    bank = bundle.prompts
+    if not 0 <= prompt < len(bank):
+        raise ValueError(f"prompt must lie in [0, {len(bank)}): the model's prompt bank has {len(bank)} clips")
+    if n_futures < 0 or steps < 1:
+        raise ValueError("n_futures must be >= 0 and steps >= 1")
+    names = [f"sample {i + 1}" for i in range(n_futures)] + ([n for n, _ in STEER_ROWS] if counterfactual else [])
+    if not names:
+        raise ValueError("nothing to imagine: n_futures is 0 and counterfactuals are off")
+    n = len(names)
+    eng = Imagination(bundle, n=n, temperature=temperature, seed=seed, guidance=guidance)
+    eng.reset(prompt=torch.full((n,), prompt, dtype=torch.long))
+    dev = eng.device
+    last = bank.actions[prompt, -1].to(dev)
+    F = bank.continuation
+    real_acts = bank.next_actions[prompt].to(dev) if F else None
+    rows, real = [], []
+    for s in range(steps):
+        a_real = real_acts[min(s, F - 1)] if F else last
+        acts = [a_real] * n_futures + ([torch.stack([torch.tensor(st, device=dev), last[1]]) for _, st in STEER_ROWS]
+                                       if counterfactual else [])
+        rows.append(eng.step(torch.stack(acts)).tokens)
+    imagined = eng.frames(torch.stack(rows, 1).flatten(0, 1)).cpu().numpy().reshape(n, steps, *eng.frames()[0].shape)
+    ctx = eng.frames(bank.tokens[prompt].to(dev)).cpu().numpy()
+    C = len(ctx)
+    real_frames = eng.frames(bank.next_tokens[prompt, :steps].to(dev)).cpu().numpy() if F else None
+
+    video = []
+    for t in range(C + steps):
+        if t < C:
+            tiles, head = [ctx[t]] * (n + 1), f"real context {t + 1}/{C}"
+        else:
+            i = t - C
+            r = real_frames[i] if real_frames is not None and i < len(real_frames) else np.full_like(ctx[0], 255)
+            tiles, head = [r] + [imagined[k, i] for k in range(n)], f"imagined step +{i + 1}"
+        grid = _grid_image([tiles], [""], ["real"] + names, scale, label_w=4)
+        video.append(np.concatenate([_text_strip(head, grid.shape[1]), grid], 0))
+    out = Path(out)
+    _write_video(out, np.stack(video), fps)
+    result = {"video": str(out), "prompt": prompt, "context_frames": C, "steps": steps, "rows": names,
+              "temperature": temperature, "seed": seed}
+    if counterfactual:
+        import imageio.v3 as iio
+
+        k = min(steps, 8)
+        sheet = _grid_image([[ctx[-1]] + list(imagined[n_futures + j, :k]) for j in range(3)],
+                            [nm for nm, _ in STEER_ROWS], ["now"] + [f"+{i + 1}" for i in range(k)], scale)
+        png = out.with_suffix(".png")
+        iio.imwrite(png, sheet)
+        result["contact_sheet"] = str(png)
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    return result

@@ -1,0 +1,74 @@
+"""`gaia-gym pretrain`: the whole pipeline behind the shipped default model, end to end from real data.
+
+    collect CarRacing-v3 (scripted driver + behaviour mix)  ->  WORK/data/carracing
+    train the tokenizer                                       ->  WORK/tokenizer
+    train the world model                                     ->  WORK/world_model
+    evaluate it on the held-out tracks                        ->  WORK/world_model.json
+    export the bundle (world model, tokenizer, prompt bank)   ->  --export DIR
+
+Every stage resumes from its own checkpoint, so rerunning the same command after an interruption (or in
+a later session) finishes the job. The recipe below is the one the shipped model was built with; wall
+times on 2 CPU cores are in the model card (gaia_gym/assets/world_model/MODEL_CARD.md).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from gaia_gym.data.format import atomic_write_json
+
+# the shipped model's recipe (see the model card for the wall time of each stage)
+TOKENIZER_STEPS, TOKENIZER_MINUTES = 8500, 40.0
+WORLD_MODEL_STEPS, WORLD_MODEL_MINUTES = 4000, 60.0
+
+
+def pretrain(work: Path, export: Path | None = None, preset: str = "default", progress: bool = True) -> dict:
+    from gaia_gym.bundle import load_bundle, save_bundle
+    from gaia_gym.config import CarRacingCollectConfig
+    from gaia_gym.config import preset as make_preset
+    from gaia_gym.sims.carracing_collect import collect_carracing
+    from gaia_gym.stages.tokenizer import load_tokenizer, train_tokenizer
+    from gaia_gym.stages.world_model import load_world_model, train_world_model
+    from gaia_gym.stages.world_model_eval import evaluate_world_model
+    from gaia_gym.train.loop import TrainConfig
+
+    tiny = preset == "tiny"
+    work = Path(work)
+    data, tok_dir, wm_dir = work / "data" / "carracing", work / "tokenizer", work / "world_model"
+    minutes: dict[str, float] = {}
+
+    def stage(name, fn):
+        t0 = time.perf_counter()
+        if progress:
+            print(f"[pretrain] {name} ...", flush=True)
+        r = fn()
+        minutes[name] = round((time.perf_counter() - t0) / 60, 2)
+        return r
+
+    stage("collect", lambda: collect_carracing(make_preset(CarRacingCollectConfig, preset), data, progress=progress))
+    tok_cfg = TrainConfig(steps=20 if tiny else TOKENIZER_STEPS, max_minutes=None if tiny else TOKENIZER_MINUTES,
+                          batch_size=8 if tiny else 64, lr=1e-3, warmup_steps=2 if tiny else 200, channels_last=True,
+                          checkpoint_minutes=5, log_every=25, image_every=0 if tiny else 500)
+    stage("tokenizer", lambda: train_tokenizer(data, tok_dir, preset=preset, train_cfg=tok_cfg, progress=progress))
+    wm_cfg = TrainConfig(steps=20 if tiny else WORLD_MODEL_STEPS, max_minutes=None if tiny else WORLD_MODEL_MINUTES,
+                         batch_size=8 if tiny else 16, lr=6e-4, warmup_steps=2 if tiny else 200,
+                         checkpoint_minutes=5, log_every=25, image_every=0)
+    stage("world_model", lambda: train_world_model(data, tok_dir, wm_dir, preset=preset, train_cfg=wm_cfg,
+                                                   progress=progress))
+
+    def evaluate():
+        r = evaluate_world_model(load_world_model(wm_dir), load_tokenizer(tok_dir), data, split="val",
+                                 max_clips=8 if tiny else 128, progress=progress,
+                                 **({"throughput_batch": 4, "real_sim_seconds": 1.0} if tiny else {}))
+        atomic_write_json(work / "world_model.json", r)
+        return r
+
+    metrics = stage("evaluate", evaluate)
+    out = {"work": str(work), "stage_minutes": minutes,
+           "val_cross_entropy": metrics.get("val_cross_entropy"), "psnr_by_horizon": metrics.get("psnr_by_horizon")}
+    if export is not None:
+        b = load_bundle(wm_dir)
+        save_bundle(b, export, copy_tokenizer=True, meta={"recipe": "gaia-gym pretrain", "stage_minutes": minutes})
+        out["export"] = str(export)
+    return out
