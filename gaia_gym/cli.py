@@ -178,7 +178,8 @@ def cmd_eval_world_model(a: argparse.Namespace) -> None:
     r.update(model=str(a.model or "default"), tokenizer=str(tok_path or "default"), data=str(a.data))
     keys = ("val_cross_entropy", "token_accuracy", "psnr_by_horizon", "copy_last_psnr_by_horizon",
             "tokenizer_ceiling_psnr", "reward_mae_teacher_forced", "termination_auc",
-            "counterfactual_steering_accuracy", "counterfactual_speed_accuracy", "imagined_frames_per_s_b64",
+            "counterfactual_steering_accuracy", "counterfactual_steering_paired_accuracy", "readback_real_accuracy",
+            "counterfactual_steering_accuracy_probe", "counterfactual_speed_accuracy", "imagined_frames_per_s_b64",
             "imagined_vs_real_driving_ratio")
     for k in keys:
         if k in r:

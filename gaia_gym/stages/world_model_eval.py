@@ -43,6 +43,7 @@ from gaia_gym.metrics import psnr_uint8, ssim_uint8
 from gaia_gym.models.layout import ActionCodec
 from gaia_gym.models.world_model import DEFAULT_TOP_K, KVCache, WorldModel, make_sampler
 from gaia_gym.probe import IGNORE, pair_labels
+from gaia_gym.readback import turn_deg
 from gaia_gym.precision import autocast, precision_name
 
 EVAL_FIELDS = ("frames", "steering", "target_speed_mps", "speed_mps", "reward", "terminated")
@@ -341,7 +342,8 @@ def evaluate_world_model(
     cf: dict[str, list[torch.Tensor]] = {k: [] for k in ("left", "right", "slow", "fast")}
     cf_speed: list[torch.Tensor] = []  # measured speed at the last context frame
     cf_motion: dict[str, list[torch.Tensor]] = {k: [] for k in ("left", "right", "slow", "fast")}
-    ref: dict[str, list[float]] = {"steer": [], "speed": []}
+    ref: dict[str, list[float]] = {"steer": [], "speed": [], "rotation": []}
+    cf_turn: dict[str, list[torch.Tensor]] = {"left": [], "right": []}
     ro_sample = _sampler(sample_temperature, seed, dev)
     cf_sample = _sampler(sample_temperature, seed + 1, dev)
     C = context
@@ -394,32 +396,43 @@ def evaluate_world_model(
         ceil_psnr.append(psnr_uint8(recon.flatten(0, 1), frames[:, C:].flatten(0, 1)))
         ceil_ssim.append(ssim_uint8(recon.flatten(0, 1), frames[:, C:].flatten(0, 1)))
 
-        # action adherence, read back by the probe
-        if probe is not None:
+        # action adherence: counterfactual branches, read back by the track's rotation (no learned model)
+        # and, when given, by the inverse-dynamics probe
+        if cf_steps > 0:
             branches, names = _steer_speed_branches(acts[:, :C], fast_action, straight=False)
             cf_tok = branch_rollout(wm, tok[:, :C], acts[:, :C], branches, cf_steps, cf_sample, bf16)
             start = _decode(tokenizer, tok[:, C - 1], bf16)  # the tokenizer's view of the last real frame
             cf_frames = _decode(tokenizer, cf_tok, bf16)  # (B, V, steps, H, W, 3)
+            seq = torch.cat([start[:, None, None].expand(-1, len(names), -1, -1, -1, -1), cf_frames], 2)
             for v, name in enumerate(names):
-                p = _probe_read(probe, start, cf_frames[:, v])
-                cf[name].append(p["steer_right_prob"] if name in ("left", "right") else p["faster_prob"])
+                if name in ("left", "right"):
+                    cf_turn[name].append(turn_deg(seq[:, v]))
             cf_speed.append(b["speed_mps"][:, C - 1])
             # motion energy of each branch: mean absolute change between consecutive imagined frames
-            seq = torch.cat([start[:, None, None].expand(-1, len(names), -1, -1, -1, -1), cf_frames], 2).float()
-            motion = (seq[:, :, 1:] - seq[:, :, :-1]).abs().mean(dim=(2, 3, 4, 5))  # (B, V)
+            motion = (seq[:, :, 1:].float() - seq[:, :, :-1].float()).abs().mean(dim=(2, 3, 4, 5))  # (B, V)
             for v, name in enumerate(names):
                 cf_motion[name].append(motion[:, v])
-            if cf_steps <= H:  # reference: the probe on the reconstructed real continuation, real labels
+            if cf_steps <= H:  # references: the instruments on the reconstructed real continuation
                 k = cf_steps
                 real_rec = _decode(tokenizer, tok[:, C - 1 : C + k], bf16)  # frames C-1 .. C-1+k
-                p = _probe_read(probe, real_rec[:, 0], real_rec[:, 1:])
-                for r in range(B):
-                    ys, yf = pair_labels(b["steering"][r, C - 1 :].numpy(), b["speed_mps"][r, C - 1 :].numpy(), k,
-                                         probe.cfg)
-                    if ys != IGNORE:
-                        ref["steer"].append(float((p["steer_right_prob"][r] > 0.5) == (ys == 1.0)))
-                    if yf != IGNORE:
-                        ref["speed"].append(float((p["faster_prob"][r] > 0.5) == (yf == 1.0)))
+                st, sp = b["steering"][:, C - 1 : C - 1 + k], b["speed_mps"][:, C - 1]
+                held = (st.sign() == st[:, :1].sign()).all(1) & (st.mean(1).abs() >= 0.3) & (sp >= moving_mps)
+                if held.any():
+                    t = turn_deg(real_rec[held])
+                    ref["rotation"] += ((t > 0) == (st[held].mean(1) > 0)).float().tolist()
+                if probe is not None:
+                    p = _probe_read(probe, real_rec[:, 0], real_rec[:, 1:])
+                    for r in range(B):
+                        ys, yf = pair_labels(b["steering"][r, C - 1 :].numpy(), b["speed_mps"][r, C - 1 :].numpy(), k,
+                                             probe.cfg)
+                        if ys != IGNORE:
+                            ref["steer"].append(float((p["steer_right_prob"][r] > 0.5) == (ys == 1.0)))
+                        if yf != IGNORE:
+                            ref["speed"].append(float((p["faster_prob"][r] > 0.5) == (yf == 1.0)))
+            if probe is not None:
+                for v, name in enumerate(names):
+                    p = _probe_read(probe, start, cf_frames[:, v])
+                    cf[name].append(p["steer_right_prob"] if name in ("left", "right") else p["faster_prob"])
         bar.update(B)
     bar.close()
 
@@ -460,48 +473,58 @@ def evaluate_world_model(
         res["termination_note"] = (f"the {split!r} split has no termination in the evaluated windows: AUC undefined"
                                    if not labels.any() else "every evaluated step is a termination: AUC undefined")
 
-    if probe is not None:
-        left, right = torch.cat(cf["left"]), torch.cat(cf["right"])
-        slow, fast = torch.cat(cf["slow"]), torch.cat(cf["fast"])
+    def frac(x: torch.Tensor, m: torch.Tensor | None = None) -> float | None:
+        x = x if m is None else x[m]
+        return float(x.float().mean()) if x.numel() else None
+
+    if cf_steps > 0 and cf_turn["left"]:
+        tl, tr = torch.cat(cf_turn["left"]), torch.cat(cf_turn["right"])
         v0 = torch.cat(cf_speed)
-        steer_ok = torch.stack([left < 0.5, right > 0.5], 1).float()  # (N, 2)
-        speed_ok = torch.stack([slow < 0.5, fast > 0.5], 1).float()
         moving = v0 > moving_mps
         mid = moving & (v0 < fast_mps - moving_mps)
-
-        def frac(x: torch.Tensor, m: torch.Tensor | None = None) -> float | None:
-            x = x if m is None else x[m]
-            return float(x.mean()) if x.numel() else None
-
+        steer_ok = torch.stack([tl < 0, tr > 0], 1).float()  # (N, 2)
         res.update({
             "counterfactual_steps": cf_steps,
+            "counterfactual_readout": "track rotation between consecutive decoded frames (gaia_gym.readback), "
+                                      "summed over the steps; no learned model",
+            # headline: each branch (full left, full right, from the same real context) read back as turning
+            # the commanded way
             "counterfactual_steering_accuracy": frac(steer_ok),
-            "counterfactual_speed_accuracy": frac(speed_ok),
-            # contexts where the command can show: moving (steering), room to speed up and slow down (speed)
             "counterfactual_steering_accuracy_moving": frac(steer_ok, moving),
-            "counterfactual_speed_accuracy_midrange": frac(speed_ok, mid),
+            "counterfactual_contexts": len(tl),
             "counterfactual_contexts_moving": int(moving.sum()),
-            "counterfactual_contexts_midrange": int(mid.sum()),
+            # paired: from the same context, the right branch turns further right than the left branch
+            "counterfactual_steering_paired_accuracy": frac((tr > tl).float()),
+            "counterfactual_turn_deg": {"left": float(tl.mean()), "right": float(tr.mean())},
+            # the instrument itself on reconstructed real continuations with held steering (its trust)
+            "readback_real_accuracy": float(np.mean(ref["rotation"])) if ref["rotation"] else None,
+            "readback_real_windows": len(ref["rotation"]),
+            "counterfactual_speed_paired_motion_accuracy": frac(
+                (torch.cat(cf_motion["fast"]) > torch.cat(cf_motion["slow"])).float()),
+            "counterfactual_motion_energy": {k: float(torch.cat(v).mean()) for k, v in cf_motion.items()},
+            "counterfactual_fast_mps": fast_mps,
+        })
+    if probe is not None and cf["left"]:
+        left, right = torch.cat(cf["left"]), torch.cat(cf["right"])
+        slow, fast = torch.cat(cf["slow"]), torch.cat(cf["fast"])
+        steer_ok = torch.stack([left < 0.5, right > 0.5], 1).float()
+        speed_ok = torch.stack([slow < 0.5, fast > 0.5], 1).float()
+        res.update({
+            # the inverse-dynamics probe's reading of the same branches (a learned instrument)
+            "counterfactual_steering_accuracy_probe": frac(steer_ok),
+            "counterfactual_steering_paired_accuracy_probe": frac((right > left).float()),
+            "counterfactual_speed_accuracy": frac(speed_ok),
+            "counterfactual_speed_accuracy_midrange": frac(speed_ok, mid),
             "counterfactual_right_prob_when_left": float(left.mean()),
             "counterfactual_right_prob_when_right": float(right.mean()),
             "counterfactual_faster_prob_when_slow": float(slow.mean()),
             "counterfactual_faster_prob_when_fast": float(fast.mean()),
-            "counterfactual_fast_mps": fast_mps,
-            # paired read-back: from the same context, does the right-branch look more "right" to the probe
-            # than the left branch, and does the fast branch move more (pixel motion energy, no model at
-            # all) than the slow one?
-            "counterfactual_steering_paired_accuracy": frac((right > left).float()),
-            "counterfactual_speed_paired_motion_accuracy": frac(
-                (torch.cat(cf_motion["fast"]) > torch.cat(cf_motion["slow"])).float()),
-            "counterfactual_motion_energy": {k: float(torch.cat(v).mean()) for k, v in cf_motion.items()},
-            # the probe's own accuracy on reconstructed real continuations (the trust in the numbers above)
             "probe_steering_accuracy_on_reconstructions": float(np.mean(ref["steer"])) if ref["steer"] else None,
             "probe_speed_accuracy_on_reconstructions": float(np.mean(ref["speed"])) if ref["speed"] else None,
             "probe_reference_pairs": {"steer": len(ref["steer"]), "speed": len(ref["speed"])},
         })
-    else:
-        res.update({"counterfactual_steering_accuracy": None, "counterfactual_speed_accuracy": None,
-                    "counterfactual_note": "no probe given"})
+    elif cf_steps > 0:
+        res.update({"counterfactual_speed_accuracy": None, "counterfactual_note": "no probe given (speed read-back)"})
 
     if grid_path is not None:
         first = clips[0]
