@@ -92,9 +92,11 @@ class PromptBank:
         """`n` clips of `context` (+ `continuation`) steps from a tokenized split (`tokenize_split`'s
         file), spread over its episodes, preferring clips where the car is commanded to move (speed
         action > min_speed_action)."""
-        length = context + continuation
         with np.load(path) as z:
             tokens, actions, starts = z["tokens"], z["actions"], z["episode_starts"]
+        # short episodes (smoke runs): a shorter continuation, down to none
+        continuation = max(0, min(continuation, int(np.diff(starts).max(initial=0)) - context))
+        length = context + continuation
         rng = np.random.default_rng(seed)
         cands = []
         for a, b in zip(starts[:-1], starts[1:]):

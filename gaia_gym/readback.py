@@ -25,7 +25,9 @@ CAR_XY = (0.5, 0.85)
 THETAS_DEG = np.arange(-12.0, 12.01, 1.0)
 SHIFTS_DX = np.arange(-3.0, 3.01, 1.5)  # pixels
 SHIFTS_DY = np.arange(-2.0, 10.01, 2.0)  # pixels (forward motion moves the world down the frame)
-TURN_SIGN = -1.0  # + measured rotation * TURN_SIGN > 0 means the car turned right (calibrated on real data)
+# a car turning right (clockwise seen from above) sees the world turn counter-clockwise on screen, a negative
+# `step_rotation_deg`; confirmed on real frames with logged steering (`calibrate`)
+TURN_SIGN = -1.0
 
 
 def grassness(frames: torch.Tensor) -> torch.Tensor:
@@ -57,7 +59,7 @@ _GRID_CACHE: dict = {}
 
 @torch.no_grad()
 def step_rotation_deg(prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
-    """Rotation (degrees, counter-clockwise on screen positive) of the world between frames prev -> nxt:
+    """Rotation (degrees, clockwise on screen positive) of the world between frames prev -> nxt:
     uint8 (N, H, W, 3) each -> (N,)."""
     n, h, w = prev.shape[:3]
     key = (h, w, str(prev.device))

@@ -46,21 +46,23 @@ def pretrain(work: Path, export: Path | None = None, preset: str = "default", pr
         minutes[name] = round((time.perf_counter() - t0) / 60, 2)
         return r
 
-    stage("collect", lambda: collect_carracing(make_preset(CarRacingCollectConfig, preset), data, progress=progress))
-    tok_cfg = TrainConfig(steps=20 if tiny else TOKENIZER_STEPS, max_minutes=None if tiny else TOKENIZER_MINUTES,
+    collect_cfg = make_preset(CarRacingCollectConfig, preset, **({"episodes": 10} if tiny else {}))  # tiny: 1 val track
+    stage("collect", lambda: collect_carracing(collect_cfg, data, progress=progress))
+    tok_cfg = TrainConfig(steps=20 if tiny else TOKENIZER_STEPS, max_minutes=0.0 if tiny else TOKENIZER_MINUTES,
                           batch_size=8 if tiny else 64, lr=1e-3, warmup_steps=2 if tiny else 200, channels_last=True,
                           checkpoint_minutes=5, log_every=25, image_every=0 if tiny else 500)
     stage("tokenizer", lambda: train_tokenizer(data, tok_dir, preset=preset, train_cfg=tok_cfg, progress=progress))
-    wm_cfg = TrainConfig(steps=20 if tiny else WORLD_MODEL_STEPS, max_minutes=None if tiny else WORLD_MODEL_MINUTES,
+    wm_cfg = TrainConfig(steps=20 if tiny else WORLD_MODEL_STEPS, max_minutes=0.0 if tiny else WORLD_MODEL_MINUTES,
                          batch_size=8 if tiny else 16, lr=6e-4, warmup_steps=2 if tiny else 200,
                          checkpoint_minutes=5, log_every=25, image_every=0)
     stage("world_model", lambda: train_world_model(data, tok_dir, wm_dir, preset=preset, train_cfg=wm_cfg,
                                                    progress=progress))
 
     def evaluate():
+        small = {"horizons": (1, 2, 4), "counterfactual_steps": 2, "throughput_batch": 4, "throughput_steps": 2,
+                 "real_sim_seconds": 0.0}
         r = evaluate_world_model(load_world_model(wm_dir), load_tokenizer(tok_dir), data, split="val",
-                                 max_clips=8 if tiny else 128, progress=progress,
-                                 **({"throughput_batch": 4, "real_sim_seconds": 1.0} if tiny else {}))
+                                 max_clips=8 if tiny else 128, progress=progress, **(small if tiny else {}))
         atomic_write_json(work / "world_model.json", r)
         return r
 

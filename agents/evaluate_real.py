@@ -1,0 +1,246 @@
+"""Score a driving policy in the REAL CarRacing-v3, on track seeds no training data comes from.
+
+    python agents/evaluate_real.py --policy runs/agent_ppo/best.zip --json results/agents.json --key ppo
+    python agents/evaluate_real.py --policy random --json results/agents.json
+    python agents/evaluate_real.py --policy scripted --json results/agents.json --video results/scripted.gif
+
+Policies:
+  PATH.zip   an SB3 agent (PPO or SAC) trained in imagination (agents/train_imagination.py); it sees the
+             real simulator through `RealCarRacingEnv`, which has GaiaDrive-v0's observation space (real
+             frame -> the world model's tokens and hidden features), observation keys as when trained;
+  random     uniform random [steering, speed] actions, through the same env;
+  scripted   the privileged scripted driver (`gaia_gym.sims.carracing.run_scripted_episode`).
+
+Track seeds default to the 20 test tracks 1,000,000..1,000,019 (the collector never uses seeds from
+1,000,000 up; training's real-simulator evaluations use 1,000,100+).
+
+Returns are counted as CarRacing-v3 counts them, the same way for all three: every simulator frame
+costs -0.1, including the 50 zoom-in frames that `RealCarRacingEnv.reset` (and the scripted driver)
+run with no action before the first observation, so ZOOM_PENALTY = -0.1 * ZOOM_FRAMES is added to the
+sum of the step rewards (as `run_scripted_episode` does). `--max-steps` caps episodes (smoke tests);
+capped returns are flagged and are not comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from gaia_gym.sims.carracing import ZOOM_FRAMES
+
+ZOOM_PENALTY = -0.1 * ZOOM_FRAMES  # CarRacing's -0.1 per frame over the zoom-in, before the first observation
+TEST_SEEDS = tuple(range(1_000_000, 1_000_020))  # the final test tracks
+Actor = Callable[[dict], np.ndarray]
+
+
+def run_episode(env, act: Actor, track: int, max_steps: int | None = None, video: bool = False) -> dict:
+    """One real episode of `env` (a RealCarRacingEnv) on `track` with `act(obs) -> action`.
+
+    Returns the real return (zoom-in penalty included), the world model's predicted return
+    (``info["model_reward"]`` summed), per-step real rewards, steps, whether the lap was finished and
+    whether `max_steps` cut it; with ``video`` also the frames (env.render(), real frames enlarged)."""
+    obs, _ = env.reset(options={"track": int(track)})
+    rewards, model_return, frames, info = [], 0.0, [], {}
+    if video:
+        frames.append(env.render())
+    done = False
+    while not done and (max_steps is None or len(rewards) < max_steps):
+        obs, r, terminated, truncated, info = env.step(act(obs))
+        rewards.append(float(r))
+        model_return += info["model_reward"]
+        done = terminated or truncated
+        if video:
+            frames.append(env.render())
+    out = {"track": int(track), "return": float(sum(rewards)) + ZOOM_PENALTY, "model_return": float(model_return),
+           "rewards": rewards, "steps": len(rewards), "lap_finished": bool(info.get("lap_finished", False)),
+           "capped": not done}
+    if video:
+        out["frames"] = frames
+    return out
+
+
+def random_actor(action_space, seed: int = 0) -> Actor:
+    """Uniform random actions from `action_space` (seeded)."""
+    action_space.seed(seed)
+    return lambda obs: action_space.sample()
+
+
+def agent_actor(agent, deterministic: bool = True) -> Actor:
+    """An SB3 agent's action for one (unbatched) observation."""
+    return lambda obs: agent.predict(obs, deterministic=deterministic)[0]
+
+
+def summarize(name: str, episodes: list[dict], seconds: float, **extra) -> dict:
+    """The JSON record of an evaluation: per-seed returns, mean/std, steps, wall seconds."""
+    ret = np.array([e["return"] for e in episodes], np.float64)
+    out = {
+        "policy": name,
+        "seeds": [e["track"] for e in episodes],
+        "real_return_per_seed": {str(e["track"]): round(e["return"], 3) for e in episodes},
+        "real_return_mean": float(ret.mean()) if len(ret) else float("nan"),
+        "real_return_std": float(ret.std()) if len(ret) else float("nan"),
+        "steps_per_seed": {str(e["track"]): e["steps"] for e in episodes},
+        "steps_mean": float(np.mean([e["steps"] for e in episodes])) if episodes else 0.0,
+        "laps_finished": int(sum(e["lap_finished"] for e in episodes)),
+        "episodes": len(episodes),
+        "wall_seconds": round(seconds, 2),
+        "zoom_penalty_included": ZOOM_PENALTY,
+    }
+    if any("model_return" in e for e in episodes):
+        out["model_return_per_seed"] = {str(e["track"]): round(e["model_return"], 3) for e in episodes}
+    if any(e.get("capped") for e in episodes):
+        out["capped"] = True  # --max-steps cut episodes: not comparable with full returns
+    return {**out, **extra}
+
+
+def evaluate_env_policy(env, act: Actor, seeds, max_steps: int | None = None, video: Path | None = None,
+                        progress: bool = False) -> tuple[list[dict], list[np.ndarray]]:
+    """Run `act` in `env` on every seed; returns (episodes without frames, frames of the first one if
+    `video`)."""
+    from tqdm import tqdm
+
+    episodes, frames = [], []
+    for i, s in enumerate(tqdm(list(seeds), desc="real episodes", unit="track", disable=not progress)):
+        e = run_episode(env, act, s, max_steps, video=video is not None and i == 0)
+        frames = e.pop("frames", frames)
+        episodes.append(e)
+    return episodes, frames
+
+
+def scripted_episodes(seeds, max_steps: int | None = None, video: Path | None = None,
+                      progress: bool = False) -> tuple[list[dict], list[np.ndarray]]:
+    """The privileged scripted driver: returns from `run_scripted_episode` (zoom-in penalty included);
+    with `video`, the first track is driven once more for its (enlarged) frames."""
+    from tqdm import tqdm
+
+    from gaia_gym.sims.carracing import CarRacingDrive, PursuitDriver, run_scripted_episode
+
+    if max_steps is not None:
+        raise ValueError("--max-steps does not apply to the scripted driver (it always drives whole episodes)")
+    episodes = []
+    for s in tqdm(list(seeds), desc="scripted", unit="track", disable=not progress):
+        r = run_scripted_episode(s)
+        episodes.append({"track": r["seed"], "return": r["return"], "steps": r["steps"],
+                         "lap_finished": r["lap_finished"], "capped": False})
+    frames = []
+    if video is not None and episodes:
+        drive = CarRacingDrive()
+        driver = PursuitDriver(drive)
+        big = np.ones((4, 4, 1), np.uint8)
+        frames.append(np.kron(drive.reset(episodes[0]["track"]), big))
+        while True:
+            st = drive.step(*driver.act())
+            frames.append(np.kron(st.frame, big))
+            if st.terminated or st.truncated:
+                break
+        drive.close()
+    return episodes, frames
+
+
+def write_video(frames: list[np.ndarray], path: Path, every: int = 2) -> None:
+    """GIF (or any imageio format) at the real time of a step (4 simulator frames at 50 Hz)."""
+    import imageio.v3 as iio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, np.stack(frames[::every]), duration=80 * every, loop=0)
+
+
+def evaluate(policy: str, seeds=TEST_SEEDS, model: str | None = None, bundle=None, max_steps: int | None = None,
+             video: Path | None = None, device: str = "cpu", seed: int = 0, progress: bool = False) -> dict:
+    """Score `policy` ("random", "scripted" or an agent's .zip path) on `seeds`; returns `summarize`'s
+    record. ``model``/``bundle``: the world model behind the observations (default: the shipped one)."""
+    t0 = time.perf_counter()
+    seeds = [int(s) for s in seeds]
+    if policy == "scripted":
+        episodes, frames = scripted_episodes(seeds, max_steps, video, progress)
+        extra = {}
+    else:
+        from gaia_gym.bundle import load_bundle
+        from gaia_gym.envs.core import parse_obs_mode
+        from gaia_gym.envs.real import RealCarRacingEnv
+        from gaia_gym.policy import load_agent
+
+        agent = None
+        if policy != "random":
+            agent = load_agent(policy, device=device, world_model=model)
+        bundle = bundle if bundle is not None else load_bundle(model, device)
+        # the agent's observation keys, in GaiaDrive's order (gymnasium sorts a Dict space's keys)
+        obs_mode = "+".join(parse_obs_mode("+".join(agent.observation_space.spaces))) if agent is not None else "tokens"
+        env = RealCarRacingEnv(bundle=bundle, obs_mode=obs_mode, render_mode="rgb_array")
+        act = random_actor(env.action_space, seed) if agent is None else agent_actor(agent)
+        try:
+            episodes, frames = evaluate_env_policy(env, act, seeds, max_steps, video, progress)
+        finally:
+            env.close()
+        extra = {"obs_mode": obs_mode, "world_model": str(bundle.path), "max_steps": max_steps}
+    if video is not None and frames:
+        write_video(frames, Path(video))
+    return summarize(policy, episodes, time.perf_counter() - t0, **extra)
+
+
+def merge_json(path: Path, key: str, record: dict) -> None:
+    """Put `record` under `key` in the JSON object at `path` (other keys kept), atomically."""
+    from gaia_gym.data.format import atomic_write_json
+
+    path = Path(path)
+    old = json.loads(path.read_text()) if path.exists() else {}
+    old[key] = record
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, old)
+
+
+def default_key(policy: str) -> str:
+    """"random" / "scripted" / "<run dir>_<file stem>" (runs/agent_ppo/best.zip -> "agent_ppo_best")."""
+    if policy in ("random", "scripted"):
+        return policy
+    p = Path(policy)
+    return f"{p.parent.name}_{p.stem}" if p.parent.name else p.stem
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--policy", required=True, help="PATH.zip (an SB3 agent), 'random' or 'scripted'")
+    p.add_argument("--model", default=None, help="world-model directory (default: the shipped model)")
+    p.add_argument("--episodes", type=int, default=len(TEST_SEEDS), help="number of tracks (default: %(default)s)")
+    p.add_argument("--first-seed", type=int, default=TEST_SEEDS[0], help="first track seed (default: %(default)s)")
+    p.add_argument("--max-steps", type=int, default=None, help="cap each episode (smoke tests only)")
+    p.add_argument("--json", type=Path, default=None, help="merge the result into this JSON file")
+    p.add_argument("--key", default=None, help="key in --json (default: random / scripted / RUNDIR_STEM)")
+    p.add_argument("--video", type=Path, default=None, help="write the first episode as a GIF")
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random policy (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = build_parser().parse_args(argv)
+    if a.episodes < 1:
+        raise SystemExit(f"evaluate_real: --episodes must be >= 1, got {a.episodes}")
+    from gaia_gym.checkpoint import ModelFileError
+
+    seeds = range(a.first_seed, a.first_seed + a.episodes)
+    try:
+        r = evaluate(a.policy, seeds, model=a.model, max_steps=a.max_steps, video=a.video, device=a.device,
+                     seed=a.seed, progress=not a.no_progress)
+    except (FileNotFoundError, ModelFileError, ValueError) as e:
+        raise SystemExit(f"evaluate_real: {e}") from None
+    print(f"{a.policy}: real return {r['real_return_mean']:.1f} +- {r['real_return_std']:.1f} over {r['episodes']} "
+          f"tracks ({r['laps_finished']} laps finished, {r['steps_mean']:.0f} steps, {r['wall_seconds']:.0f} s)")
+    if a.json:
+        key = a.key or default_key(a.policy)
+        merge_json(a.json, key, r)
+        print(f"wrote {a.json} [{key}]")
+    if a.video:
+        print(f"wrote {a.video}")
+    return r
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

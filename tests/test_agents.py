@@ -1,0 +1,162 @@
+"""Agents trained in imagination: the world-model features extractor, real-simulator scoring, training entry point."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import PPO
+
+from gaia_gym.bundle import save_bundle, tiny_bundle
+from gaia_gym.envs import GaiaDriveVecEnv
+from gaia_gym.envs.real import RealCarRacingEnv
+from gaia_gym.policy import WorldModelExtractor, load_agent, policy_kwargs
+
+AGENTS = Path(__file__).resolve().parent.parent / "agents"
+sys.path.insert(0, str(AGENTS))
+import evaluate_real  # noqa: E402
+import train_imagination  # noqa: E402
+
+OBS = "tokens+features"
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return tiny_bundle()
+
+
+@pytest.fixture(scope="module")
+def model_dir(bundle, tmp_path_factory):
+    return save_bundle(bundle, tmp_path_factory.mktemp("tiny_model"))
+
+
+def _ppo(bundle, model_dir, freeze: bool, **kw) -> PPO:
+    venv = GaiaDriveVecEnv(num_envs=2, bundle=bundle, obs_mode=OBS, horizon=20)
+    return PPO("MultiInputPolicy", venv, n_steps=64, batch_size=64, n_epochs=2, seed=0, device="cpu",
+               policy_kwargs=policy_kwargs(world_model=model_dir, freeze=freeze, net_arch=[32]), **kw)
+
+
+def _table(model) -> torch.Tensor:
+    return model.policy.features_extractor.embedding.weight.detach()
+
+
+def test_extractor_embeds_tokens_as_the_world_model(bundle):
+    wm = bundle.world_model
+    venv = GaiaDriveVecEnv(num_envs=2, bundle=bundle, obs_mode=OBS)
+    ext = WorldModelExtractor(venv.observation_space, embedding=wm.tok_emb.weight, patch=wm.cfg.patch,
+                              vocab=wm.cfg.vocab)
+    assert isinstance(ext.embedding, torch.nn.Embedding) and not ext.embedding.weight.requires_grad
+    assert ext.features_dim == 2 * wm.cfg.d_model
+    obs = venv.reset()
+    tokens = torch.as_tensor(obs["tokens"])
+    out = ext({"tokens": tokens.float(), "features": torch.as_tensor(obs["features"])})
+    with torch.no_grad():
+        want = wm.embed_image(wm.patchify(tokens[:, None]))[:, 0].mean(1)  # (B, d): positions mean-pooled
+    torch.testing.assert_close(out[:, :wm.cfg.d_model], want)
+    only = WorldModelExtractor(GaiaDriveVecEnv(bundle=bundle, obs_mode="features").observation_space)
+    assert only.features_dim == wm.cfg.d_model
+    with pytest.raises(ValueError, match="tokens.*features"):
+        WorldModelExtractor(GaiaDriveVecEnv(bundle=bundle, obs_mode="all").observation_space)
+
+
+def test_table_survives_ortho_init_and_stays_frozen(bundle, model_dir):
+    want = bundle.world_model.tok_emb.weight.detach()
+    model = _ppo(bundle, model_dir, freeze=True)
+    assert model.policy.ortho_init  # SB3's default: re-initialises Linear/Conv2d, not the nn.Embedding
+    assert torch.equal(_table(model), want)
+    mlp_before = model.policy.mlp_extractor.policy_net[0].weight.detach().clone()
+    model.learn(256)
+    assert torch.equal(_table(model), want)
+    assert not torch.equal(model.policy.mlp_extractor.policy_net[0].weight, mlp_before)  # it did learn
+
+
+def test_finetuned_table_moves(bundle, model_dir):
+    model = _ppo(bundle, model_dir, freeze=False)
+    assert model.policy.features_extractor.embedding.weight.requires_grad
+    assert torch.equal(_table(model), bundle.world_model.tok_emb.weight.detach())
+    model.learn(256)
+    assert not torch.equal(_table(model), bundle.world_model.tok_emb.weight.detach())
+
+
+def test_real_env_matches_imagination_and_evaluate_real_runs(bundle, model_dir, tmp_path):
+    venv = GaiaDriveVecEnv(num_envs=2, bundle=bundle, obs_mode=OBS)
+    real = RealCarRacingEnv(bundle=bundle, obs_mode=OBS, render_mode="rgb_array")
+    assert real.observation_space == venv.observation_space and real.action_space == venv.action_space
+    # a random policy, one capped episode: zoom-in penalty counted, as run_scripted_episode does
+    ep = evaluate_real.run_episode(real, evaluate_real.random_actor(real.action_space), 1_000_000, max_steps=3,
+                                   video=True)
+    assert ep["steps"] == 3 and ep["capped"] and len(ep["frames"]) == 4
+    assert ep["return"] == pytest.approx(sum(ep["rewards"]) + evaluate_real.ZOOM_PENALTY)
+    real.close()
+    # a saved policy, through the command line (video + JSON merged under a key)
+    _ppo(bundle, model_dir, freeze=True).save(tmp_path / "agent.zip")
+    out = tmp_path / "agents.json"
+    out.write_text(json.dumps({"other": 1}))
+    r = evaluate_real.main(["--policy", str(tmp_path / "agent.zip"), "--model", str(model_dir), "--episodes", "1",
+                            "--max-steps", "3", "--json", str(out), "--key", "ppo", "--video",
+                            str(tmp_path / "v.gif"), "--no-progress"])
+    saved = json.loads(out.read_text())
+    assert saved["other"] == 1 and saved["ppo"]["real_return_per_seed"].keys() == {"1000000"}
+    assert r["obs_mode"] == OBS and r["steps_mean"] == 3 and (tmp_path / "v.gif").stat().st_size > 0
+    r = evaluate_real.evaluate("random", [1_000_001], bundle=bundle, max_steps=2)
+    assert r["episodes"] == 1 and r["capped"] and np.isfinite(r["real_return_mean"])
+
+
+def test_one_line_errors(model_dir, tmp_path):
+    with pytest.raises(SystemExit, match="no such policy file"):
+        evaluate_real.main(["--policy", str(tmp_path / "missing.zip"), "--model", str(model_dir), "--no-progress"])
+    with pytest.raises(FileNotFoundError, match="no such policy file"):
+        load_agent(tmp_path / "missing.zip")
+    with pytest.raises(SystemExit, match="no such world-model directory"):
+        train_imagination.main(["--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"), "--no-progress"])
+
+
+def _train(model_dir, out, *extra) -> dict:
+    return train_imagination.main(["--model", str(model_dir), "--out", str(out), "--envs", "2", "--horizon", "20",
+                                   "--n-steps", "64", "--batch-size", "64", "--n-epochs", "2", "--net-arch", "32",
+                                   "--eval-episodes", "1", "--eval-max-steps", "3", "--device", "cpu",
+                                   "--no-progress", *extra])
+
+
+def test_train_ppo_then_resume(model_dir, tmp_path):
+    out = tmp_path / "agent_ppo"
+    s = _train(model_dir, out, "--timesteps", "256", "--eval-every", "128")
+    assert s["num_timesteps"] == 256 and (out / "last.zip").exists() and (out / "best.zip").exists()
+    assert [e["timesteps"] for e in s["evals"]] == [128, 256]
+    assert {"imagined_return_mean", "real_return_mean", "real_return_first_20_steps"} <= set(s["evals"][-1])
+    assert any((out / "tb").rglob("events.out.tfevents*"))
+    first_elapsed = s["elapsed_s"]
+    # the same command again: already done, nothing trained
+    assert _train(model_dir, out, "--timesteps", "256", "--eval-every", "128")["num_timesteps"] == 256
+    # a larger budget: continues from 256 (not from 0), time accumulates
+    s = _train(model_dir, out, "--timesteps", "512", "--eval-every", "128")
+    assert s["num_timesteps"] == 512 and s["elapsed_s"] > first_elapsed
+    assert [e["timesteps"] for e in s["evals"]] == [128, 256, 384, 512]
+    assert load_agent(out / "last.zip").num_timesteps == 512
+    with pytest.raises(SystemExit, match="holds a ppo run"):
+        _train(model_dir, out, "--algo", "sac")
+
+
+def test_minutes_budget_stops_training(model_dir, tmp_path):
+    out = tmp_path / "run"  # --checkpoint-minutes 0: a checkpoint at every step
+    s = _train(model_dir, out, "--timesteps", "100000", "--minutes", "0.001", "--eval-every", "0",
+               "--checkpoint-minutes", "0")
+    assert 0 < s["num_timesteps"] < 100000 and s["elapsed_s"] >= 0.06
+    assert (out / "last.zip").exists() and not list(out.glob(".*"))  # no temp file left behind
+
+
+def test_train_sac(model_dir, tmp_path):
+    out = tmp_path / "agent_sac"
+    s = _train(model_dir, out, "--algo", "sac", "--timesteps", "200", "--learning-starts", "50",
+               "--buffer-size", "1000", "--gradient-steps", "1", "--eval-every", "200")
+    assert s["num_timesteps"] == 200 and s["algo"] == "sac"
+    assert (out / "replay.pkl").exists() and (out / "best.zip").exists()
+    agent = load_agent(out / "last.zip")
+    assert type(agent).__name__ == "SAC"
+    want = tiny_bundle().world_model.tok_emb.weight.detach()
+    for net in (agent.actor, agent.critic):  # frozen (the target critic is Polyak-averaged: float rounding)
+        assert torch.equal(net.features_extractor.embedding.weight, want)
