@@ -67,7 +67,8 @@ def imagine(bundle: WorldBundle, out: str | Path, prompt: int = 0, n_futures: in
         acts = [a_real] * n_futures + ([torch.stack([torch.tensor(st, device=dev), last[1]]) for _, st in STEER_ROWS]
                                        if counterfactual else [])
         rows.append(eng.step(torch.stack(acts)).tokens)
-    imagined = eng.frames(torch.stack(rows, 1).flatten(0, 1)).cpu().numpy().reshape(n, steps, *eng.frames()[0].shape)
+    imagined = eng.frames(torch.stack(rows, 1).flatten(0, 1)).cpu().numpy()
+    imagined = imagined.reshape(n, steps, *imagined.shape[1:])
     ctx = eng.frames(bank.tokens[prompt].to(dev)).cpu().numpy()
     C = len(ctx)
     real_frames = eng.frames(bank.next_tokens[prompt, :steps].to(dev)).cpu().numpy() if F else None
