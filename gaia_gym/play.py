@@ -14,22 +14,11 @@ import numpy as np
 import torch
 
 from gaia_gym.bundle import WorldBundle
+from gaia_gym.envs.render import annotate
 from gaia_gym.imagination import Imagination
 
 SPEED_STEP_MPS = 4.0
 KEYS = set("LRUD.")
-
-
-def overlay(frame: np.ndarray, scale: int, lines: list[str]) -> np.ndarray:
-    """The frame enlarged `scale` times (nearest) with text lines drawn in its top-left corner."""
-    import cv2
-
-    img = np.ascontiguousarray(np.kron(frame, np.ones((scale, scale, 1), np.uint8)) if scale > 1 else frame.copy())
-    for i, text in enumerate(lines):
-        y = 14 + 14 * i
-        cv2.putText(img, text, (4, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(img, text, (4, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
-    return img
 
 
 @torch.no_grad()
@@ -71,8 +60,8 @@ def play(bundle: WorldBundle, keys: str | None = None, steps: int = 500, out: st
         o = eng.step(torch.as_tensor(codec.encode(steer, speed))[None])
         total += float(o.reward[0])
         frame = eng.frames()[0].cpu().numpy()
-        img = overlay(frame, scale, [f"step {t + 1}", f"steer {steer:+.0f}  speed {speed:.0f} m/s",
-                                     f"reward {float(o.reward[0]):+.2f}  return {total:.1f}"])
+        img = annotate(frame, [f"step {t + 1}", f"steer {steer:+.0f}  speed {speed:.0f} m/s",
+                                f"reward {float(o.reward[0]):+.2f}  return {total:.1f}"], scale)
         if out is not None:
             video.append(img)
         if screen is not None:

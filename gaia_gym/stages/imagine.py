@@ -17,9 +17,7 @@ import torch
 
 from gaia_gym.bundle import WorldBundle
 from gaia_gym.imagination import Imagination
-from gaia_gym.stages.world_model_eval import _grid_image, _text_strip
-
-STEER_ROWS = (("left", -1.0), ("straight", 0.0), ("right", 1.0))
+from gaia_gym.stages.world_model_eval import STEER_ROWS, _grid_image, _text_strip
 
 
 def _write_video(path: Path, frames: np.ndarray, fps: float) -> None:
