@@ -5,6 +5,7 @@
     python agents/evaluate_real.py --policy scripted --json results/agents.json --video results/scripted.gif
 
 Policies:
+  shipped    the agent shipped in the package (gaia_gym/assets/agents/ppo_imagination.zip);
   PATH.zip   an SB3 agent (PPO or SAC) trained in imagination (agents/train_imagination.py); it sees the
              real simulator through `RealCarRacingEnv`, which has GaiaDrive-v0's observation space (real
              frame -> the world model's tokens and hidden features), observation keys as when trained;
@@ -32,37 +33,10 @@ from typing import Callable
 
 import numpy as np
 
-from gaia_gym.sims.carracing import ZOOM_FRAMES
+from gaia_gym.envs.real import ZOOM_PENALTY, run_real_episode as run_episode
 
-ZOOM_PENALTY = -0.1 * ZOOM_FRAMES  # CarRacing's -0.1 per frame over the zoom-in, before the first observation
 TEST_SEEDS = tuple(range(1_000_000, 1_000_020))  # the final test tracks
 Actor = Callable[[dict], np.ndarray]
-
-
-def run_episode(env, act: Actor, track: int, max_steps: int | None = None, video: bool = False) -> dict:
-    """One real episode of `env` (a RealCarRacingEnv) on `track` with `act(obs) -> action`.
-
-    Returns the real return (zoom-in penalty included), the world model's predicted return
-    (``info["model_reward"]`` summed), per-step real rewards, steps, whether the lap was finished and
-    whether `max_steps` cut it; with ``video`` also the frames (env.render(), real frames enlarged)."""
-    obs, _ = env.reset(options={"track": int(track)})
-    rewards, model_return, frames, info = [], 0.0, [], {}
-    if video:
-        frames.append(env.render())
-    done = False
-    while not done and (max_steps is None or len(rewards) < max_steps):
-        obs, r, terminated, truncated, info = env.step(act(obs))
-        rewards.append(float(r))
-        model_return += info["model_reward"]
-        done = terminated or truncated
-        if video:
-            frames.append(env.render())
-    out = {"track": int(track), "return": float(sum(rewards)) + ZOOM_PENALTY, "model_return": float(model_return),
-           "rewards": rewards, "steps": len(rewards), "lap_finished": bool(info.get("lap_finished", False)),
-           "capped": not done}
-    if video:
-        out["frames"] = frames
-    return out
 
 
 def random_actor(action_space, seed: int = 0) -> Actor:
@@ -72,8 +46,12 @@ def random_actor(action_space, seed: int = 0) -> Actor:
 
 
 def agent_actor(agent, deterministic: bool = True) -> Actor:
-    """An SB3 agent's action for one (unbatched) observation."""
-    return lambda obs: agent.predict(obs, deterministic=deterministic)[0]
+    """An SB3 agent's action for one (unbatched) observation, mapped through the action range it was
+    trained with (`gaia_gym.policy.ActionRange.of_agent`)."""
+    from gaia_gym.policy import ActionRange
+
+    rng = ActionRange.of_agent(agent)
+    return lambda obs: rng(agent.predict(obs, deterministic=deterministic)[0])
 
 
 def summarize(name: str, episodes: list[dict], seconds: float, **extra) -> dict:
@@ -185,14 +163,49 @@ def evaluate(policy: str, seeds=TEST_SEEDS, model: str | None = None, bundle=Non
 
 
 def merge_json(path: Path, key: str, record: dict) -> None:
-    """Put `record` under `key` in the JSON object at `path` (other keys kept), atomically."""
+    """Put `record` under `key` in the JSON object at `path` (other keys kept), atomically. A dotted key
+    ("baselines.random") nests; the key "." merges `record`'s fields into the top level."""
     from gaia_gym.data.format import atomic_write_json
 
     path = Path(path)
     old = json.loads(path.read_text()) if path.exists() else {}
-    old[key] = record
+    if key == ".":
+        old.update(record)
+    else:
+        *parents, last = key.split(".")
+        node = old
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[last] = record
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, old)
+
+
+def pipeline_costs(policy: Path, results: Path = Path("results")) -> dict:
+    """What the imagination-trained `policy` cost, from the records each stage left: real transitions
+    (the collected dataset, results/data.json, plus the real-simulator evaluations made while training,
+    the run's state.json) and wall-clock minutes per stage (data.json, tokenizer.json, world_model.json,
+    the agent run's state.json)."""
+    rd = lambda name: json.loads((results / name).read_text()) if (results / name).exists() else {}  # noqa: E731
+    data, tok, wm = rd("data.json").get("default_carracing_dataset", {}), rd("tokenizer.json"), rd("world_model.json")
+    state_p = Path(policy).parent / "state.json"
+    state = json.loads(state_p.read_text()) if state_p.exists() else {}
+    args = state.get("args", {})
+    best_t = state.get("best_timesteps")
+    evals = [e for e in state.get("evals", []) if best_t is None or e["timesteps"] <= best_t]
+    eval_steps = int(sum(e["real_steps_mean"] * len(e["real_return_per_seed"]) for e in evals))
+    agent_s = next((e["elapsed_s"] for e in evals if e["timesteps"] == best_t), state.get("elapsed_s"))
+    return {
+        "real_env_steps_used": int(data.get("transitions", 0)) + eval_steps,
+        "real_env_steps_detail": {"dataset_transitions": data.get("transitions"),
+                                  "training_time_real_evaluation_steps": eval_steps,
+                                  "note": "evaluations (seeds 1,000,100+) only pick the checkpoint; no gradient "
+                                          "ever sees a real transition outside the dataset"},
+        "wall_clock_minutes": {"collect": data.get("wall_minutes_2_workers"), "tokenizer": tok.get("train_minutes"),
+                               "world_model": wm.get("train_minutes"),
+                               "agent_in_imagination": None if agent_s is None else round(agent_s / 60, 1)},
+        "agent_run": {"imagined_steps": best_t, "torch_threads": state.get("torch_threads"), "args": args},
+    }
 
 
 def default_key(policy: str) -> str:
@@ -205,13 +218,17 @@ def default_key(policy: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--policy", required=True, help="PATH.zip (an SB3 agent), 'random' or 'scripted'")
+    p.add_argument("--policy", required=True, help="PATH.zip (an SB3 agent), 'shipped', 'random' or 'scripted'")
     p.add_argument("--model", default=None, help="world-model directory (default: the shipped model)")
     p.add_argument("--episodes", type=int, default=len(TEST_SEEDS), help="number of tracks (default: %(default)s)")
     p.add_argument("--first-seed", type=int, default=TEST_SEEDS[0], help="first track seed (default: %(default)s)")
     p.add_argument("--max-steps", type=int, default=None, help="cap each episode (smoke tests only)")
     p.add_argument("--json", type=Path, default=None, help="merge the result into this JSON file")
-    p.add_argument("--key", default=None, help="key in --json (default: random / scripted / RUNDIR_STEM)")
+    p.add_argument("--key", default=None, help="key in --json, dotted to nest ('baselines.random'), '.' for the "
+                                               "top level (default: random / scripted / RUNDIR_STEM)")
+    p.add_argument("--as-result", action="store_true",
+                   help="the policy is THE result: merge at the top level of --json, with its pipeline costs "
+                        "(real transitions, wall-clock per stage; see pipeline_costs)")
     p.add_argument("--video", type=Path, default=None, help="write the first episode as a GIF")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random policy (default: %(default)s)")
@@ -233,6 +250,13 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"evaluate_real: {e}") from None
     print(f"{a.policy}: real return {r['real_return_mean']:.1f} +- {r['real_return_std']:.1f} over {r['episodes']} "
           f"tracks ({r['laps_finished']} laps finished, {r['steps_mean']:.0f} steps, {r['wall_seconds']:.0f} s)")
+    if a.as_result:
+        if a.policy in ("random", "scripted"):
+            raise SystemExit("evaluate_real: --as-result is for a trained policy")
+        r = {**r, **pipeline_costs(Path(a.policy)), "command": "python agents/evaluate_real.py " + " ".join(
+            argv if argv is not None else sys.argv[1:])}
+        r["wall_clock_minutes"]["evaluation_20_tracks"] = round(r["wall_seconds"] / 60, 1)
+        a.key = "."
     if a.json:
         key = a.key or default_key(a.policy)
         merge_json(a.json, key, r)

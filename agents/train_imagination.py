@@ -76,6 +76,14 @@ class Args:
     learning_starts: int = field(default=1_000, metadata={"help": "SAC: steps before learning"})
     gradient_steps: int = field(default=-1, metadata={
         "help": "SAC: gradient steps per env step (-1: one per transition)"})
+    prompt_data: str | None = field(default=None, metadata={
+        "help": "real start contexts: a dataset directory (its train split is tokenized into OUT/tokens) or a "
+                "tokenized split .npz; None: the model's prompt bank"})
+    prompt_clips: int = field(default=2048, metadata={"help": "with --prompt-data: mid-drive context clips drawn"})
+    standing_starts: bool = field(default=True, metadata={
+        "help": "with --prompt-data: add every episode's first frame held still (how a real episode starts)"})
+    speed_max: float = field(default=0.6, metadata={
+        "help": "highest speed action the agent can ask for (the data's 95th percentile is ~0.5; 1 = 100 m/s)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of imagined frames"})
     end_threshold: float = field(default=0.5, metadata={"help": "end-head probability that ends an imagined episode"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
@@ -262,6 +270,30 @@ def _fmt(x: float | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+def training_prompts(args: Args, bundle, out: Path):
+    """The prompt bank imagined episodes start from: the model's own, or (--prompt-data) `prompt_clips`
+    mid-drive clips of the TRAINING split plus, with --standing-starts, each training episode's first
+    frame held still. Real data only from the dataset the world model was trained on (no new real steps)."""
+    from gaia_gym.bundle import PromptBank
+
+    if args.prompt_data is None:
+        return bundle.prompts
+    src = Path(args.prompt_data)
+    if src.is_dir():
+        from gaia_gym.bundle import _find_tokenizer
+        from gaia_gym.stages.world_model import sources_of, tokenize_split
+
+        tok_dir = _find_tokenizer(Path(bundle.path), sources_of(bundle.path))
+        src = tokenize_split(src, tok_dir, "train", out / "tokens" / "train.npz", bundle.codec)
+    elif not src.is_file():
+        raise FileNotFoundError(f"{src}: no such dataset directory or tokenized split")
+    C = bundle.prompts.context
+    bank = PromptBank.from_token_file(src, context=C, n=args.prompt_clips, seed=args.seed, continuation=0)
+    if args.standing_starts:
+        bank = bank.concat(PromptBank.standing_starts(src, C, bundle.codec.encode(0.0, 0.0)))
+    return bank
+
+
 def make_model(args: Args, run: Run, venv, device: str):
     """A new agent, or the one in OUT/last.zip (resume)."""
     from gaia_gym.policy import algo_class, load_agent, policy_kwargs
@@ -281,7 +313,15 @@ def make_model(args: Args, run: Run, venv, device: str):
     else:
         algo = dict(buffer_size=args.buffer_size, learning_starts=args.learning_starts,
                     gradient_steps=args.gradient_steps)
-    return algo_class(args.algo)("MultiInputPolicy", venv, **common, **algo), False
+    model = algo_class(args.algo)("MultiInputPolicy", venv, **common, **algo)
+    model.gaia_action_range = action_range(args).as_dict()  # saved with the agent; the evaluator applies it
+    return model, False
+
+
+def action_range(args: Args):
+    from gaia_gym.policy import ActionRange
+
+    return ActionRange((-1.0, -1.0), (1.0, args.speed_max))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -291,20 +331,28 @@ def main(argv: list[str] | None = None) -> dict:
     from gaia_gym.bundle import load_bundle
     from gaia_gym.checkpoint import ModelFileError
     from gaia_gym.envs import GaiaDriveVecEnv
+    from gaia_gym.policy import ActionRange, ranged_vec_env
 
     args = parse_args(argv)
     run = Run(args)
+    run.state["torch_threads"] = torch.get_num_threads()  # the wall-clock figures depend on it
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
         bundle = load_bundle(args.model, device)
-        venv = VecMonitor(GaiaDriveVecEnv(num_envs=args.envs, bundle=bundle, obs_mode=args.obs, horizon=args.horizon,
-                                          temperature=args.temperature, end_threshold=args.end_threshold))
+        bank = training_prompts(args, bundle, run.out)
+        venv = GaiaDriveVecEnv(num_envs=args.envs, bundle=dataclasses.replace(bundle, prompts=bank), obs_mode=args.obs,
+                               horizon=args.horizon, temperature=args.temperature, end_threshold=args.end_threshold)
+        ranged = ActionRange(**run.state["action_range"]) if "action_range" in run.state else action_range(args)
+        venv = VecMonitor(ranged_vec_env(venv, ranged))
         model, resumed = make_model(args, run, venv, device)
+        model.gaia_action_range = run.state["action_range"] = ranged.as_dict()
     except (ModelFileError, ValueError, FileNotFoundError) as e:
         raise SystemExit(f"train_imagination: {e}") from None
     remaining = args.timesteps - model.num_timesteps
+    run.t0 = time.perf_counter()  # the budget counts training, not loading the model and the start contexts
     print(f"{'resuming' if resumed else 'training'} {args.algo} in {run.out}: {model.num_timesteps} / {args.timesteps} "
-          f"steps, {run.prior / 60:.1f} min so far{'' if args.minutes is None else f' of {args.minutes}'}")
+          f"steps, {run.prior / 60:.1f} min so far{'' if args.minutes is None else f' of {args.minutes}'}; "
+          f"{len(bank)} start contexts, speed actions up to {ranged.high[1]:.2f}")
     if remaining <= 0 or run.over_budget():
         print("nothing to do: the run has reached --timesteps or --minutes (raise them to continue)")
         return run.state

@@ -116,6 +116,29 @@ class PromptBank:
         return cls(t[:, :context], a[:, :context], t[:, context:], a[:, context:])
 
 
+    @classmethod
+    def standing_starts(cls, path: str | Path, context: int, still_action) -> "PromptBank":
+        """One clip per episode of a tokenized split: its first frame held for `context` steps under the
+        "stand still" action `still_action` (model units) -- the situation `RealCarRacingEnv.reset`
+        starts a real episode in."""
+        with np.load(path) as z:
+            tokens, starts = z["tokens"], z["episode_starts"]
+        first = torch.from_numpy(tokens[starts[:-1]].astype(np.int64))
+        t = first[:, None].expand(-1, context, -1, -1).contiguous()
+        a = torch.as_tensor(np.asarray(still_action, np.float32)).expand(len(first), context, -1).contiguous()
+        return cls(t, a)
+
+    def concat(self, other: "PromptBank") -> "PromptBank":
+        """Both banks' clips (continuations are dropped unless both have the same length)."""
+        if other.tokens.shape[1:] != self.tokens.shape[1:] or other.actions.shape[1:] != self.actions.shape[1:]:
+            raise ValueError(f"prompt banks do not fit together: {tuple(self.tokens.shape)} and {tuple(other.tokens.shape)}")
+        t, a = torch.cat([self.tokens, other.tokens]), torch.cat([self.actions, other.actions])
+        if self.continuation and self.continuation == other.continuation:
+            return PromptBank(t, a, torch.cat([self.next_tokens, other.next_tokens]),
+                              torch.cat([self.next_actions, other.next_actions]))
+        return PromptBank(t, a)
+
+
 @dataclass
 class WorldBundle:
     """A loaded world model with its tokenizer, prompt bank and action codec."""

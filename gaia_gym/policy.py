@@ -173,7 +173,8 @@ def agent_algo(path: str | Path) -> str:
 
 def load_agent(path: str | Path, env=None, device: str = "auto", world_model: str | Path | None = None,
                **kwargs: Any):
-    """Load a PPO or SAC agent saved by SB3 (the algorithm is read from the zip).
+    """Load a PPO or SAC agent saved by SB3 (the algorithm is read from the zip); "shipped" loads the
+    agent shipped in the package (`SHIPPED_AGENT`).
 
     ``world_model``: a world-model directory to take the token table from instead of the one named in
     the agent's policy_kwargs (when it moved; the trained table in the zip is loaded over it anyway).
@@ -181,7 +182,7 @@ def load_agent(path: str | Path, env=None, device: str = "auto", world_model: st
     """
     from stable_baselines3.common.save_util import load_from_zip_file
 
-    p = Path(path)
+    p = resolve_agent_path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such policy file (an SB3 .zip saved by agents/train_imagination.py)")
     try:
@@ -196,3 +197,81 @@ def load_agent(path: str | Path, env=None, device: str = "auto", world_model: st
         fk["world_model"] = str(world_model)
         custom = {"policy_kwargs": {**pk, "features_extractor_kwargs": fk}}
     return algo_class(algo).load(p, env=env, device=device, custom_objects=custom, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# the agent's action range
+# ---------------------------------------------------------------------------------------------
+class ActionRange:
+    """Maps the agent's actions u in [-1, 1]^2 linearly onto [low, high] of the env's [steering, speed].
+
+    A world model is only right about actions its data contains: CarRacing's logged drives command
+    speed actions up to ~0.5 (95th percentile; 0.82 at most), and an agent free to ask for +1 (100 m/s)
+    learns where the model extrapolates. Training in imagination therefore narrows the speed range
+    (`--speed-max`); the range is stored on the saved agent (``agent.gaia_action_range``) so that the
+    real-simulator evaluator applies the same mapping."""
+
+    def __init__(self, low=(-1.0, -1.0), high=(1.0, 1.0)) -> None:
+        import numpy as np
+
+        self.low, self.high = np.asarray(low, np.float32), np.asarray(high, np.float32)
+        if self.low.shape != (2,) or self.high.shape != (2,) or not (self.low < self.high).all() or (
+                self.low < -1).any() or (self.high > 1).any():
+            raise ValueError(f"action range must be 2 lows below 2 highs within [-1, 1], got {low} .. {high}")
+
+    def __call__(self, u):
+        import numpy as np
+
+        u = np.clip(np.asarray(u, np.float32), -1.0, 1.0)
+        return self.low + (u + 1.0) / 2.0 * (self.high - self.low)
+
+    def as_dict(self) -> dict[str, list[float]]:
+        return {"low": self.low.tolist(), "high": self.high.tolist()}
+
+    @classmethod
+    def of_agent(cls, agent) -> "ActionRange":
+        """The range an agent was trained with (the identity for agents saved without one)."""
+        r = getattr(agent, "gaia_action_range", None)
+        return cls(**r) if r else cls()
+
+
+def ranged_vec_env(venv, action_range: ActionRange):
+    """An SB3 VecEnv wrapper applying `action_range` to the agent's actions before `venv` sees them."""
+    from stable_baselines3.common.vec_env import VecEnvWrapper
+
+    class _Ranged(VecEnvWrapper):
+        def reset(self):
+            return self.venv.reset()
+
+        def step_async(self, actions) -> None:
+            self.venv.step_async(action_range(actions))
+
+        def step_wait(self):
+            return self.venv.step_wait()
+
+    return _Ranged(venv)
+
+
+# ---------------------------------------------------------------------------------------------
+# the shipped agent
+# ---------------------------------------------------------------------------------------------
+SHIPPED_AGENT = Path(__file__).resolve().parent / "assets" / "agents" / "ppo_imagination.zip"
+
+
+def resolve_agent_path(policy: str | Path) -> Path:
+    """"shipped" -> the agent shipped in the package; anything else is a path."""
+    return SHIPPED_AGENT if str(policy) == "shipped" else Path(policy)
+
+
+def export_agent(src: str | Path, dst: str | Path = SHIPPED_AGENT) -> Path:
+    """Copy an agent zip without its optimizer state (to ship it: about a third smaller; it still loads
+    and acts the same, and training can restart from it with a fresh optimizer), atomically."""
+    from gaia_gym.data.format import atomic_write_bytes
+
+    agent = load_agent(src, device="cpu")
+    opt = agent.policy.optimizer
+    agent.policy.optimizer = type(opt)(agent.policy.parameters(), **opt.defaults)  # same settings, no moments
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(dst, lambda f: agent.save(f))
+    return dst

@@ -160,3 +160,56 @@ def test_train_sac(model_dir, tmp_path):
     want = tiny_bundle().world_model.tok_emb.weight.detach()
     for net in (agent.actor, agent.critic):  # frozen (the target critic is Polyak-averaged: float rounding)
         assert torch.equal(net.features_extractor.embedding.weight, want)
+
+
+def _token_split(path: Path, episodes: int = 3, steps: int = 30) -> Path:
+    """A tokenized split as `tokenize_split` writes it, for the tiny model (16 codes, 4x4 grid)."""
+    g = np.random.default_rng(0)
+    n = episodes * steps
+    np.savez(path, tokens=g.integers(0, 16, (n, 4, 4)).astype(np.uint16),
+             actions=g.uniform(-1, 1, (n, 2)).astype(np.float32), reward=np.zeros(n, np.float32),
+             terminated=np.zeros(n, bool), episode_starts=np.arange(0, n + 1, steps))
+    return path
+
+
+def test_training_starts_from_data_contexts_in_the_data_speed_range(model_dir, tmp_path):
+    from gaia_gym.bundle import PromptBank
+    from gaia_gym.policy import ActionRange
+
+    split = _token_split(tmp_path / "train.npz")
+    C = tiny_bundle().prompts.context
+    starts = PromptBank.standing_starts(split, C, [0.0, -1.0])
+    z = np.load(split)
+    assert len(starts) == 3 and torch.equal(starts.tokens[1, -1], torch.from_numpy(z["tokens"][30].astype(np.int64)))
+    assert bool((starts.tokens[:, 0] == starts.tokens[:, -1]).all()) and bool((starts.actions[..., 1] == -1).all())
+    out = tmp_path / "run"
+    s = _train(model_dir, out, "--timesteps", "128", "--eval-every", "0", "--prompt-data", str(split),
+               "--prompt-clips", "5", "--speed-max", "0.4")
+    assert s["action_range"]["high"][1] == pytest.approx(0.4)
+    agent = load_agent(out / "last.zip")
+    rng = ActionRange.of_agent(agent)
+    assert rng([1.0, 1.0]).tolist() == pytest.approx([1.0, 0.4]) and rng([-1, -1]).tolist() == pytest.approx([-1, -1])
+    # the evaluator drives the real simulator through the same mapping
+    act = evaluate_real.agent_actor(agent)
+    obs = {k: np.zeros(sp.shape, sp.dtype) for k, sp in agent.observation_space.spaces.items()}
+    assert act(obs)[1] <= 0.4 + 1e-6
+    with pytest.raises(ValueError):
+        ActionRange((-1, 0.5), (1, 0.2))
+
+
+def test_exported_agent_acts_the_same_and_results_merge(bundle, model_dir, tmp_path):
+    from gaia_gym.policy import export_agent
+
+    model = _ppo(bundle, model_dir, freeze=True)
+    model.learn(64)
+    model.save(tmp_path / "a.zip")
+    dst = export_agent(tmp_path / "a.zip", tmp_path / "ship" / "a.zip")
+    assert dst.stat().st_size < (tmp_path / "a.zip").stat().st_size
+    a, b = load_agent(tmp_path / "a.zip"), load_agent(dst)
+    obs = {k: np.stack([sp.sample() for _ in range(4)]) for k, sp in a.observation_space.spaces.items()}
+    assert np.array_equal(a.predict(obs, deterministic=True)[0], b.predict(obs, deterministic=True)[0])
+    out = tmp_path / "r.json"
+    evaluate_real.merge_json(out, "baselines.random", {"x": 1})
+    evaluate_real.merge_json(out, "baselines.scripted", {"x": 2})
+    evaluate_real.merge_json(out, ".", {"real_return_mean": 3.0})
+    assert json.loads(out.read_text()) == {"baselines": {"random": {"x": 1}, "scripted": {"x": 2}}, "real_return_mean": 3.0}

@@ -26,8 +26,10 @@ from gaia_gym.envs.core import action_space, observation_space, parse_obs_mode, 
 from gaia_gym.envs.gaia_drive import check_action
 from gaia_gym.imagination import Imagination
 from gaia_gym.precision import autocast
+from gaia_gym.sims.carracing import ZOOM_FRAMES
 
 TEST_TRACKS = 1_000_000  # track seeds from here up are never collected (gaia_gym.config)
+ZOOM_PENALTY = -0.1 * ZOOM_FRAMES  # CarRacing's -0.1 per frame over the zoom-in, before the first observation
 
 
 class RealCarRacingEnv(gym.Env):
@@ -97,3 +99,32 @@ class RealCarRacingEnv(gym.Env):
     def close(self) -> None:
         self.drive.close()
         super().close()
+
+
+def run_real_episode(env: RealCarRacingEnv, act, track: int, max_steps: int | None = None, video: bool = False) -> dict:
+    """One real episode of `env` on `track` with `act(obs) -> action` (a policy, or a planner reading
+    `env.engine`). Returns the real return as CarRacing counts it (every frame -0.1, the zoom-in's
+    ZOOM_PENALTY included), the world model's predicted return (``info["model_reward"]`` summed), the
+    per-step real rewards, steps, whether the lap was finished, whether `max_steps` cut it (then the
+    return is not comparable) and the wall seconds; with ``video`` also the frames (`render()`)."""
+    import time
+
+    t0 = time.perf_counter()
+    obs, _ = env.reset(options={"track": int(track)})
+    rewards, model_return, frames, info = [], 0.0, [], {}
+    if video:
+        frames.append(env.render())
+    done = False
+    while not done and (max_steps is None or len(rewards) < max_steps):
+        obs, r, terminated, truncated, info = env.step(act(obs))
+        rewards.append(float(r))
+        model_return += info["model_reward"]
+        done = terminated or truncated
+        if video:
+            frames.append(env.render())
+    out = {"track": int(track), "return": float(sum(rewards)) + ZOOM_PENALTY, "model_return": float(model_return),
+           "rewards": rewards, "steps": len(rewards), "lap_finished": bool(info.get("lap_finished", False)),
+           "capped": not done, "wall_seconds": time.perf_counter() - t0}
+    if video:
+        out["frames"] = frames
+    return out

@@ -1,0 +1,147 @@
+"""Drive the REAL CarRacing-v3 by looking ahead in imagination (MPC with CEM or MPPI).
+
+    python examples/plan_real.py                                   # 20 test tracks -> results/planning.json
+    python examples/plan_real.py --candidates 16 --horizon 6 --episodes 3 --json /tmp/p.json --work /tmp/plan
+
+At every step the world model's memory is rebuilt from the real frames seen so far
+(`RealCarRacingEnv`), the planner (`gaia_gym.planning.Planner`) imagines K candidate action sequences of
+H steps (S sampled futures each) from there, scores them with the reward and end heads, refines
+(`--iterations`), and the first action is driven in the real simulator. Tracks are the 20 test seeds
+1,000,000..1,000,019 of agents/evaluate_real.py, scored the same way (CarRacing's return, zoom-in
+included).
+
+Writes into `--json` (other keys kept): real_return_mean, real_return_per_seed, decisions_per_s, the
+planner's settings, and `compare`: the imagination-trained policy's and the scripted driver's returns
+on the same seeds (read from `--agents`, results/agents.json); `--plot`: per-track returns of the three.
+Long: each finished track is saved in `--work`; rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+TEST_SEEDS = range(1_000_000, 1_000_020)  # agents/evaluate_real.py's test tracks
+
+
+def planner_args(p: argparse.ArgumentParser) -> None:
+    """The planner's settings as flags (shared by the planning examples)."""
+    from gaia_gym.planning import PlannerConfig
+
+    d = PlannerConfig()
+    p.add_argument("--method", choices=("cem", "mppi"), default=d.method, help="refinement (default: %(default)s)")
+    p.add_argument("--candidates", type=int, default=d.candidates, help="K sequences (default: %(default)s)")
+    p.add_argument("--horizon", type=int, default=d.horizon, help="H imagined steps (default: %(default)s)")
+    p.add_argument("--samples", type=int, default=d.samples, help="S futures per sequence (default: %(default)s)")
+    p.add_argument("--iterations", type=int, default=d.iterations, help="refinements (default: %(default)s)")
+    p.add_argument("--execute", type=int, default=d.execute, help="actions driven per plan (default: %(default)s)")
+    p.add_argument("--elites", type=int, default=d.elites, help="CEM elites (default: %(default)s)")
+    p.add_argument("--speed-max", type=float, default=d.high[1], help="highest speed action (default: %(default)s)")
+    p.add_argument("--model", default=None, help="world-model directory (default: the shipped model)")
+    p.add_argument("--seed", type=int, default=0, help="planner seed (default: %(default)s)")
+
+
+def planner_config(a: argparse.Namespace, **override):
+    from gaia_gym.planning import PlannerConfig
+
+    kw = dict(method=a.method, candidates=a.candidates, horizon=a.horizon, samples=a.samples,
+              iterations=a.iterations, execute=a.execute, elites=min(a.elites, a.candidates), high=(1.0, a.speed_max))
+    return PlannerConfig(**{**kw, **override})
+
+
+def merge(path: Path, record: dict) -> None:
+    """Update the JSON object at `path` with `record`'s keys, atomically."""
+    from gaia_gym.data.format import atomic_write_json
+
+    old = json.loads(path.read_text()) if path.exists() else {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {**old, **record})
+
+
+def compare(agents_json: Path) -> dict:
+    """The imagination-trained policy's and the scripted driver's per-seed returns from results/agents.json."""
+    if not agents_json.exists():
+        return {}
+    r = json.loads(agents_json.read_text())
+    out = {}
+    if "real_return_per_seed" in r:
+        out["imagination_policy"] = {"real_return_mean": r["real_return_mean"],
+                                     "real_return_per_seed": r["real_return_per_seed"]}
+    for k, v in r.get("baselines", {}).items():
+        if k in ("scripted", "random", "ppo_real_sim"):
+            out[k] = {"real_return_mean": v["real_return_mean"], "real_return_per_seed": v["real_return_per_seed"]}
+    return out
+
+
+def plot(path: Path, record: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    series = {"planner (CEM in imagination)": record["real_return_per_seed"],
+              **{k.replace("_", " "): v["real_return_per_seed"] for k, v in record["compare"].items()}}
+    seeds = list(record["real_return_per_seed"])
+    fig, ax = plt.subplots(figsize=(10, 3.6), dpi=110)
+    w = 0.8 / len(series)
+    for i, (name, per) in enumerate(series.items()):
+        ys = [per.get(s, np.nan) for s in seeds]
+        ax.bar(np.arange(len(seeds)) + i * w, ys, w, label=f"{name} (mean {np.nanmean(ys):.0f})")
+    ax.set_xticks(np.arange(len(seeds)) + 0.4 - w / 2, [s[-2:] for s in seeds])
+    ax.set_xlabel("test track (seed 1,000,0xx)")
+    ax.set_ylabel("real CarRacing-v3 return")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title("Real returns on the 20 held-out tracks")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    planner_args(p)
+    p.add_argument("--episodes", type=int, default=20, help="test tracks from 1,000,000 (default: %(default)s)")
+    p.add_argument("--max-steps", type=int, default=None, help="cap episodes (smoke runs; not comparable)")
+    p.add_argument("--json", type=Path, default=Path("results/planning.json"), help="results file")
+    p.add_argument("--plot", type=Path, default=Path("results/planning_real.png"), help="per-track plot")
+    p.add_argument("--video", type=Path, default=None, help="GIF of the first track driven")
+    p.add_argument("--agents", type=Path, default=Path("results/agents.json"), help="policy/scripted returns")
+    p.add_argument("--work", type=Path, default=Path("runs/planning"), help="resume directory")
+    a = p.parse_args(argv)
+    if not 1 <= a.episodes <= 20:
+        raise SystemExit("plan_real: --episodes must be in [1, 20] (the test tracks)")
+    from gaia_gym.bundle import load_bundle
+    from gaia_gym.checkpoint import ModelFileError
+    from gaia_gym.planning import drive_tracks, summarize_planning
+
+    try:
+        cfg = planner_config(a)
+        bundle = load_bundle(a.model)
+    except (ValueError, ModelFileError) as e:
+        raise SystemExit(f"plan_real: {e}") from None
+    name = f"{cfg.method}_K{cfg.candidates}_H{cfg.horizon}_S{cfg.samples}_I{cfg.iterations}_E{cfg.execute}_seed{a.seed}"
+    if a.max_steps:
+        name += f"_cap{a.max_steps}"
+    eps = drive_tracks(bundle, cfg, list(TEST_SEEDS)[: a.episodes], a.work / f"{name}.json", seed=a.seed,
+                       max_steps=a.max_steps, video_path=a.video)
+    rec = summarize_planning(eps, cfg)
+    rec["compare"] = compare(a.agents)
+    rec["command"] = "python examples/plan_real.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    merge(a.json, rec)
+    if a.plot:
+        plot(a.plot, rec)
+    print(f"planner {name}: real return {rec['real_return_mean']:.1f} +- {rec['real_return_std']:.1f} over "
+          f"{len(eps)} tracks ({rec['laps_finished']} laps), {rec['decisions_per_s']:.2f} decisions/s")
+    for k, v in rec["compare"].items():
+        print(f"  {k}: {v['real_return_mean']:.1f}")
+    print(f"wrote {a.json}" + (f", {a.plot}" if a.plot else "") + (f", {a.video}" if a.video else ""))
+    return rec
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

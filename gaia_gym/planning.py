@@ -1,0 +1,245 @@
+"""Look-ahead planning in imagination: model-predictive control with CEM or MPPI on the batched engine.
+
+From one situation (an `EngineState` row: the world model's memory of what was seen), the planner
+branches K candidate action sequences of horizon H, each imagined S times (sampled futures, so a
+sequence is scored by its expected outcome, not by one lucky dream), all K*S rows stepped together in
+ONE engine. A sequence's score is its discounted imagined return, each step weighted by the probability
+that the episode is still running (the end head), averaged over its S futures. CEM refits a Gaussian
+over sequences to the top `elites`; MPPI to all, weighted by exp(score / temperature). After
+`iterations` refinements the first action of the mean sequence is executed (or its first `execute`
+actions, one per step), and the next decision starts from that mean shifted by the actions driven
+(receding horizon, warm start).
+
+    planner = Planner(bundle, PlannerConfig(candidates=32, horizon=8, iterations=2), seed=0)
+    action = planner.plan(engine.state(), row=0)      # (2,) in [-1, 1]; `engine` is left untouched
+
+The planner never changes the state it is given (it restores copies into its own engine), and with a
+seed its decisions are reproducible. `reward_fn(tokens, actions, features) -> (n,)` replaces the reward
+head (e.g. a known reward in tests). `proposal(state) -> (H, 2)` (e.g. a trained policy's actions)
+seeds the mean at each decision: the policy proposes, the planner refines.
+
+`plan_real_episode` drives the REAL CarRacing-v3 with it (`RealCarRacingEnv`: the world model's memory is
+rebuilt from the real frames every step, the planner imagines from there).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from gaia_gym.imagination import EngineState, Imagination
+
+RewardFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class PlannerConfig:
+    method: str = "cem"  # "cem" or "mppi"
+    candidates: int = 32  # K action sequences per iteration
+    horizon: int = 8  # H imagined steps per sequence
+    samples: int = 1  # S sampled futures per sequence (scores are averaged over them)
+    iterations: int = 2  # refinements per decision
+    execute: int = 1  # actions of each plan driven before planning again (1: replan every step)
+    elites: int = 6  # CEM: sequences the Gaussian is refitted to
+    mppi_temperature: float = 1.0  # MPPI: weights exp(score / temperature) (scores in reward units)
+    init_std: float = 0.5  # std of the sampling Gaussian at each decision (action units)
+    min_std: float = 0.05
+    momentum: float = 0.1  # new mean = momentum * old + (1 - momentum) * refit
+    gamma: float = 0.99  # discount within the horizon
+    low: tuple[float, float] = (-1.0, -1.0)  # action range searched: [steering, speed]
+    high: tuple[float, float] = (1.0, 0.6)  # speed capped where the data's commands end (see policy.ActionRange)
+    temperature: float = 1.0  # sampling temperature of imagined futures
+
+    def __post_init__(self) -> None:
+        if self.method not in ("cem", "mppi"):
+            raise ValueError(f"method must be 'cem' or 'mppi', got {self.method!r}")
+        for k in ("candidates", "horizon", "samples", "iterations", "elites", "execute"):
+            if int(getattr(self, k)) < 1:
+                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.execute > self.horizon:
+            raise ValueError(f"execute ({self.execute}) must not exceed horizon ({self.horizon})")
+        if self.elites > self.candidates:
+            raise ValueError(f"elites ({self.elites}) must not exceed candidates ({self.candidates})")
+        if not all(-1 <= lo < hi <= 1 for lo, hi in zip(self.low, self.high)):
+            raise ValueError(f"action range must satisfy -1 <= low < high <= 1, got {self.low} .. {self.high}")
+        if self.mppi_temperature <= 0 or self.init_std <= 0:
+            raise ValueError("mppi_temperature and init_std must be > 0")
+
+    @property
+    def rows(self) -> int:
+        """Engine rows per imagined step: K * S."""
+        return self.candidates * self.samples
+
+    def imagined_steps(self) -> int:
+        """Imagined transitions per decision: K * S * H * iterations."""
+        return self.rows * self.horizon * self.iterations
+
+
+class Planner:
+    """CEM / MPPI over one world model (see the module docstring)."""
+
+    def __init__(self, bundle, config: PlannerConfig | None = None, seed: int | None = 0,
+                 reward_fn: RewardFn | None = None,
+                 proposal: Callable[[EngineState], torch.Tensor] | None = None) -> None:
+        self.cfg = config or PlannerConfig()
+        self.bundle = bundle
+        self.engine = Imagination(bundle, n=self.cfg.rows, temperature=self.cfg.temperature, end_threshold=1.0,
+                                  seed=seed)
+        self.device = self.engine.device
+        self.gen = torch.Generator(device=self.device)
+        self.gen.manual_seed(0 if seed is None else int(seed) + 1)
+        self.reward_fn, self.proposal = reward_fn, proposal
+        self.low = torch.tensor(self.cfg.low, dtype=torch.float32, device=self.device)
+        self.high = torch.tensor(self.cfg.high, dtype=torch.float32, device=self.device)
+        self._mean: torch.Tensor | None = None  # (H, 2) the last plan (the next decision's warm start)
+        self._used = 0  # actions of the last plan driven so far
+        self.decisions, self.seconds = 0, 0.0
+        self.last: dict = {}
+
+    def reset(self) -> None:
+        """Forget the last plan (call at a new episode)."""
+        self._mean, self._used = None, 0
+
+    @torch.no_grad()
+    def score(self, state: EngineState, row: int, actions: torch.Tensor) -> torch.Tensor:
+        """Expected discounted imagined return of each of the K sequences `actions` (K, H, 2) from
+        `state`'s row `row`, averaged over S sampled futures. `state` is not changed."""
+        c = self.cfg
+        K, H = actions.shape[:2]
+        self.engine.restore(state.branch(row, K * c.samples))
+        seq = actions.repeat_interleave(c.samples, dim=0)  # rows k*S .. k*S+S-1 imagine sequence k
+        total = torch.zeros(K * c.samples, device=self.device)
+        alive = torch.ones_like(total)
+        for t in range(H):
+            out = self.engine.step(seq[:, t])
+            r = out.reward if self.reward_fn is None else self.reward_fn(out.tokens, seq[:, t], out.features).float()
+            total += (c.gamma ** t) * alive * r
+            alive = alive * (1.0 - out.end_prob)
+        return total.view(K, c.samples).mean(1)
+
+    def _initial_mean(self, state: EngineState) -> torch.Tensor:
+        H = self.cfg.horizon
+        if self.proposal is not None:
+            return torch.as_tensor(self.proposal(state), dtype=torch.float32, device=self.device).reshape(H, 2)
+        if self._mean is None:
+            mid = (self.low + self.high) / 2
+            return mid.expand(H, 2).clone()
+        k = min(self._used, self.cfg.horizon - 1)  # shifted by the actions driven since it was made
+        return torch.cat([self._mean[k:], self._mean[-1:].expand(k, 2)])
+
+    @torch.no_grad()
+    def plan(self, state: EngineState, row: int = 0) -> torch.Tensor:
+        """The action (2,) to take now from row `row` of `state` (float32 on the engine's device)."""
+        c = self.cfg
+        t0 = time.perf_counter()
+        mean = self._initial_mean(state)
+        std = torch.full_like(mean, c.init_std)
+        best_score, best_first = -float("inf"), None
+        for _ in range(c.iterations):
+            noise = torch.randn((c.candidates, c.horizon, 2), generator=self.gen, device=self.device)
+            cand = (mean + std * noise).clamp(self.low, self.high)
+            cand[0] = mean.clamp(self.low, self.high)  # the current mean is always among the candidates
+            scores = self.score(state, row, cand)
+            i = int(scores.argmax())
+            if float(scores[i]) > best_score:
+                best_score, best_first = float(scores[i]), cand[i, 0].clone()
+            if c.method == "cem":
+                elite = cand[scores.topk(c.elites).indices]
+                new_mean, new_std = elite.mean(0), elite.std(0, unbiased=False)
+            else:
+                w = torch.softmax((scores - scores.max()) / c.mppi_temperature, 0)
+                new_mean = (w[:, None, None] * cand).sum(0)
+                new_std = ((w[:, None, None] * (cand - new_mean) ** 2).sum(0)).sqrt()
+            mean = c.momentum * mean + (1 - c.momentum) * new_mean
+            std = new_std.clamp_min(c.min_std)
+        self._mean, self._used = mean, 1
+        action = mean[0].clamp(self.low, self.high)
+        self.decisions += 1
+        self.seconds += time.perf_counter() - t0
+        self.last = {"score_best": best_score, "first_action_best": best_first, "mean": mean}
+        return action
+
+    def act(self, state: EngineState, row: int = 0) -> torch.Tensor:
+        """The action to drive now: a new plan every `execute` calls (`plan`), else the last plan's next
+        action (the state is only read when planning)."""
+        if self._mean is None or self._used >= self.cfg.execute:
+            return self.plan(state, row)
+        a = self._mean[self._used].clamp(self.low, self.high)
+        self._used += 1
+        return a
+
+    def decisions_per_s(self) -> float:
+        return self.decisions / self.seconds if self.seconds else float("nan")
+
+    def describe(self) -> dict:
+        return {**asdict(self.cfg), "imagined_steps_per_decision": self.cfg.imagined_steps()}
+
+
+def plan_real_episode(env, planner: Planner, track: int, max_steps: int | None = None, video: bool = False) -> dict:
+    """Drive one REAL episode of `env` (a `RealCarRacingEnv`) on `track`, deciding every step with
+    `planner` from the world model's memory of the real frames; scored like every policy
+    (`gaia_gym.envs.real.run_real_episode`), plus the planner's decisions per second."""
+    from gaia_gym.envs.real import run_real_episode
+
+    planner.reset()
+    dec0, sec0 = planner.decisions, planner.seconds
+    out = run_real_episode(env, lambda obs: planner.act(env.engine.state(), 0).cpu().numpy(), track, max_steps, video)
+    out["decisions_per_s"] = (planner.decisions - dec0) / max(planner.seconds - sec0, 1e-9)
+    return out
+
+
+def drive_tracks(bundle, config: PlannerConfig, tracks, done_path=None, seed: int = 0, max_steps: int | None = None,
+                 video_path=None, progress: bool = True) -> list[dict]:
+    """`plan_real_episode` on every track in `tracks`, resumable: each finished episode is appended to the
+    JSON file `done_path` (atomically), and tracks already there are not driven again. With
+    `video_path`, the first track driven in this call is also written as a GIF. Returns all episodes
+    (per-step rewards dropped) in `tracks` order."""
+    import json
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from gaia_gym.data.format import atomic_write_json
+    from gaia_gym.envs.real import RealCarRacingEnv
+
+    done: dict[str, dict] = {}
+    if done_path is not None and Path(done_path).exists():
+        done = {str(e["track"]): e for e in json.loads(Path(done_path).read_text())}
+    todo = [int(t) for t in tracks if str(int(t)) not in done]
+    if todo:
+        env = RealCarRacingEnv(bundle=bundle, obs_mode="tokens", render_mode="rgb_array" if video_path else None)
+        planner = Planner(bundle, config, seed=seed)
+        try:
+            for i, t in enumerate(tqdm(todo, desc="planning (real tracks)", unit="track", disable=not progress)):
+                e = plan_real_episode(env, planner, t, max_steps, video=video_path is not None and i == 0)
+                frames = e.pop("frames", None)
+                if frames:
+                    from gaia_gym.stages.imagine import _write_video
+
+                    _write_video(Path(video_path), np.stack(frames[::2]), fps=6.25)
+                e.pop("rewards")
+                done[str(t)] = e
+                if done_path is not None:
+                    Path(done_path).parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write_json(Path(done_path), list(done.values()))
+        finally:
+            env.close()
+    return [done[str(int(t))] for t in tracks]
+
+
+def summarize_planning(episodes: list[dict], config: PlannerConfig) -> dict:
+    """The JSON record of a planner's real episodes."""
+    ret = np.array([e["return"] for e in episodes], np.float64)
+    return {"real_return_mean": float(ret.mean()), "real_return_std": float(ret.std()),
+            "real_return_per_seed": {str(e["track"]): round(e["return"], 3) for e in episodes},
+            "model_return_per_seed": {str(e["track"]): round(e["model_return"], 3) for e in episodes},
+            "decisions_per_s": float(np.mean([e["decisions_per_s"] for e in episodes])),
+            "steps_mean": float(np.mean([e["steps"] for e in episodes])),
+            "laps_finished": int(sum(e["lap_finished"] for e in episodes)),
+            "wall_seconds": round(float(sum(e["wall_seconds"] for e in episodes)), 1),
+            "capped": any(e["capped"] for e in episodes), "episodes": len(episodes),
+            "planner": {**asdict(config), "imagined_steps_per_decision": config.imagined_steps()}}

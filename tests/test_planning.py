@@ -1,0 +1,167 @@
+"""The look-ahead planner (CEM / MPPI over the imagination engine)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gaia_gym.bundle import save_bundle, tiny_bundle
+from gaia_gym.imagination import Imagination
+from gaia_gym.planning import Planner, PlannerConfig
+
+TARGET = torch.tensor([0.5, -0.3])
+
+
+def known_reward(tokens, actions, features):
+    """A reward the planner must discover: the closer the action to TARGET, the better (0 at best)."""
+    return -((actions - TARGET) ** 2).sum(-1)
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return tiny_bundle()
+
+
+@pytest.fixture(scope="module")
+def examples(bundle, tmp_path_factory):
+    """The planning examples, importable, and a saved tiny model for them."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import futures_and_counterfactuals
+    import plan_compute_sweep
+    import plan_real
+
+    model = save_bundle(bundle, tmp_path_factory.mktemp("plan") / "wm")
+    return plan_real, plan_compute_sweep, futures_and_counterfactuals, model
+
+
+def fresh_engine(bundle, n=2, seed=0):
+    eng = Imagination(bundle, n=n, seed=seed)
+    eng.reset(prompt=torch.arange(n))
+    return eng
+
+
+def drive_return(bundle, choose, steps=6):
+    """Known-reward return of `steps` real decisions in an imagined episode (the planner's own reward)."""
+    eng = fresh_engine(bundle, n=1)
+    total = 0.0
+    for _ in range(steps):
+        a = choose(eng)
+        total += float(known_reward(None, a[None], None)[0])
+        eng.step(a[None])
+    return total
+
+
+def test_planner_beats_random_actions_on_a_known_reward(bundle):
+    cfg = PlannerConfig(candidates=32, horizon=3, iterations=3, elites=4, low=(-1, -1), high=(1, 1))
+    planner = Planner(bundle, cfg, seed=0, reward_fn=known_reward)
+    planned = drive_return(bundle, lambda eng: planner.plan(eng.state(), 0))
+    g = torch.Generator().manual_seed(0)
+    random = [drive_return(bundle, lambda eng: torch.rand(2, generator=g) * 2 - 1) for _ in range(5)]
+    assert planned > max(random)
+    assert planned > -0.1 * 6  # close to the optimum 0, random is about -1.5 per step
+    mppi = Planner(bundle, PlannerConfig(method="mppi", candidates=32, horizon=3, iterations=3, mppi_temperature=0.05,
+                                         low=(-1, -1), high=(1, 1)), seed=0, reward_fn=known_reward)
+    assert drive_return(bundle, lambda eng: mppi.plan(eng.state(), 0)) > max(random)
+
+
+def test_planning_leaves_the_original_state_untouched(bundle):
+    eng = fresh_engine(bundle, n=2)
+    eng.step(torch.zeros(2, 2))
+    before = eng.state()
+    Planner(bundle, PlannerConfig(candidates=8, horizon=4, samples=2), seed=0).plan(eng.state(), row=1)
+    after = eng.state()
+    assert torch.equal(before.tokens, after.tokens) and torch.equal(before.features, after.features)
+    assert torch.equal(before.rng, after.rng) and before.block == after.block
+    assert torch.equal(before.steps, after.steps)
+    for layer in range(len(before.cache.k)):
+        assert torch.equal(before.cache.keys(layer), after.cache.keys(layer))
+        assert torch.equal(before.cache.values(layer), after.cache.values(layer))
+    # and the engine continues exactly as an engine that never planned
+    twin = Imagination(bundle, n=2)
+    twin.restore(before)
+    a = torch.tensor([[0.3, 0.1], [-0.5, 0.4]])
+    assert torch.equal(eng.step(a).tokens, twin.step(a).tokens)
+
+
+def test_seeded_planning_is_reproducible(bundle):
+    cfg = PlannerConfig(candidates=8, horizon=3, samples=2, iterations=2, elites=3)
+
+    def decisions(seed):
+        eng = fresh_engine(bundle, n=1)
+        planner, out = Planner(bundle, cfg, seed=seed), []
+        for _ in range(3):
+            a = planner.plan(eng.state(), 0)
+            out.append(a)
+            eng.step(a[None])
+        return torch.stack(out)
+
+    first = decisions(7)
+    assert torch.equal(first, decisions(7))
+    assert not torch.equal(first, decisions(8))
+    assert bool(((first >= torch.tensor(cfg.low)) & (first <= torch.tensor(cfg.high))).all())
+
+
+def test_scores_average_sampled_futures(bundle):
+    eng = fresh_engine(bundle, n=1)
+    planner = Planner(bundle, PlannerConfig(candidates=4, horizon=2, samples=3, elites=2), seed=0)
+    scores = planner.score(eng.state(), 0, torch.zeros(4, 2, 2))
+    assert scores.shape == (4,) and bool(torch.isfinite(scores).all())
+    assert planner.engine.n == 12  # K * S rows in one batched engine
+
+
+@pytest.mark.parametrize("bad", [dict(method="random"), dict(candidates=0), dict(elites=40, candidates=8),
+                                 dict(low=(0.5, -1), high=(0.2, 1)), dict(mppi_temperature=0.0)])
+def test_bad_planner_config_is_a_clear_error(bad):
+    with pytest.raises(ValueError):
+        PlannerConfig(**bad)
+
+
+def test_execute_drives_several_actions_of_one_plan(bundle):
+    eng = fresh_engine(bundle, n=1)
+    planner = Planner(bundle, PlannerConfig(candidates=4, horizon=4, execute=2, elites=2), seed=0)
+    first = planner.act(eng.state(), 0)
+    assert planner.decisions == 1 and torch.equal(first, planner.last["mean"][0].clamp(planner.low, planner.high))
+    second = planner.act(eng.state(), 0)  # the plan's second action, no new decision
+    assert planner.decisions == 1 and torch.equal(second, planner.last["mean"][1].clamp(planner.low, planner.high))
+    planner.act(eng.state(), 0)
+    assert planner.decisions == 2
+    with pytest.raises(ValueError):
+        PlannerConfig(horizon=3, execute=4)
+
+
+def test_plan_real_example_drives_the_real_simulator_and_resumes(examples, tmp_path):
+    plan_real, _, _, model = examples
+    args = ["--model", str(model), "--episodes", "2", "--max-steps", "3", "--candidates", "4", "--horizon", "2",
+            "--elites", "2", "--json", str(tmp_path / "p.json"), "--plot", str(tmp_path / "p.png"),
+            "--work", str(tmp_path / "work"), "--agents", str(tmp_path / "none.json")]
+    rec = plan_real.main(args)
+    assert set(rec["real_return_per_seed"]) == {"1000000", "1000001"} and rec["capped"]
+    assert rec["decisions_per_s"] > 0 and (tmp_path / "p.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "p.json").read_text())
+    assert saved["real_return_per_seed"] == rec["real_return_per_seed"]
+    # rerun: both tracks are read back from the work directory, nothing is driven again
+    again = plan_real.main(args)
+    assert again["real_return_per_seed"] == rec["real_return_per_seed"]
+    assert again["wall_seconds"] == rec["wall_seconds"]
+
+
+def test_sweep_and_futures_examples_write_their_records(examples, tmp_path):
+    _, sweep, futures, model = examples
+    out = tmp_path / "r.json"
+    rows = sweep.main(["--model", str(model), "--episodes", "1", "--max-steps", "2", "--candidates", "4",
+                       "--horizon", "2", "--elites", "2", "--ks", "4,8", "--hs", "2", "--ss", "1",
+                       "--json", str(out), "--plot", str(tmp_path / "s.png"), "--work", str(tmp_path / "w")])
+    assert [r["planner"]["candidates"] for r in rows] == [4, 8]
+    rec = futures.main(["--model", str(model), "--clips", "2", "--futures", "3", "--steps", "3",
+                        "--json", str(out), "--out", str(tmp_path)])
+    saved = json.loads(out.read_text())
+    assert "compute_sweep" in saved and "multiple_futures" in saved and "counterfactuals" in saved
+    m = rec["multiple_futures"]
+    assert len(m["diversity"]) == 3 and all(0 <= x <= 1 for x in m["diversity"] + m["to_real_best"])
+    assert all(b <= a + 1e-9 for a, b in zip(m["to_real_mean"], m["to_real_best"]))  # best of N <= mean
+    for name in ("planning_futures.png", "planning_futures_grid.png", "planning_counterfactuals.png"):
+        assert (tmp_path / name).stat().st_size > 0
