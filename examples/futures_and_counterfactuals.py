@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plan_real import merge  # noqa: E402
+from plan_real import merge, save_figure, subplots  # noqa: E402
 
 ROWS = (("left", -1.0, None), ("straight", 0.0, None), ("right", 1.0, None), ("slow", 0.0, 0.0), ("fast", 0.0, 80.0))
 
@@ -96,28 +96,20 @@ def counterfactuals(bundle, clips: list[int], steps: int, seed: int, temperature
 
 
 def plot_futures(path: Path, m: dict, n: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     t = np.arange(1, len(m["diversity"]) + 1)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=110)
+    fig, axes = subplots(1, 2, figsize=(10, 3.6), dpi=110)
     for ax, pre, unit in ((axes[0], "", "tokens that differ (fraction)"),
                           (axes[1], "pixel_", "mean |pixel difference| (0-1)")):
         ax.plot(t, m[pre + "diversity"], "o-", label=f"diversity (pairs of the {n} futures)")
         ax.plot(t, m[pre + "to_real_mean"], "s-", label="future vs real (mean)")
         ax.plot(t, m[pre + "to_real_best"], "^-", label=f"future vs real (best of {n})")
         ax.plot(t, m[pre + "copy_last"], "k--", label="last context frame vs real")
-        ax.set_xlabel("imagined step (0.32 s each)")
+        ax.set_xlabel("imagined step (80 ms each)")
         ax.set_ylabel(unit)
         ax.set_ylim(0, None)
     axes[0].legend(fontsize=7)
     fig.suptitle("Several futures under the same (real) actions", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plan_real import merge, planner_args, planner_config  # noqa: E402
+from plan_real import merge, planner_args, planner_config, save_figure, subplots  # noqa: E402
 
 VAL_TRACKS = 1_000_100  # the tracks agents/train_imagination.py evaluates on during training
 
@@ -37,12 +37,7 @@ def variants(base, ks=(8, 16, 32, 64), hs=(3, 6, 10), ss=(1, 2)) -> list:
 
 
 def plot(path: Path, rows: list[dict], base) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=110)
+    fig, axes = subplots(1, 2, figsize=(10, 3.6), dpi=110)
     for name, key, marker in (("K (candidates)", "candidates", "o"), ("H (horizon)", "horizon", "s"),
                               ("S (futures per sequence)", "samples", "^")):
         others = [k for k in ("candidates", "horizon", "samples") if k != key]
@@ -51,7 +46,9 @@ def plot(path: Path, rows: list[dict], base) -> None:
         xs = [r["planner"]["imagined_steps_per_decision"] for r in pts]
         axes[0].plot(xs, [r["real_return_mean"] for r in pts], marker=marker, label=f"vary {name}")
         for r, x in zip(pts, xs):
-            axes[0].annotate(str(r["planner"][key]), (x, r["real_return_mean"]), fontsize=7)
+            if key == "candidates" or r["planner"][key] != getattr(base, key):  # the base point once
+                axes[0].annotate(f"{name[0]}={r['planner'][key]}", (x, r["real_return_mean"]), fontsize=7,
+                                 xytext=(3, 3), textcoords="offset points")
         axes[1].plot(xs, [r["decisions_per_s"] for r in pts], marker=marker, label=f"vary {name}")
     axes[0].set_xscale("log")
     axes[1].set_xscale("log")
@@ -62,10 +59,7 @@ def plot(path: Path, rows: list[dict], base) -> None:
     axes[1].set_ylabel("decisions / s (this machine)")
     axes[0].legend(fontsize=7)
     fig.suptitle("Planning: real return and speed against compute", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -75,17 +75,32 @@ def compare(agents_json: Path) -> dict:
     return out
 
 
-def plot(path: Path, record: dict) -> None:
+def subplots(*args, **kwargs):
+    """matplotlib's subplots with the file-only backend (shared by the planning examples)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot(path: Path, record: dict) -> None:
     import numpy as np
 
-    series = {"planner (CEM in imagination)": record["real_return_per_seed"],
+    series = {f"planner ({record['planner']['method'].upper()} in imagination)": record["real_return_per_seed"],
               **{k.replace("_", " "): v["real_return_per_seed"] for k, v in record["compare"].items()}}
     seeds = list(record["real_return_per_seed"])
-    fig, ax = plt.subplots(figsize=(10, 3.6), dpi=110)
+    fig, ax = subplots(figsize=(10, 3.6), dpi=110)
     w = 0.8 / len(series)
     for i, (name, per) in enumerate(series.items()):
         ys = [per.get(s, np.nan) for s in seeds]
@@ -95,11 +110,8 @@ def plot(path: Path, record: dict) -> None:
     ax.set_ylabel("real CarRacing-v3 return")
     ax.axhline(0, color="k", lw=0.5)
     ax.legend(fontsize=7, loc="lower left")
-    ax.set_title("Real returns on the 20 held-out tracks")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    ax.set_title(f"Real CarRacing-v3 returns on {len(seeds)} held-out test tracks")
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -213,3 +213,29 @@ def test_exported_agent_acts_the_same_and_results_merge(bundle, model_dir, tmp_p
     evaluate_real.merge_json(out, "baselines.scripted", {"x": 2})
     evaluate_real.merge_json(out, ".", {"real_return_mean": 3.0})
     assert json.loads(out.read_text()) == {"baselines": {"random": {"x": 1}, "scripted": {"x": 2}}, "real_return_mean": 3.0}
+
+
+def test_pipeline_costs_count_every_real_transition(tmp_path):
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "data.json").write_text(json.dumps({"default_carracing_dataset": {"transitions": 1000, "wall_minutes_2_workers": 5}}))
+    (res / "tokenizer.json").write_text(json.dumps({"train_minutes": 2}))
+    (res / "world_model.json").write_text(json.dumps({"train_minutes": 3}))
+    run = tmp_path / "run"
+    run.mkdir()
+    evals = [{"timesteps": t, "elapsed_s": 60.0 * i, "real_steps_mean": 100.0, "real_return_per_seed": {"1": 0, "2": 0}}
+             for i, t in enumerate((10, 20, 30), 1)]
+    (run / "state.json").write_text(json.dumps({"best_timesteps": 20, "evals": evals, "elapsed_s": 200.0}))
+    c = evaluate_real.pipeline_costs(run / "best.zip", res)
+    # evaluations up to the picked checkpoint count: 2 evals x 2 tracks x 100 steps
+    assert c["real_env_steps_used"] == 1000 + 400
+    assert c["wall_clock_minutes"] == {"collect": 5, "tokenizer": 2, "world_model": 3, "agent_in_imagination": 2.0}
+
+
+def test_imagined_vs_real_measures_both_from_the_same_start(bundle):
+    sys.path.insert(0, str(AGENTS.parent / "benchmarks"))
+    import imagined_vs_real
+
+    r = imagined_vs_real.measure("random", bundle, [1_000_000], horizon=3, futures=2)
+    assert r["tracks"] == 1 and np.isfinite(r["real_return_mean"]) and np.isfinite(r["imagined_return_mean"])
+    assert r["gap_imagined_minus_real"] == pytest.approx(r["imagined_return_mean"] - r["real_return_mean"])
