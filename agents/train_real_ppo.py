@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def save() -> None:
         atomic_write_bytes(last, lambda f: agent.save(f))
-        atomic_write_bytes(vn_p, lambda f: f.write(__import__("pickle").dumps(venv)))
+        atomic_write_bytes(vn_p, lambda f: pickle.dump(venv, f))  # what VecNormalize.save writes, atomically
         state.update(elapsed_s=round(elapsed(), 1), real_env_steps=int(agent.num_timesteps),
                      real_sim_frames=int(agent.num_timesteps) * FRAME_SKIP)
         atomic_write_json(state_p, state)

@@ -129,16 +129,18 @@ class Imagination:
         return EngineState(self.cache.clone(), self.tokens.clone(), self.features.clone(), self.steps.clone(),
                            self.block, self.generator.get_state())
 
-    def restore(self, state: EngineState) -> None:
-        """Continue from `state` (its row count becomes the engine's)."""
-        self.cache = state.cache.clone()
-        self.tokens, self.features, self.steps = state.tokens.clone(), state.features.clone(), state.steps.clone()
+    def restore(self, state: EngineState, copy: bool = True) -> None:
+        """Continue from `state` (its row count becomes the engine's). ``copy=False`` adopts the state's
+        tensors instead of copying them (for a state nobody else holds, e.g. fresh from `branch`)."""
+        c = (lambda t: t.clone()) if copy else (lambda t: t)
+        self.cache = state.cache.clone() if copy else state.cache
+        self.tokens, self.features, self.steps = c(state.tokens), c(state.features), c(state.steps)
         self.block, self.n = state.block, state.n
         self.generator.set_state(state.rng.clone())
 
     def branch(self, row: int, k: int) -> None:
         """Replace the engine's rows by k copies of row `row` (futures diverge through sampling)."""
-        self.restore(self.state().branch(row, k))
+        self.restore(self.state().branch(row, k), copy=False)
 
     # ---- reset / step ------------------------------------------------------------------------------
     def _require_reset(self) -> None:

@@ -110,7 +110,7 @@ class Planner:
         `state`'s row `row`, averaged over S sampled futures. `state` is not changed."""
         c = self.cfg
         K, H = actions.shape[:2]
-        self.engine.restore(state.branch(row, K * c.samples))
+        self.engine.restore(state.branch(row, K * c.samples), copy=False)  # branch() made the copies
         seq = actions.repeat_interleave(c.samples, dim=0)  # rows k*S .. k*S+S-1 imagine sequence k
         total = torch.zeros(K * c.samples, device=self.device)
         alive = torch.ones_like(total)

@@ -248,3 +248,19 @@ def test_digits_head_kv_cache_matches_full_recomputation_and_trains():
 def test_digits_head_levels_must_match_the_vocabulary():
     with pytest.raises(ValueError, match="code_levels"):
         WorldModelConfig(vocab=1000, code_levels=(8, 8))
+
+
+def test_cache_clone_never_shares_memory_even_when_full():
+    from gaia_gym.models.world_model import KVCache
+
+    c = KVCache()
+    for b in range(2):  # 2 x 32 tokens fill the first allocation (64) exactly: the live part is the whole buffer
+        k = torch.randn(2, 1, 32, 4)
+        c.reserve(32)
+        c.write(0, k, k)
+        c.commit(torch.full((32,), b), torch.arange(32))
+    assert c.start == 0 and c.end == c.k[0].shape[2]
+    d = c.clone()
+    assert d.k[0].data_ptr() != c.k[0].data_ptr() and torch.equal(d.keys(0), c.keys(0))
+    d.k[0].zero_()
+    assert c.keys(0).abs().sum() > 0

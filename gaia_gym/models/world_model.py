@@ -199,9 +199,12 @@ class KVCache:
 
     def select(self, index: torch.Tensor | slice) -> "KVCache":
         """A cache of the batch rows `index` (copies; for branching / CFG)."""
+        # a tensor index copies; a slice is a view (of the whole buffer when the live part fills it), so clone
+        take = (lambda t: t[index].clone(memory_format=torch.contiguous_format)) if isinstance(index, slice) else (
+            lambda t: t[index].contiguous())
         c = KVCache()
-        c.k = [self.keys(i)[index].contiguous() for i in range(len(self.k))]
-        c.v = [self.values(i)[index].contiguous() for i in range(len(self.v))]
+        c.k = [take(self.keys(i)) for i in range(len(self.k))]
+        c.v = [take(self.values(i)) for i in range(len(self.v))]
         c.start, c.end = 0, self.length
         c.pos, c.kind = self.pos, self.kind
         return c
