@@ -100,7 +100,7 @@ def plot(path: Path, record: dict) -> None:
     series = {f"planner ({record['planner']['method'].upper()} in imagination)": record["real_return_per_seed"],
               **{k.replace("_", " "): v["real_return_per_seed"] for k, v in record["compare"].items()}}
     seeds = list(record["real_return_per_seed"])
-    fig, ax = subplots(figsize=(10, 3.6), dpi=110)
+    fig, ax = subplots(figsize=(10, 4.0), dpi=110)
     w = 0.8 / len(series)
     for i, (name, per) in enumerate(series.items()):
         ys = [per.get(s, np.nan) for s in seeds]
@@ -109,8 +109,8 @@ def plot(path: Path, record: dict) -> None:
     ax.set_xlabel("test track (seed 1,000,0xx)")
     ax.set_ylabel("real CarRacing-v3 return")
     ax.axhline(0, color="k", lw=0.5)
-    ax.legend(fontsize=7, loc="lower left")
-    ax.set_title(f"Real CarRacing-v3 returns on {len(seeds)} held-out test tracks")
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(series), frameon=False)
+    ax.set_title(f"Real CarRacing-v3 returns on {len(seeds)} held-out test tracks", pad=22)
     save_figure(fig, path)
 
 
@@ -124,7 +124,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--video", type=Path, default=None, help="GIF of the first track driven")
     p.add_argument("--agents", type=Path, default=Path("results/agents.json"), help="policy/scripted returns")
     p.add_argument("--work", type=Path, default=Path("runs/planning"), help="resume directory")
+    p.add_argument("--replot", action="store_true", help="redraw --plot from --json without driving")
     a = p.parse_args(argv)
+    if a.replot:
+        try:
+            rec = json.loads(a.json.read_text())
+            plot(a.plot, rec)
+        except (OSError, ValueError, KeyError) as e:
+            raise SystemExit(f"plan_real: cannot replot from {a.json}: {e!r}") from None
+        print(f"wrote {a.plot}")
+        return rec
     if not 1 <= a.episodes <= 20:
         raise SystemExit("plan_real: --episodes must be in [1, 20] (the test tracks)")
     from gaia_gym.bundle import load_bundle
