@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     from gaia_gym.bundle import load_bundle
     from gaia_gym.checkpoint import ModelFileError
     from gaia_gym.readback import turn_deg
-    from gaia_gym.stages.world_model_eval import _grid_image
+    from gaia_gym.envs.render import grid_image
 
     try:
         bundle = load_bundle(a.model)
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     eng_frames = lambda t: bundle.tokenizer.decode(t.to(bundle.device)).cpu().numpy()  # noqa: E731
     real = eng_frames(f["real"][k, [c - 1 for c in cols]])
     fut = [eng_frames(f["tokens"][k, j, [c - 1 for c in cols]]) for j in range(min(4, a.futures))]
-    grid = _grid_image([list(real)] + [list(x) for x in fut], ["real"] + [f"future {j + 1}" for j in range(len(fut))],
+    grid = grid_image([list(real)] + [list(x) for x in fut], ["real"] + [f"future {j + 1}" for j in range(len(fut))],
                        [f"+{c}" for c in cols])
     iio.imwrite(a.out / "planning_futures_grid.png", grid)
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [[cf["start"][k].numpy()] + list(fr[k, r].numpy()) for r in range(len(ROWS))]
     labels = ["left", "straight", "right", "slow 0 m/s", "fast 80 m/s"]
     iio.imwrite(a.out / "planning_counterfactuals.png",
-                _grid_image(rows, labels, ["now"] + [f"+{i + 1}" for i in range(T)]))
+                grid_image(rows, labels, ["now"] + [f"+{i + 1}" for i in range(T)]))
     li, ri = names.index("left"), names.index("right")
     si, fi = names.index("slow"), names.index("fast")
     rec = {

@@ -90,12 +90,13 @@ def test_partial_reset_leaves_other_rows_unchanged(bundle):
 
 
 def test_partial_reset_equals_a_fresh_start_from_the_same_prompt(bundle):
-    eng = Imagination(bundle, n=2, temperature=0.0, seed=0)
+    # fp32: RoPE is exactly relative only in exact arithmetic; bf16 rounds positions differently
+    eng = Imagination(bundle, n=2, temperature=0.0, seed=0, bf16=False)
     eng.reset(prompt=torch.tensor([0, 0]))
     drive(eng, 7)
     eng.reset(rows=torch.tensor([1]), prompt=torch.tensor([4]))
     late = drive(eng, 3, seed=9)
-    fresh = Imagination(bundle, n=2, temperature=0.0, seed=0)
+    fresh = Imagination(bundle, n=2, temperature=0.0, seed=0, bf16=False)
     fresh.reset(prompt=torch.tensor([4, 4]))
     early = drive(fresh, 3, seed=9)
     # RoPE is relative: the same prompt at later block indices imagines the same tokens

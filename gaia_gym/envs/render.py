@@ -1,5 +1,6 @@
-"""Rendering for the GaiaDrive adapters: an enlarged imagined frame with a small text overlay, and a
-lazily created pygame window for ``render_mode="human"``.
+"""Rendering for the GaiaDrive adapters and the pictures: an enlarged imagined frame with a small text
+overlay, labelled grids of frames (contact sheets), and a lazily created pygame window for
+``render_mode="human"``.
 
 Nothing here imports pygame at module import time: a headless machine only needs it (and a display, or
 ``SDL_VIDEODRIVER=dummy``) when human rendering is actually used.
@@ -34,6 +35,35 @@ def annotate(frame: np.ndarray, lines: Sequence[str], scale: int = RENDER_SCALE)
 def overlay_lines(steering: float, speed_mps: float, reward: float, step: int) -> list[str]:
     """The overlay text of one imagined row."""
     return [f"steer {steering:+.2f}  {speed_mps:5.1f} m/s", f"r {reward:+.3f}  t {step}"]
+
+
+def text_strip(text: str, width: int, height: int = 14, scale: float = 0.35) -> np.ndarray:
+    """A white (height, width, 3) uint8 strip with `text` in black: labels of picture grids."""
+    import cv2
+
+    strip = np.full((height, width, 3), 255, np.uint8)
+    cv2.putText(strip, text, (2, min(height - 4, height // 2 + 4)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip
+
+
+def grid_image(rows: list[list[np.ndarray]], row_labels: list[str], col_labels: list[str], scale: int = 2,
+               gap: int = 2, label_w: int = 64) -> np.ndarray:
+    """Tiles (H, W, 3) uint8 in rows, upscaled `scale`x, with labels left of rows and above columns."""
+    h, w = rows[0][0].shape[:2]
+    th, tw = h * scale, w * scale
+    ncol = max(len(r) for r in rows)
+    width = label_w + ncol * (tw + gap)
+    parts = [np.concatenate([text_strip("", label_w)] +
+                            [np.concatenate([text_strip(c, tw), np.full((14, gap, 3), 255, np.uint8)], 1)
+                             for c in (col_labels + [""] * ncol)[:ncol]], 1)]
+    for r, label in zip(rows, row_labels):
+        tiles = [np.kron(t, np.ones((scale, scale, 1), np.uint8)) if scale > 1 else t for t in r]
+        tiles += [np.full((th, tw, 3), 255, np.uint8)] * (ncol - len(tiles))
+        line = [text_strip(label, label_w, th)]
+        for t in tiles:
+            line += [t, np.full((th, gap, 3), 255, np.uint8)]
+        parts += [np.concatenate(line, 1), np.full((gap, width, 3), 255, np.uint8)]
+    return np.concatenate(parts, 0)
 
 
 class Viewer:

@@ -17,7 +17,8 @@ import torch
 
 from gaia_gym.bundle import WorldBundle
 from gaia_gym.imagination import Imagination
-from gaia_gym.stages.world_model_eval import STEER_ROWS, _grid_image, _text_strip
+from gaia_gym.envs.render import grid_image, text_strip
+from gaia_gym.stages.world_model_eval import STEER_ROWS
 
 
 def _write_video(path: Path, frames: np.ndarray, fps: float) -> None:
@@ -79,8 +80,8 @@ def imagine(bundle: WorldBundle, out: str | Path, prompt: int = 0, n_futures: in
             i = t - C
             r = real_frames[i] if real_frames is not None and i < len(real_frames) else np.full_like(ctx[0], 255)
             tiles, head = [r] + [imagined[k, i] for k in range(n)], f"imagined step +{i + 1}"
-        grid = _grid_image([tiles], [""], ["real"] + names, scale, label_w=4)
-        video.append(np.concatenate([_text_strip(head, grid.shape[1]), grid], 0))
+        grid = grid_image([tiles], [""], ["real"] + names, scale, label_w=4)
+        video.append(np.concatenate([text_strip(head, grid.shape[1]), grid], 0))
     out = Path(out)
     _write_video(out, np.stack(video), fps)
     result = {"video": str(out), "prompt": prompt, "context_frames": C, "steps": steps, "rows": names,
@@ -89,7 +90,7 @@ def imagine(bundle: WorldBundle, out: str | Path, prompt: int = 0, n_futures: in
         import imageio.v3 as iio
 
         k = min(steps, 8)
-        sheet = _grid_image([[ctx[-1]] + list(imagined[n_futures + j, :k]) for j in range(3)],
+        sheet = grid_image([[ctx[-1]] + list(imagined[n_futures + j, :k]) for j in range(3)],
                             [nm for nm, _ in STEER_ROWS], ["now"] + [f"+{i + 1}" for i in range(k)], scale)
         png = out.with_suffix(".png")
         iio.imwrite(png, sheet)

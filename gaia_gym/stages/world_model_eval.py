@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from gaia_gym.data.format import load_episode
+from gaia_gym.envs.render import grid_image, text_strip
 from gaia_gym.data.loader import ClipDataset, EpisodeIndex
 from gaia_gym.metrics import psnr_uint8, ssim_uint8
 from gaia_gym.models.layout import ActionCodec
@@ -564,34 +565,6 @@ def evaluate_world_model(
 # ----------------------------------------------------------------------------------------------
 # pictures
 # ----------------------------------------------------------------------------------------------
-def _text_strip(text: str, width: int, height: int = 14, scale: float = 0.35) -> np.ndarray:
-    import cv2
-
-    strip = np.full((height, width, 3), 255, np.uint8)
-    cv2.putText(strip, text, (2, min(height - 4, height // 2 + 4)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
-    return strip
-
-
-def _grid_image(rows: list[list[np.ndarray]], row_labels: list[str], col_labels: list[str], scale: int = 2,
-                gap: int = 2, label_w: int = 64) -> np.ndarray:
-    """Tiles (H, W, 3) uint8 in rows, upscaled `scale`x, with labels left of rows and above columns."""
-    h, w = rows[0][0].shape[:2]
-    th, tw = h * scale, w * scale
-    ncol = max(len(r) for r in rows)
-    width = label_w + ncol * (tw + gap)
-    parts = [np.concatenate([_text_strip("", label_w)] +
-                            [np.concatenate([_text_strip(c, tw), np.full((14, gap, 3), 255, np.uint8)], 1)
-                             for c in (col_labels + [""] * ncol)[:ncol]], 1)]
-    for r, label in zip(rows, row_labels):
-        tiles = [np.kron(t, np.ones((scale, scale, 1), np.uint8)) if scale > 1 else t for t in r]
-        tiles += [np.full((th, tw, 3), 255, np.uint8)] * (ncol - len(tiles))
-        line = [_text_strip(label, label_w, th)]
-        for t in tiles:
-            line += [t, np.full((th, gap, 3), 255, np.uint8)]
-        parts += [np.concatenate(line, 1), np.full((gap, width, 3), 255, np.uint8)]
-    return np.concatenate(parts, 0)
-
-
 @torch.no_grad()
 def counterfactual_grid(wm: WorldModel, tokenizer, context_frames, context_actions, path: str | Path,
                         steps: int = 8, fast_mps: float = DEFAULT_FAST_MPS, codec: ActionCodec | None = None,
@@ -619,7 +592,7 @@ def counterfactual_grid(wm: WorldModel, tokenizer, context_frames, context_actio
     start = _decode(tokenizer, tok[0, -1:], bf16).numpy()[0]
     labels = {"slow": "slow 0", "fast": f"fast {fast_mps:g}"}
     rows = [[start] + list(imagined[v]) for v in range(len(names))]
-    img = _grid_image(rows, [labels.get(n, n) for n in names], ["t"] + [f"+{i + 1}" for i in range(steps)], scale)
+    img = grid_image(rows, [labels.get(n, n) for n in names], ["t"] + [f"+{i + 1}" for i in range(steps)], scale)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     iio.imwrite(path, img)
@@ -673,14 +646,14 @@ def write_rollout_gif(wm: WorldModel, tokenizer, data: str | Path, path: str | P
 
         row1 = [real[t]] + [model_view(fut, i) for i in range(n_futures)]
         row2 = [model_view(cfd, i) for i in range(3)]
-        grid = _grid_image([row1, row2], ["real act", "steer"],
+        grid = grid_image([row1, row2], ["real act", "steer"],
                            ["real"] + [f"sample {i + 1}" for i in range(n_futures)], scale)
         y0 = 14 + frames.shape[2] * scale + 2 + 10  # second row: name each tile in its top-left corner
         for i, (name, _) in enumerate(STEER_ROWS):
             cv2.putText(grid, name, (64 + i * (tw + 2) + 2, y0), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1,
                         cv2.LINE_AA)
         head = f"context frame {t + 1}/{C}" if t < C else f"imagined step +{t - C + 1}"
-        out.append(np.concatenate([_text_strip(head, grid.shape[1]), grid], 0))
+        out.append(np.concatenate([text_strip(head, grid.shape[1]), grid], 0))
     fps = fps or EpisodeIndex(data, split=split).fps or 12.5
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
