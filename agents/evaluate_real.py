@@ -192,8 +192,9 @@ def pipeline_costs(policy: Path, results: Path = Path("results")) -> dict:
     state = json.loads(state_p.read_text()) if state_p.exists() else {}
     args = state.get("args", {})
     best_t = state.get("best_timesteps")
-    evals = [e for e in state.get("evals", []) if best_t is None or e["timesteps"] <= best_t]
-    eval_steps = int(sum(e["real_steps_mean"] * len(e["real_return_per_seed"]) for e in evals))
+    evals = state.get("evals", [])
+    # every evaluation counts, also those after the best checkpoint: they took part in picking it
+    eval_steps = int(round(sum(e["real_steps_mean"] * len(e["real_return_per_seed"]) for e in evals)))
     agent_s = next((e["elapsed_s"] for e in evals if e["timesteps"] == best_t), state.get("elapsed_s"))
     return {
         "real_env_steps_used": int(data.get("transitions", 0)) + eval_steps,
@@ -204,7 +205,8 @@ def pipeline_costs(policy: Path, results: Path = Path("results")) -> dict:
         "wall_clock_minutes": {"collect": data.get("wall_minutes_2_workers"), "tokenizer": tok.get("train_minutes"),
                                "world_model": wm.get("train_minutes"),
                                "agent_in_imagination": None if agent_s is None else round(agent_s / 60, 1)},
-        "agent_run": {"imagined_steps": best_t, "torch_threads": state.get("torch_threads"), "args": args},
+        "agent_run": {"imagined_steps": best_t, "imagined_steps_trained": state.get("num_timesteps"),
+                      "real_evaluations": len(evals), "torch_threads": state.get("torch_threads"), "args": args},
     }
 
 

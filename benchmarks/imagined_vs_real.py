@@ -1,7 +1,7 @@
 """Model exploitation, measured from identical starts: a policy's imagined return vs its real return.
 
-    python benchmarks/imagined_vs_real.py --policy runs/agent_ppo2/best.zip --policy runs/agent_ppo/best.zip \\
-        --policy random --json results/agents.json
+    python benchmarks/imagined_vs_real.py --policy runs/agent_ppo3/best.zip --policy random \\
+        --episodes 10 --futures 4 --json results/agents.json
 
 For each of the 20 test tracks, the real CarRacing-v3 episode is started (`RealCarRacingEnv`: after the
 zoom-in, the car standing still; the world model's memory is that first real frame). From exactly that
@@ -17,6 +17,7 @@ imagined - real is how much the policy's imagined success exceeds what it achiev
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agents"))
-from evaluate_real import TEST_SEEDS, merge_json  # noqa: E402
+from evaluate_real import TEST_SEEDS  # noqa: E402
 
 
 def _actor(policy: str, bundle):
@@ -105,10 +106,15 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['real_return_mean']:.1f} (gap {r['gap_imagined_minus_real']:+.1f}); reward head along the real "
               f"steps {r['reward_head_along_real_mean']:.1f}")
     if a.json:
-        rec = {"policies": out, "command": "python benchmarks/imagined_vs_real.py " + " ".join(
-            argv if argv is not None else sys.argv[1:])}
-        merge_json(a.json, "exploitation_same_start", rec)
-        print(f"wrote {a.json} [exploitation_same_start]")
+        from gaia_gym.data.format import atomic_write_json
+
+        # one record per policy, each with its command: measuring another policy keeps the others
+        command = "python benchmarks/imagined_vs_real.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        old = json.loads(a.json.read_text()) if a.json.exists() else {}
+        old.setdefault("exploitation_same_start", {}).setdefault("policies", {}).update(
+            {pol: {**r, "command": command} for pol, r in out.items()})
+        atomic_write_json(a.json, old)
+        print(f"wrote {a.json} [exploitation_same_start.policies]")
     return out
 
 

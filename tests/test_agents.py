@@ -227,8 +227,9 @@ def test_pipeline_costs_count_every_real_transition(tmp_path):
              for i, t in enumerate((10, 20, 30), 1)]
     (run / "state.json").write_text(json.dumps({"best_timesteps": 20, "evals": evals, "elapsed_s": 200.0}))
     c = evaluate_real.pipeline_costs(run / "best.zip", res)
-    # evaluations up to the picked checkpoint count: 2 evals x 2 tracks x 100 steps
-    assert c["real_env_steps_used"] == 1000 + 400
+    # every evaluation counts, also the one after the picked checkpoint: 3 evals x 2 tracks x 100 steps
+    assert c["real_env_steps_used"] == 1000 + 600
+    assert c["agent_run"]["real_evaluations"] == 3 and c["agent_run"]["imagined_steps"] == 20
     assert c["wall_clock_minutes"] == {"collect": 5, "tokenizer": 2, "world_model": 3, "agent_in_imagination": 2.0}
 
 
@@ -239,3 +240,16 @@ def test_imagined_vs_real_measures_both_from_the_same_start(bundle):
     r = imagined_vs_real.measure("random", bundle, [1_000_000], horizon=3, futures=2)
     assert r["tracks"] == 1 and np.isfinite(r["real_return_mean"]) and np.isfinite(r["imagined_return_mean"])
     assert r["gap_imagined_minus_real"] == pytest.approx(r["imagined_return_mean"] - r["real_return_mean"])
+
+
+def test_imagined_vs_real_keeps_other_policies_in_the_json(tmp_path):
+    sys.path.insert(0, str(AGENTS.parent / "benchmarks"))
+    import imagined_vs_real
+
+    out = tmp_path / "agents.json"
+    out.write_text(json.dumps({"real_return_mean": 1.0, "exploitation_same_start": {"policies": {"earlier.zip": {"x": 1}}}}))
+    imagined_vs_real.main(["--policy", "random", "--episodes", "1", "--horizon", "1", "--futures", "2", "--json", str(out)])
+    d = json.loads(out.read_text())
+    pols = d["exploitation_same_start"]["policies"]
+    assert d["real_return_mean"] == 1.0 and pols["earlier.zip"] == {"x": 1}
+    assert pols["random"]["tracks"] == 1 and pols["random"]["command"].startswith("python benchmarks/imagined_vs_real.py")
