@@ -13,6 +13,8 @@ included).
 Writes into `--json` (other keys kept): real_return_mean, real_return_per_seed, decisions_per_s, the
 planner's settings, and `compare`: the imagination-trained policy's and the scripted driver's returns
 on the same seeds (read from `--agents`, results/agents.json); `--plot`: per-track returns of the three.
+`--proposal runs/agent/best.zip` (or `shipped`) seeds every decision with the imagination-trained
+policy's own imagined drive (policy proposes, planner refines) and writes under `with_policy_proposal`.
 Long: each finished track is saved in `--work`; rerunning the same command resumes.
 """
 
@@ -97,9 +99,15 @@ def save_figure(fig, path: Path) -> None:
 def plot(path: Path, record: dict) -> None:
     import numpy as np
 
-    series = {f"planner ({record['planner']['method'].upper()} in imagination)": record["real_return_per_seed"],
-              **{k.replace("_", " "): v["real_return_per_seed"] for k, v in record["compare"].items()}}
-    seeds = list(record["real_return_per_seed"])
+    series = {}
+    if "real_return_per_seed" in record:
+        series[f"planner ({record['planner']['method'].upper()} in imagination)"] = record["real_return_per_seed"]
+    if "real_return_per_seed" in record.get("with_policy_proposal", {}):
+        series["planner seeded by the policy"] = record["with_policy_proposal"]["real_return_per_seed"]
+    series.update({k.replace("_", " "): v["real_return_per_seed"] for k, v in record.get("compare", {}).items()})
+    if not series:
+        raise KeyError("no real_return_per_seed to plot")
+    seeds = list(next(iter(series.values())))
     fig, ax = subplots(figsize=(10, 4.0), dpi=110)
     w = 0.8 / len(series)
     for i, (name, per) in enumerate(series.items()):
@@ -124,6 +132,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--video", type=Path, default=None, help="GIF of the first track driven")
     p.add_argument("--agents", type=Path, default=Path("results/agents.json"), help="policy/scripted returns")
     p.add_argument("--work", type=Path, default=Path("runs/planning"), help="resume directory")
+    p.add_argument("--proposal", default=None,
+                   help="agent zip or 'shipped': the policy proposes each plan's start, the planner refines it")
+    p.add_argument("--key", default=None, help="key in --json for this run (default: the top level; with "
+                                               "--proposal: with_policy_proposal)")
     p.add_argument("--replot", action="store_true", help="redraw --plot from --json without driving")
     a = p.parse_args(argv)
     if a.replot:
@@ -143,24 +155,43 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         cfg = planner_config(a)
         bundle = load_bundle(a.model)
-    except (ValueError, ModelFileError) as e:
+        proposal = None
+        if a.proposal:
+            from gaia_gym.planning import PolicyProposal
+            from gaia_gym.policy import load_agent, resolve_agent_path
+
+            agent_path = resolve_agent_path(a.proposal)
+            proposal = PolicyProposal(load_agent(agent_path, device="cpu"), bundle, cfg.horizon, seed=a.seed)
+    except (ValueError, FileNotFoundError, ModelFileError) as e:
         raise SystemExit(f"plan_real: {e}") from None
     name = f"{cfg.method}_K{cfg.candidates}_H{cfg.horizon}_S{cfg.samples}_I{cfg.iterations}_E{cfg.execute}_seed{a.seed}"
+    if a.proposal:
+        name += "_proposal-" + Path(a.proposal).parent.name + Path(a.proposal).stem
     if a.max_steps:
         name += f"_cap{a.max_steps}"
     eps = drive_tracks(bundle, cfg, list(TEST_SEEDS)[: a.episodes], a.work / f"{name}.json", seed=a.seed,
-                       max_steps=a.max_steps, video_path=a.video)
+                       max_steps=a.max_steps, video_path=a.video, proposal=proposal)
     rec = summarize_planning(eps, cfg)
-    rec["compare"] = compare(a.agents)
+    if a.proposal:
+        rec["proposal"] = a.proposal
     rec["command"] = "python examples/plan_real.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    merge(a.json, rec)
+    key = a.key or ("with_policy_proposal" if a.proposal else None)
+    if key:
+        merge(a.json, {key: rec})
+        rec = {**json.loads(a.json.read_text()), key: rec}
+    else:
+        rec["compare"] = compare(a.agents)
+        merge(a.json, rec)
     if a.plot:
-        plot(a.plot, rec)
+        plot(a.plot, json.loads(a.json.read_text()))
+    if key:
+        rec = rec[key]
     print(f"planner {name}: real return {rec['real_return_mean']:.1f} +- {rec['real_return_std']:.1f} over "
           f"{len(eps)} tracks ({rec['laps_finished']} laps), {rec['decisions_per_s']:.2f} decisions/s")
-    for k, v in rec["compare"].items():
+    for k, v in rec.get("compare", {}).items():
         print(f"  {k}: {v['real_return_mean']:.1f}")
-    print(f"wrote {a.json}" + (f", {a.plot}" if a.plot else "") + (f", {a.video}" if a.video else ""))
+    print(f"wrote {a.json}" + (f" [{key}]" if key else "") + (f", {a.plot}" if a.plot else "")
+          + (f", {a.video}" if a.video else ""))
     return rec
 
 

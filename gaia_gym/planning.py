@@ -16,7 +16,8 @@ actions, one per step), and the next decision starts from that mean shifted by t
 The planner never changes the state it is given (it restores copies into its own engine), and with a
 seed its decisions are reproducible. `reward_fn(tokens, actions, features) -> (n,)` replaces the reward
 head (e.g. a known reward in tests). `proposal(state) -> (H, 2)` (e.g. a trained policy's actions)
-seeds the mean at each decision: the policy proposes, the planner refines.
+seeds the mean at each decision: the policy proposes, the planner refines (`PolicyProposal` makes one
+from a trained agent).
 
 `plan_real_episode` drives the REAL CarRacing-v3 with it (`RealCarRacingEnv`: the world model's memory is
 rebuilt from the real frames every step, the planner imagines from there).
@@ -179,6 +180,34 @@ class Planner:
         return {**asdict(self.cfg), "imagined_steps_per_decision": self.cfg.imagined_steps()}
 
 
+class PolicyProposal:
+    """`proposal` for a `Planner` from a trained agent (policy proposes, planner refines): from row 0 of
+    the state, the agent drives `horizon` greedy imagined steps on its own observations (the frame's
+    tokens and the world model's features, as in GaiaDrive-v0), and those actions, mapped through the
+    agent's action range (`gaia_gym.policy.ActionRange`), are the search's starting mean."""
+
+    def __init__(self, agent, bundle, horizon: int, seed: int | None = 0) -> None:
+        from gaia_gym.policy import ActionRange
+
+        self.agent, self.horizon = agent, int(horizon)
+        self.range = ActionRange.of_agent(agent)
+        self.engine = Imagination(bundle, n=1, temperature=0.0, end_threshold=1.0, seed=seed)
+
+    @torch.no_grad()
+    def __call__(self, state: EngineState) -> torch.Tensor:
+        self.engine.restore(state.branch(0, 1), copy=False)
+        tokens, features = state.tokens[:1], state.features[:1]
+        actions = []
+        for _ in range(self.horizon):
+            obs = {"tokens": tokens.cpu().numpy(), "features": features.float().cpu().numpy()}
+            u = self.agent.predict(obs, deterministic=True)[0]
+            a = torch.as_tensor(self.range(u), dtype=torch.float32).reshape(1, 2)
+            actions.append(a[0])
+            out = self.engine.step(a.to(self.engine.device))
+            tokens, features = out.tokens, out.features
+        return torch.stack(actions)
+
+
 def plan_real_episode(env, planner: Planner, track: int, max_steps: int | None = None, video: bool = False) -> dict:
     """Drive one REAL episode of `env` (a `RealCarRacingEnv`) on `track`, deciding every step with
     `planner` from the world model's memory of the real frames; scored like every policy
@@ -193,11 +222,12 @@ def plan_real_episode(env, planner: Planner, track: int, max_steps: int | None =
 
 
 def drive_tracks(bundle, config: PlannerConfig, tracks, done_path=None, seed: int = 0, max_steps: int | None = None,
-                 video_path=None, progress: bool = True) -> list[dict]:
+                 video_path=None, progress: bool = True, proposal=None) -> list[dict]:
     """`plan_real_episode` on every track in `tracks`, resumable: each finished episode is appended to the
     JSON file `done_path` (atomically), and tracks already there are not driven again. With
-    `video_path`, the first track driven in this call is also written as a GIF. Returns all episodes
-    (per-step rewards dropped) in `tracks` order."""
+    `video_path`, the first track driven in this call is also written as a GIF; `proposal` seeds every
+    decision (see `Planner`, `PolicyProposal`). Returns all episodes (per-step rewards dropped) in
+    `tracks` order."""
     import json
     from pathlib import Path
 
@@ -212,7 +242,7 @@ def drive_tracks(bundle, config: PlannerConfig, tracks, done_path=None, seed: in
     todo = [int(t) for t in tracks if str(int(t)) not in done]
     if todo:
         env = RealCarRacingEnv(bundle=bundle, obs_mode="tokens", render_mode="rgb_array" if video_path else None)
-        planner = Planner(bundle, config, seed=seed)
+        planner = Planner(bundle, config, seed=seed, proposal=proposal)
         try:
             for i, t in enumerate(tqdm(todo, desc="planning (real tracks)", unit="track", disable=not progress)):
                 e = plan_real_episode(env, planner, t, max_steps, video=video_path is not None and i == 0)

@@ -147,6 +147,14 @@ def test_plan_real_example_drives_the_real_simulator_and_resumes(examples, tmp_p
     again = plan_real.main(args)
     assert again["real_return_per_seed"] == rec["real_return_per_seed"]
     assert again["wall_seconds"] == rec["wall_seconds"]
+    # another run under --key leaves the top-level record alone; --replot redraws from the JSON
+    other = plan_real.main(args + ["--key", "other", "--episodes", "1", "--work", str(tmp_path / "work2")])
+    saved = json.loads((tmp_path / "p.json").read_text())
+    assert saved["real_return_per_seed"] == rec["real_return_per_seed"]
+    assert saved["other"]["real_return_per_seed"] == other["real_return_per_seed"] and len(other["real_return_per_seed"]) == 1
+    (tmp_path / "p.png").unlink()
+    plan_real.main(["--replot", "--json", str(tmp_path / "p.json"), "--plot", str(tmp_path / "p.png")])
+    assert (tmp_path / "p.png").stat().st_size > 0
 
 
 def test_sweep_and_futures_examples_write_their_records(examples, tmp_path):
@@ -174,3 +182,37 @@ def test_a_proposal_seeds_the_search(bundle):
     cfg = PlannerConfig(candidates=4, horizon=3, iterations=1, elites=2, init_std=1e-4, min_std=1e-4, momentum=0.0)
     a = Planner(bundle, cfg, seed=0, proposal=lambda state: want).plan(eng.state(), 0)
     assert torch.allclose(a, want[0], atol=1e-3)
+
+
+class _ScriptedAgent:
+    """Stands in for an SB3 agent: records what it sees, steers by its step count, asks for speed +1."""
+
+    gaia_action_range = {"low": [-1.0, -1.0], "high": [1.0, 0.6]}
+
+    def __init__(self):
+        self.seen = []
+
+    def predict(self, obs, deterministic=True):
+        assert deterministic
+        self.seen.append(obs)
+        return [[0.1 * len(self.seen), 1.0]], None
+
+
+def test_policy_proposal_drives_the_agent_in_imagination_and_leaves_the_state(bundle):
+    from gaia_gym.planning import PolicyProposal
+
+    eng = fresh_engine(bundle, n=1)
+    state = eng.state()
+    before = (state.tokens.clone(), state.features.clone(), state.cache.clone())
+    agent = _ScriptedAgent()
+    acts = PolicyProposal(agent, bundle, horizon=4)(state)
+    assert acts.shape == (4, 2)
+    # the agent's own actions, mapped through its action range (speed +1 -> 0.6)
+    assert torch.allclose(acts[:, 0], torch.tensor([0.1, 0.2, 0.3, 0.4])) and torch.allclose(acts[:, 1], torch.tensor(0.6))
+    # it saw the state's observation first, then imagined ones, shaped like GaiaDrive-v0's (batch of 1)
+    assert (agent.seen[0]["tokens"] == state.tokens[:1].numpy()).all()
+    assert agent.seen[0]["features"].shape == (1, state.features.shape[-1])
+    assert torch.equal(state.tokens, before[0]) and torch.equal(state.features, before[1])
+    for layer in range(len(before[2].k)):
+        assert torch.equal(state.cache.keys(layer), before[2].keys(layer))
+        assert torch.equal(state.cache.values(layer), before[2].values(layer))
