@@ -117,8 +117,10 @@ def plot(path: Path, record: dict) -> None:
     ax.set_xlabel("test track (seed 1,000,0xx)")
     ax.set_ylabel("real CarRacing-v3 return")
     ax.axhline(0, color="k", lw=0.5)
-    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(series), frameon=False)
-    ax.set_title(f"Real CarRacing-v3 returns on {len(seeds)} held-out test tracks", pad=22)
+    ncol = min(3, len(series))
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=ncol, frameon=False)
+    ax.set_title(f"Real CarRacing-v3 returns on {len(seeds)} held-out test tracks",
+                 pad=6 + 11 * -(-len(series) // ncol))
     save_figure(fig, path)
 
 
