@@ -180,14 +180,11 @@ def main(argv: list[str] | None = None) -> dict:
     key = a.key or ("with_policy_proposal" if a.proposal else None)
     if key:
         merge(a.json, {key: rec})
-        rec = {**json.loads(a.json.read_text()), key: rec}
     else:
         rec["compare"] = compare(a.agents)
         merge(a.json, rec)
     if a.plot:
-        plot(a.plot, json.loads(a.json.read_text()))
-    if key:
-        rec = rec[key]
+        plot(a.plot, json.loads(a.json.read_text()))  # every run in the file, this one included
     print(f"planner {name}: real return {rec['real_return_mean']:.1f} +- {rec['real_return_std']:.1f} over "
           f"{len(eps)} tracks ({rec['laps_finished']} laps), {rec['decisions_per_s']:.2f} decisions/s")
     for k, v in rec.get("compare", {}).items():
