@@ -34,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 from gaia_gym.envs.real import ZOOM_PENALTY, run_real_episode as run_episode
+from gaia_gym.policy import agent_actor  # noqa: F401  (re-exported: train_imagination, tests)
 
 TEST_SEEDS = tuple(range(1_000_000, 1_000_020))  # the final test tracks
 Actor = Callable[[dict], np.ndarray]
@@ -43,15 +44,6 @@ def random_actor(action_space, seed: int = 0) -> Actor:
     """Uniform random actions from `action_space` (seeded)."""
     action_space.seed(seed)
     return lambda obs: action_space.sample()
-
-
-def agent_actor(agent, deterministic: bool = True) -> Actor:
-    """An SB3 agent's action for one (unbatched) observation, mapped through the action range it was
-    trained with (`gaia_gym.policy.ActionRange.of_agent`)."""
-    from gaia_gym.policy import ActionRange
-
-    rng = ActionRange.of_agent(agent)
-    return lambda obs: rng(agent.predict(obs, deterministic=deterministic)[0])
 
 
 def summarize(name: str, episodes: list[dict], seconds: float, **extra) -> dict:
@@ -162,9 +154,11 @@ def evaluate(policy: str, seeds=TEST_SEEDS, model: str | None = None, bundle=Non
     return summarize(policy, episodes, time.perf_counter() - t0, **extra)
 
 
-def merge_json(path: Path, key: str, record: dict) -> None:
+def merge_json(path: Path, key: str, record: dict, update: bool = False) -> None:
     """Put `record` under `key` in the JSON object at `path` (other keys kept), atomically. A dotted key
-    ("baselines.random") nests; the key "." merges `record`'s fields into the top level."""
+    ("baselines.random") nests; the key "." merges `record`'s fields into the top level. With `update`,
+    `record`'s fields are merged into what `key` already holds instead of replacing it (so the fields'
+    own names may contain dots: policy paths)."""
     from gaia_gym.data.format import atomic_write_json
 
     path = Path(path)
@@ -176,7 +170,10 @@ def merge_json(path: Path, key: str, record: dict) -> None:
         node = old
         for k in parents:
             node = node.setdefault(k, {})
-        node[last] = record
+        if update:
+            node.setdefault(last, {}).update(record)
+        else:
+            node[last] = record
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, old)
 

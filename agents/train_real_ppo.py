@@ -163,8 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
                     command="python " + " ".join(["agents/train_real_ppo.py", *(argv if argv is not None else sys.argv[1:])]))
     print(f"PPO (real simulator, {rec['train_minutes']} min): real return {rec['real_return_mean']:.1f} +- "
           f"{rec['real_return_std']:.1f} over {len(eps)} tracks")
-    old = json.loads(a.json.read_text()) if a.json.exists() else {}
-    merge_json(a.json, "baselines", {**old.get("baselines", {}), a.key: rec})
+    merge_json(a.json, "baselines", {a.key: rec}, update=True)
     print(f"wrote {a.json} [baselines.{a.key}]")
     return rec
 

@@ -17,7 +17,6 @@ imagined - real is how much the policy's imagined success exceeds what it achiev
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agents"))
-from evaluate_real import TEST_SEEDS  # noqa: E402
+from evaluate_real import TEST_SEEDS, merge_json  # noqa: E402
 
 
 def _actor(policy: str, bundle):
@@ -106,14 +105,10 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['real_return_mean']:.1f} (gap {r['gap_imagined_minus_real']:+.1f}); reward head along the real "
               f"steps {r['reward_head_along_real_mean']:.1f}")
     if a.json:
-        from gaia_gym.data.format import atomic_write_json
-
         # one record per policy, each with its command: measuring another policy keeps the others
         command = "python benchmarks/imagined_vs_real.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        old = json.loads(a.json.read_text()) if a.json.exists() else {}
-        old.setdefault("exploitation_same_start", {}).setdefault("policies", {}).update(
-            {pol: {**r, "command": command} for pol, r in out.items()})
-        atomic_write_json(a.json, old)
+        merge_json(a.json, "exploitation_same_start.policies", {pol: {**r, "command": command} for pol, r in out.items()},
+                   update=True)
         print(f"wrote {a.json} [exploitation_same_start.policies]")
     return out
 

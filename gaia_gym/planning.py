@@ -187,10 +187,9 @@ class PolicyProposal:
     agent's action range (`gaia_gym.policy.ActionRange`), are the search's starting mean."""
 
     def __init__(self, agent, bundle, horizon: int, seed: int | None = 0) -> None:
-        from gaia_gym.policy import ActionRange
+        from gaia_gym.policy import agent_actor
 
-        self.agent, self.horizon = agent, int(horizon)
-        self.range = ActionRange.of_agent(agent)
+        self.act, self.horizon = agent_actor(agent), int(horizon)
         self.engine = Imagination(bundle, n=1, temperature=0.0, end_threshold=1.0, seed=seed)
 
     @torch.no_grad()
@@ -200,8 +199,7 @@ class PolicyProposal:
         actions = []
         for _ in range(self.horizon):
             obs = {"tokens": tokens.cpu().numpy(), "features": features.float().cpu().numpy()}
-            u = self.agent.predict(obs, deterministic=True)[0]
-            a = torch.as_tensor(self.range(u), dtype=torch.float32).reshape(1, 2)
+            a = torch.as_tensor(self.act(obs), dtype=torch.float32).reshape(1, 2)
             actions.append(a[0])
             out = self.engine.step(a.to(self.engine.device))
             tokens, features = out.tokens, out.features

@@ -235,6 +235,13 @@ class ActionRange:
         return cls(**r) if r else cls()
 
 
+def agent_actor(agent, deterministic: bool = True):
+    """obs -> action of an SB3 agent, mapped through the action range it was trained with
+    (`ActionRange.of_agent`); batched or not, as `agent.predict` takes it."""
+    rng = ActionRange.of_agent(agent)
+    return lambda obs: rng(agent.predict(obs, deterministic=deterministic)[0])
+
+
 def ranged_vec_env(venv, action_range: ActionRange):
     """An SB3 VecEnv wrapper applying `action_range` to the agent's actions before `venv` sees them."""
     from stable_baselines3.common.vec_env import VecEnvWrapper
