@@ -159,7 +159,7 @@ def merge_json(path: Path, key: str, record: dict, update: bool = False) -> None
     ("baselines.random") nests; the key "." merges `record`'s fields into the top level. With `update`,
     `record`'s fields are merged into what `key` already holds instead of replacing it (so the fields'
     own names may contain dots: policy paths)."""
-    from gaia_gym.data.format import atomic_write_json
+    from gaia_gym.fileio import atomic_write_json
 
     path = Path(path)
     old = json.loads(path.read_text()) if path.exists() else {}
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = build_parser().parse_args(argv)
     if a.episodes < 1:
         raise SystemExit(f"evaluate_real: --episodes must be >= 1, got {a.episodes}")
-    from gaia_gym.checkpoint import ModelFileError
+    from gaia_gym.errors import ModelFileError
 
     seeds = range(a.first_seed, a.first_seed + a.episodes)
     try:

@@ -132,7 +132,7 @@ class Run:
     """OUT/ and state.json; `elapsed()` counts wall seconds over all resumes."""
 
     def __init__(self, args: Args) -> None:
-        from gaia_gym.data.format import clean_temp_files
+        from gaia_gym.fileio import clean_temp_files
 
         self.args, self.out = args, Path(args.out)
         if self.out.is_dir():
@@ -154,7 +154,7 @@ class Run:
     def save(self, model, name: str = "last.zip") -> None:
         """Atomically (temp file + os.replace) write the agent as OUT/`name` (with last.zip: SAC's replay
         buffer), then state.json (elapsed time; with last.zip: its timesteps)."""
-        from gaia_gym.data.format import atomic_write_bytes, atomic_write_json
+        from gaia_gym.fileio import atomic_write_bytes, atomic_write_json
 
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.out / name, lambda f: model.save(f))
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from gaia_gym.bundle import load_bundle
-    from gaia_gym.checkpoint import ModelFileError
+    from gaia_gym.errors import ModelFileError
     from gaia_gym.envs import GaiaDriveVecEnv
     from gaia_gym.policy import ActionRange, ranged_vec_env
 

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.vec_env import VecNormalize
 
-    from gaia_gym.data.format import atomic_write_bytes, atomic_write_json
+    from gaia_gym.fileio import atomic_write_bytes, atomic_write_json
 
     a.out.mkdir(parents=True, exist_ok=True)
     state_p, last, vn_p = a.out / "state.json", a.out / "last.zip", a.out / "vecnormalize.pkl"

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     if a.horizon < 1 or a.futures < 2 or not 1 <= a.episodes <= 20:
         raise SystemExit("imagined_vs_real: need --horizon >= 1, --futures >= 2 and 1 <= --episodes <= 20")
     from gaia_gym.bundle import load_bundle
-    from gaia_gym.checkpoint import ModelFileError
+    from gaia_gym.errors import ModelFileError
 
     try:
         bundle = load_bundle(a.model)

@@ -19,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 
 import gaia_gym  # noqa: F401  (registers GaiaDrive-v0)
-from gaia_gym.data.format import atomic_write_json
+from gaia_gym.fileio import atomic_write_json
 
 
 def rss_mib() -> float:

@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from gaia_gym.data.format import atomic_write_json
+from gaia_gym.fileio import atomic_write_json
 from gaia_gym.readback import calibrate
 
 

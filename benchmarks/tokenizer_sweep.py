@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from gaia_gym.data.format import atomic_write_json
+from gaia_gym.fileio import atomic_write_json
 from gaia_gym.stages.tokenizer import (
     estimate_world_model_cost,
     evaluate_tokenizer,

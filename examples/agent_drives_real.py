@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, default=Path("agent_real.gif"), help="GIF to write (default: %(default)s)")
     p.add_argument("--max-steps", type=int, default=None, help="cap the episode (default: the whole lap)")
     a = p.parse_args(argv)
-    from gaia_gym.checkpoint import ModelFileError
+    from gaia_gym.errors import ModelFileError
 
     try:
         r = evaluate(a.policy, [a.track], max_steps=a.max_steps, video=a.out)

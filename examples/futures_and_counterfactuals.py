@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     import imageio.v3 as iio
 
     from gaia_gym.bundle import load_bundle
-    from gaia_gym.checkpoint import ModelFileError
+    from gaia_gym.errors import ModelFileError
     from gaia_gym.readback import turn_deg
     from gaia_gym.envs.render import grid_image
 

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if a.episodes < 1 or a.max_steps < 1:
         raise SystemExit("plan_compute_sweep: --episodes and --max-steps must be >= 1")
     from gaia_gym.bundle import load_bundle
-    from gaia_gym.checkpoint import ModelFileError
+    from gaia_gym.errors import ModelFileError
     from gaia_gym.planning import drive_tracks, summarize_planning
 
     ints = lambda s: tuple(int(x) for x in s.split(",") if x.strip())  # noqa: E731

@@ -55,7 +55,7 @@ def planner_config(a: argparse.Namespace, **override):
 
 def merge(path: Path, record: dict) -> None:
     """Update the JSON object at `path` with `record`'s keys, atomically."""
-    from gaia_gym.data.format import atomic_write_json
+    from gaia_gym.fileio import atomic_write_json
 
     old = json.loads(path.read_text()) if path.exists() else {}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not 1 <= a.episodes <= 20:
         raise SystemExit("plan_real: --episodes must be in [1, 20] (the test tracks)")
     from gaia_gym.bundle import load_bundle
-    from gaia_gym.checkpoint import ModelFileError
+    from gaia_gym.errors import ModelFileError
     from gaia_gym.planning import drive_tracks, summarize_planning
 
     try:

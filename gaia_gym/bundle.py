@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gaia_gym.checkpoint import ModelFileError, read_model_info
-from gaia_gym.data.format import atomic_write_bytes
+from gaia_gym.checkpoint import read_model_info
+
+from gaia_gym.errors import ModelFileError
+from gaia_gym.fileio import atomic_write_bytes
 from gaia_gym.models.layout import ActionCodec
 from gaia_gym.models.tokenizer import Tokenizer
 from gaia_gym.models.world_model import WorldModel
@@ -201,7 +203,7 @@ def save_bundle(bundle: WorldBundle, directory: str | Path, copy_tokenizer: bool
     from dataclasses import asdict
 
     from gaia_gym.checkpoint import save_model
-    from gaia_gym.data.format import atomic_write_json
+    from gaia_gym.fileio import atomic_write_json
 
     d = Path(directory)
     wm, tok = bundle.world_model, bundle.tokenizer

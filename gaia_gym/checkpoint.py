@@ -37,7 +37,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from gaia_gym.data.format import atomic_write_bytes, atomic_write_json
+from gaia_gym.errors import ModelFileError
+from gaia_gym.fileio import atomic_write_bytes, atomic_write_json
 
 FORMAT_NAME = "gaia_gym.model"
 FORMAT_VERSION = 1
@@ -45,10 +46,6 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 ALIASES_KEY = "gaia_gym.aliases"  # safetensors header metadata: JSON {alias name: stored name}
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-
-class ModelFileError(Exception):
-    """A model file is missing, corrupt, foreign or does not fit the model; the message names the path."""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,10 +10,10 @@ import json
 import sys
 from pathlib import Path
 
-from gaia_gym.checkpoint import ModelFileError
-from gaia_gym.data.format import DatasetError
-from gaia_gym.imagination import ImaginationError
-from gaia_gym.train.loop import ResumeError
+from gaia_gym.errors import ModelFileError
+from gaia_gym.errors import DatasetError
+from gaia_gym.errors import ImaginationError
+from gaia_gym.errors import ResumeError
 
 
 class CLIError(Exception):
@@ -219,7 +219,7 @@ def cmd_eval_tokenizer(a: argparse.Namespace) -> None:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    from gaia_gym.data.format import atomic_write_json
+    from gaia_gym.fileio import atomic_write_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, obj)
@@ -239,7 +239,7 @@ def _add_train_args(p: argparse.ArgumentParser, presets: list[str]) -> None:
 
 
 def _merge_json(path: Path, update: dict) -> None:
-    from gaia_gym.data.format import atomic_write_json
+    from gaia_gym.fileio import atomic_write_json
 
     old = json.loads(path.read_text()) if path.exists() else {}
     old.update(update)

@@ -30,7 +30,7 @@ def cmd_imagine(a: argparse.Namespace) -> None:
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
-    from gaia_gym.data.format import atomic_write_json
+    from gaia_gym.fileio import atomic_write_json
     from gaia_gym.stages.bench import run_bench
 
     r = run_bench(_bundle(a), batch_sizes=tuple(a.batch_sizes), seconds=a.seconds, real_seconds=a.real_seconds,

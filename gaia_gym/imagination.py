@@ -29,12 +29,10 @@ from dataclasses import dataclass
 import torch
 
 from gaia_gym.bundle import WorldBundle
+from gaia_gym.models.layout import check_actions
 from gaia_gym.models.world_model import DEFAULT_TOP_K, KVCache, make_sampler
+from gaia_gym.errors import ImaginationError
 from gaia_gym.precision import autocast
-
-
-class ImaginationError(RuntimeError):
-    """Misuse of the engine (stepping before reset, bad actions...)."""
 
 
 @dataclass
@@ -67,19 +65,6 @@ class EngineState:
         idx = torch.full((k,), int(row), dtype=torch.long, device=self.tokens.device)
         return EngineState(self.cache.select(idx), self.tokens[idx].clone(), self.features[idx].clone(),
                            self.steps[idx.cpu()].clone(), self.block, self.rng.clone())
-
-
-def check_actions(actions, n: int, action_dim: int = 2, device: torch.device | None = None) -> torch.Tensor:
-    """Actions as an (n, action_dim) float32 tensor in [-1, 1]: wrong shapes and NaN/inf raise ValueError;
-    finite values outside [-1, 1] are clipped (documented behaviour of every adapter)."""
-    a = torch.as_tensor(actions, dtype=torch.float32, device=device)
-    if a.dim() == 1 and n == 1:
-        a = a[None]
-    if a.shape != (n, action_dim):
-        raise ValueError(f"actions must have shape ({n}, {action_dim}) = [steering, speed] per env, got {tuple(a.shape)}")
-    if not bool(torch.isfinite(a).all()):
-        raise ValueError("actions contain NaN or inf")
-    return a.clamp(-1.0, 1.0)
 
 
 def _skip_sampling(logits: torch.Tensor) -> torch.Tensor:

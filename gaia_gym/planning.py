@@ -231,7 +231,7 @@ def drive_tracks(bundle, config: PlannerConfig, tracks, done_path=None, seed: in
 
     from tqdm import tqdm
 
-    from gaia_gym.data.format import atomic_write_json
+    from gaia_gym.fileio import atomic_write_json
     from gaia_gym.envs.real import RealCarRacingEnv
 
     done: dict[str, dict] = {}

@@ -55,7 +55,7 @@ EXTRACTOR_KEYS = ("tokens", "features")
 def _world_model_table(path: str | None) -> tuple[torch.Tensor, int, int]:
     """(tok_emb weight (S*vocab, d) on CPU, patch, vocab) of the world model at `path` (None: shipped).
     Cached: SAC builds an actor, a critic and a target critic, each with its own extractor."""
-    from gaia_gym.checkpoint import ModelFileError
+    from gaia_gym.errors import ModelFileError
     from gaia_gym.stages.world_model import DEFAULT_WORLD_MODEL, load_world_model
 
     p = Path(path) if path is not None else DEFAULT_WORLD_MODEL
@@ -273,7 +273,7 @@ def resolve_agent_path(policy: str | Path) -> Path:
 def export_agent(src: str | Path, dst: str | Path = SHIPPED_AGENT) -> Path:
     """Copy an agent zip without its optimizer state (to ship it: about a third smaller; it still loads
     and acts the same, and training can restart from it with a fresh optimizer), atomically."""
-    from gaia_gym.data.format import atomic_write_bytes
+    from gaia_gym.fileio import atomic_write_bytes
 
     agent = load_agent(src, device="cpu")
     opt = agent.policy.optimizer

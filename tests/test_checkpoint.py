@@ -12,7 +12,8 @@ from safetensors import safe_open
 from torch import nn
 
 from gaia_gym import checkpoint as ck
-from gaia_gym.checkpoint import ModelFileError, load_model, read_model_info, save_model
+from gaia_gym.checkpoint import load_model, read_model_info, save_model
+from gaia_gym.errors import ModelFileError
 
 
 @dataclass(frozen=True)

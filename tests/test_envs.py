@@ -17,7 +17,7 @@ import pytest
 
 import gaia_gym
 from gaia_gym.bundle import tiny_bundle
-from gaia_gym.checkpoint import ModelFileError
+from gaia_gym.errors import ModelFileError
 from gaia_gym.envs.gaia_drive import GaiaDriveEnv
 from gaia_gym.envs.vector import GaiaDriveVectorEnv
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from gaia_gym.bundle import PROMPTS, PromptBank, load_bundle, save_bundle, tiny_bundle
-from gaia_gym.checkpoint import ModelFileError
+from gaia_gym.errors import ModelFileError
 from gaia_gym.cli import main
-from gaia_gym.imagination import Imagination, ImaginationError
+from gaia_gym.imagination import Imagination
+from gaia_gym.errors import ImaginationError
 
 
 @pytest.fixture(scope="module")

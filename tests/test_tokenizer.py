@@ -13,7 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from gaia_gym.checkpoint import ModelFileError, load_model, save_model
+from gaia_gym.checkpoint import load_model, save_model
+
+from gaia_gym.errors import ModelFileError
 from gaia_gym.cli import main
 from gaia_gym.data import format as fmt
 from gaia_gym.metrics import code_stats, psnr_uint8, ssim_uint8

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from gaia_gym import checkpoint as ck
-from gaia_gym.train.loop import TB_DIR, TRAIN_STATE, ResumeError, TrainConfig, lr_at, train
+from gaia_gym.train.loop import TB_DIR, TRAIN_STATE, TrainConfig, lr_at, train
+from gaia_gym.errors import ResumeError
 
 # The tiny model lives in a string so the DDP smoke test's script can define the very same thing.
 TINY_MODEL_SRC = textwrap.dedent('''

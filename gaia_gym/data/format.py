@@ -43,11 +43,13 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from gaia_gym.errors import CorruptShardError, DatasetError
+from gaia_gym.fileio import TMP_SUFFIX, atomic_write_bytes, atomic_write_json, clean_temp_files
+
 FORMAT_NAME = "gaia_gym.dataset"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 EPISODES = "episodes"
-TMP_SUFFIX = ".tmp"
 
 REQUIRED_FIELDS = (
     "frames",
@@ -74,47 +76,7 @@ FIELD_DTYPES = {
 }
 
 
-class DatasetError(Exception):
-    """A dataset directory is missing, empty or not a gaia_gym dataset."""
-
-
-class CorruptShardError(DatasetError):
-    """A shard cannot be read back intact; the message names the file."""
-
-
-# ----------------------------------------------------------------------------------------------
-# atomic writes
-# ----------------------------------------------------------------------------------------------
-def atomic_write_bytes(path: Path, write_fn) -> None:
-    """Write through `write_fn(fileobj)` into a temp file beside `path`, fsync, then rename over it.
-
-    A reader (or a resumed job) sees either the old file or the complete new one, never a partial one.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    data = json.dumps(obj, indent=1, sort_keys=False).encode()
-    atomic_write_bytes(path, lambda f: f.write(data))
-
-
-def clean_temp_files(directory: Path) -> int:
-    """Remove leftovers of interrupted atomic writes; returns how many were removed."""
-    n = 0
-    for p in Path(directory).glob(f".*{TMP_SUFFIX}"):
-        p.unlink(missing_ok=True)
-        n += 1
-    return n
+# atomic writes live in gaia_gym.fileio; the dataset errors in gaia_gym.errors
 
 
 # ----------------------------------------------------------------------------------------------

@@ -42,7 +42,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from gaia_gym.data.format import DatasetError, load_episode, read_manifest
+from gaia_gym.data.format import load_episode, read_manifest
+
+from gaia_gym.errors import DatasetError
 
 SPLITS = ("train", "val", "all")
 DEFAULT_FIELDS = ("frames", "steering", "speed_mps", "target_speed_mps", "reward", "terminated", "truncated")

@@ -20,19 +20,7 @@ import numpy as np
 import torch
 
 from gaia_gym.envs.core import ImaginedBatch, RewardFn
-
-
-def check_action(action) -> np.ndarray:
-    """One env's action as a (2,) float32 array clipped to [-1, 1]; wrong shape or NaN/inf -> ValueError."""
-    try:
-        a = np.asarray(action, dtype=np.float32)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"action must be 2 numbers [steering, speed], got {action!r} ({e})") from None
-    if a.shape != (2,):
-        raise ValueError(f"action must have shape (2,) = [steering, speed], got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"action contains NaN or inf: {a.tolist()}")
-    return np.clip(a, -1.0, 1.0)
+from gaia_gym.models.layout import check_action
 
 
 class GaiaDriveEnv(gym.Env):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from gaia_gym.envs.core import action_space, observation_space, parse_obs_mode, to_numpy
-from gaia_gym.envs.gaia_drive import check_action
+from gaia_gym.models.layout import check_action
 from gaia_gym.imagination import Imagination
 from gaia_gym.precision import autocast
 from gaia_gym.sims.carracing import ZOOM_FRAMES

@@ -31,7 +31,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import tile_images
 
 from gaia_gym.envs.core import ImaginedBatch, RewardFn
-from gaia_gym.imagination import check_actions
+from gaia_gym.models.layout import check_actions
 
 
 class GaiaDriveVecEnv(VecEnv):

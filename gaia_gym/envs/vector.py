@@ -38,7 +38,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from gaia_gym.envs.core import ImaginedBatch, RewardFn
-from gaia_gym.imagination import check_actions
+from gaia_gym.models.layout import check_actions
 
 STEP_INFO_KEYS = ("end_prob", "steering", "speed_mps")
 

@@ -101,3 +101,32 @@ class ActionCodec:
         """Model inputs (..., 2) in [-1, 1] -> (steering, target speed m/s)."""
         a = np.clip(np.asarray(action, dtype=np.float32), -1, 1)
         return a[..., 0], (a[..., 1] + 1) / 2 * self.max_speed_mps
+
+
+# ----------------------------------------------------------------------------------------------
+# action validation (every adapter and the engine use these; one-line errors)
+# ----------------------------------------------------------------------------------------------
+def check_action(action) -> np.ndarray:
+    """One env's action as a (2,) float32 array clipped to [-1, 1]; wrong shape or NaN/inf -> ValueError."""
+    try:
+        a = np.asarray(action, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"action must be 2 numbers [steering, speed], got {action!r} ({e})") from None
+    if a.shape != (2,):
+        raise ValueError(f"action must have shape (2,) = [steering, speed], got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"action contains NaN or inf: {a.tolist()}")
+    return np.clip(a, -1.0, 1.0)
+
+
+def check_actions(actions, n: int, action_dim: int = 2, device: torch.device | None = None) -> torch.Tensor:
+    """Actions as an (n, action_dim) float32 tensor in [-1, 1]: wrong shapes and NaN/inf raise ValueError;
+    finite values outside [-1, 1] are clipped (documented behaviour of every adapter)."""
+    a = torch.as_tensor(actions, dtype=torch.float32, device=device)
+    if a.dim() == 1 and n == 1:
+        a = a[None]
+    if a.shape != (n, action_dim):
+        raise ValueError(f"actions must have shape ({n}, {action_dim}) = [steering, speed] per env, got {tuple(a.shape)}")
+    if not bool(torch.isfinite(a).all()):
+        raise ValueError("actions contain NaN or inf")
+    return a.clamp(-1.0, 1.0)

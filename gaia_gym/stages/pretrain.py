@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from gaia_gym.data.format import atomic_write_json
+from gaia_gym.fileio import atomic_write_json
 
 # the shipped model's recipe (see the model card for the wall time of each stage)
 TOKENIZER_STEPS, TOKENIZER_MINUTES = 8500, 40.0

@@ -20,7 +20,9 @@ from tqdm import tqdm
 
 from gaia_gym.bundle import PROMPTS, PromptBank
 from gaia_gym.checkpoint import load_model, read_model_info
-from gaia_gym.data.format import DatasetError, atomic_write_bytes, load_episode
+from gaia_gym.data.format import load_episode
+from gaia_gym.errors import DatasetError
+from gaia_gym.fileio import atomic_write_bytes
 from gaia_gym.data.loader import EpisodeIndex
 from gaia_gym.models.layout import ActionCodec
 from gaia_gym.models.world_model import WORLD_MODEL_PRESETS, WorldModel, WorldModelConfig, build_world_model

@@ -46,7 +46,8 @@ from gaia_gym.checkpoint import (
     save_model,
     unwrap_model,
 )
-from gaia_gym.data.format import atomic_write_bytes
+from gaia_gym.errors import ResumeError
+from gaia_gym.fileio import atomic_write_bytes
 from gaia_gym.precision import autocast
 
 TRAIN_STATE = "train_state.pt"
@@ -55,10 +56,6 @@ STATE_VERSION = 1
 
 Batch = dict[str, Any]
 BatchFactory = Callable[[int, int, int], Iterator[Batch]]
-
-
-class ResumeError(Exception):
-    """out_dir holds a checkpoint this run cannot continue (other model kind/config, unreadable state)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,44 @@
+"""One exception family: every one-line error gaia_gym raises derives from `GaiaGymError`.
+
+The CLI catches `GaiaGymError` (and nothing broader) and prints its message on one line with exit code 2;
+library users can catch it the same way. The message names the problem and, where there is one, the file.
+Subclasses that also derive from a builtin (`ValueError`) keep working with code that catches the builtin.
+"""
+
+from __future__ import annotations
+
+
+class GaiaGymError(Exception):
+    """Base of every gaia_gym error whose message is meant to be shown to a user as one line."""
+
+
+class ConfigError(GaiaGymError, ValueError):
+    """An argument or option is out of range or of the wrong type (bad action, temperature, obs_mode...)."""
+
+
+class DatasetError(GaiaGymError):
+    """A dataset directory is missing, empty, not a gaia_gym dataset, or does not fit what is asked."""
+
+
+class CorruptShardError(DatasetError):
+    """A shard cannot be read back intact; the message names the file."""
+
+
+class ModelFileError(GaiaGymError):
+    """A model file or directory is missing, corrupt, foreign or does not fit; the message names the path."""
+
+
+class ResumeError(GaiaGymError):
+    """A run directory cannot be resumed with the given settings."""
+
+
+class TrainingError(GaiaGymError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+class ImaginationError(GaiaGymError, RuntimeError):
+    """Misuse of the imagination engine (stepping before reset...)."""
+
+
+__all__ = ["ConfigError", "CorruptShardError", "DatasetError", "GaiaGymError", "ImaginationError",
+           "ModelFileError", "ResumeError", "TrainingError"]
