@@ -42,8 +42,8 @@ from stable_baselines3.common.utils import safe_mean
 from stable_baselines3.common.vec_env import VecMonitor
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evaluate_real import agent_actor, evaluate_env_policy  # noqa: E402
+from gaia_gym.evaluation.real import evaluate_env_policy
+from gaia_gym.policy import agent_actor
 
 EVAL_SEEDS = 1_000_100  # real-simulator evaluations during training: 1,000,100+ (the test tracks are 1,000,000..19)
 
@@ -280,10 +280,10 @@ def training_prompts(args: Args, bundle, out: Path):
         return bundle.prompts
     src = Path(args.prompt_data)
     if src.is_dir():
-        from gaia_gym.bundle import _find_tokenizer
-        from gaia_gym.stages.world_model import sources_of, tokenize_split
+        from gaia_gym.bundle import Sources, resolve_tokenizer
+        from gaia_gym.train.world_model import tokenize_split
 
-        tok_dir = _find_tokenizer(Path(bundle.path), sources_of(bundle.path))
+        tok_dir = resolve_tokenizer(Path(bundle.path), Sources.read(bundle.path))
         src = tokenize_split(src, tok_dir, "train", out / "tokens" / "train.npz", bundle.codec)
     elif not src.is_file():
         raise FileNotFoundError(f"{src}: no such dataset directory or tokenized split")

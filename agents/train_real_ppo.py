@@ -24,10 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evaluate_real import TEST_SEEDS, merge_json, summarize  # noqa: E402
+from gaia_gym.evaluation.real import TEST_SEEDS, summarize
+from gaia_gym.fileio import merge_json
 
 FRAME_SKIP = 2  # the zoo's CarRacing wrapper repeats each action for 2 simulator frames
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agents"))
-from evaluate_real import TEST_SEEDS, merge_json  # noqa: E402
+from gaia_gym.evaluation.real import TEST_SEEDS
+from gaia_gym.fileio import merge_json
 
 
 def _actor(policy: str, bundle):
@@ -65,7 +65,7 @@ def measure(policy: str, bundle, tracks, horizon: int, futures: int, seed: int =
             dream.restore(start.branch(0, futures))
             total, alive = torch.zeros(futures), torch.ones(futures)
             for _ in range(horizon):
-                o = {"tokens": dream.tokens.cpu().numpy(), "features": dream.features.cpu().numpy()}
+                o = {"tokens": dream.latents.cpu().numpy(), "features": dream.features.cpu().numpy()}
                 out = dream.step(torch.from_numpy(act({k: o[k] for k in keys})))
                 total += alive * out.reward.cpu()
                 alive = alive * (~out.terminated.cpu()).float()

@@ -1,7 +1,7 @@
-"""How well the model-free turn read-back (gaia_gym.readback) reads REAL frames: windows of 8 steps of
-held steering (|mean| >= 0.3, one sign, moving >= 10 m/s) from the validation tracks; the fraction whose
-measured turn has the logged steering's sign. This is the instrument's own accuracy, the yardstick for
-the world model's counterfactual figures.
+"""How well the model-free turn read-back (gaia_gym.evaluation.readback) reads REAL frames: windows of
+8 steps of held steering (|mean| >= 0.3, one sign, moving >= 10 m/s) from the validation tracks; the
+fraction whose measured turn has the logged steering's sign. This is the instrument's own accuracy, the
+yardstick for the world model's counterfactual figures.
 
     .venv/bin/python benchmarks/readback_calibration.py --data data/carracing --windows 100 --json results/readback.json
 """
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from gaia_gym.fileio import atomic_write_json
-from gaia_gym.readback import calibrate
+from gaia_gym.evaluation.readback import calibrate
 
 
 def main() -> None:

@@ -16,13 +16,9 @@ import json
 from pathlib import Path
 
 from gaia_gym.fileio import atomic_write_json
-from gaia_gym.stages.tokenizer import (
-    estimate_world_model_cost,
-    evaluate_tokenizer,
-    load_tokenizer,
-    tokenizer_config,
-    train_tokenizer,
-)
+from gaia_gym.bundle import load_tokenizer
+from gaia_gym.evaluation.tokenizer import estimate_world_model_cost, evaluate_tokenizer
+from gaia_gym.train.tokenizer import tokenizer_config, train_tokenizer
 from gaia_gym.train.loop import TrainConfig
 
 SETTINGS = ["t4x4", "t8x8", "t8x8-vq", "t16x16"]

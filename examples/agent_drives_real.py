@@ -16,8 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agents"))
-from evaluate_real import evaluate  # noqa: E402
+from gaia_gym.evaluation.real import evaluate_policy
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -30,7 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
     from gaia_gym.errors import ModelFileError
 
     try:
-        r = evaluate(a.policy, [a.track], max_steps=a.max_steps, video=a.out)
+        r = evaluate_policy(a.policy, [a.track], max_steps=a.max_steps, video=a.out)
     except (FileNotFoundError, ModelFileError, ValueError) as e:
         raise SystemExit(f"agent_drives_real: {e}") from None
     print(f"track {a.track}: real return {r['real_return_mean']:.1f} in {r['steps_mean']:.0f} steps "

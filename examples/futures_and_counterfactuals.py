@@ -16,8 +16,9 @@ above 4 futures of one clip).
 
 Counterfactuals: one context under held steering left / straight / right (at the context's speed) and
 slow / fast (0 and 80 m/s, straight), as a picture grid (results/planning_counterfactuals.png), with the
-car's turn read back from the imagined frames by the track-rotation instrument (`gaia_gym.readback`,
-positive = right) and how far the world moved (mean frame change) for slow vs fast, over all clips.
+car's turn read back from the imagined frames by the track-rotation instrument
+(`gaia_gym.evaluation.readback`, positive = right) and how far the world moved (mean frame change) for
+slow vs fast, over all clips.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plan_real import merge, save_figure, subplots  # noqa: E402
+from gaia_gym.fileio import merge_json
+from gaia_gym.media import save_figure, subplots
 
 ROWS = (("left", -1.0, None), ("straight", 0.0, None), ("right", 1.0, None), ("slow", 0.0, 0.0), ("fast", 0.0, 80.0))
 
@@ -52,7 +53,7 @@ def futures(bundle, clips: list[int], n: int, steps: int, seed: int, temperature
     eng.reset(prompt=idx)
     real = bank.next_tokens[idx, :steps].to(eng.device)  # (B*n, T, g, g)
     acts = bank.next_actions[idx, :steps].to(eng.device)
-    out = torch.stack([eng.step(acts[:, t]).tokens for t in range(steps)], 1)  # (B*n, T, g, g)
+    out = torch.stack([eng.step(acts[:, t]).latents for t in range(steps)], 1)  # (B*n, T, g, g)
     out = out.view(len(clips), n, steps, *out.shape[2:])
     real = real.view(len(clips), n, steps, *real.shape[2:])[:, 0]
     iu = torch.triu_indices(n, n, 1)
@@ -89,7 +90,7 @@ def counterfactuals(bundle, clips: list[int], steps: int, seed: int, temperature
         speed = ctx_speed[i] if mps is None else torch.tensor(float(bundle.codec.encode(0.0, mps)[1]))
         acts.append(torch.stack([torch.tensor(steer), speed.cpu()]))
     acts = torch.stack(acts).to(eng.device)
-    toks = torch.stack([eng.step(acts).tokens for _ in range(steps)], 1)
+    toks = torch.stack([eng.step(acts).latents for _ in range(steps)], 1)
     frames = eng.frames(toks.flatten(0, 1)).cpu()
     start = eng.frames(bank.tokens[torch.tensor(clips), -1].to(eng.device)).cpu()
     return {"frames": frames.view(len(clips), R, steps, *frames.shape[1:]), "start": start}
@@ -128,8 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from gaia_gym.bundle import load_bundle
     from gaia_gym.errors import ModelFileError
-    from gaia_gym.readback import turn_deg
-    from gaia_gym.envs.render import grid_image
+    from gaia_gym.evaluation.readback import turn_deg
+    from gaia_gym.media import grid_image
 
     try:
         bundle = load_bundle(a.model)
@@ -179,11 +180,11 @@ def main(argv: list[str] | None = None) -> dict:
             "fast_moves_more_than_slow": float((motion[:, fi] > motion[:, si]).float().mean()),
             "picture": str(a.out / "planning_counterfactuals.png"),
             "readback": "turn: track rotation about the car summed over the steps, degrees, + = right "
-                        "(gaia_gym.readback); motion: mean absolute change between consecutive frames"},
+                        "(gaia_gym.evaluation.readback); motion: mean absolute change between consecutive frames"},
         "futures_command": "python examples/futures_and_counterfactuals.py " + " ".join(
             argv if argv is not None else sys.argv[1:]),
     }
-    merge(a.json, rec)
+    merge_json(a.json, ".", rec)
     m = f["metrics"]
     print(f"futures (pixels): diversity at +1/+{f['steps']} = {m['pixel_diversity'][0]:.3f}/{m['pixel_diversity'][-1]:.3f}; "
           f"to real (mean) {m['pixel_to_real_mean'][0]:.3f}/{m['pixel_to_real_mean'][-1]:.3f}, best "

@@ -18,8 +18,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plan_real import merge, planner_args, planner_config, save_figure, subplots  # noqa: E402
+from gaia_gym.fileio import merge_json
+from gaia_gym.media import save_figure, subplots
+from gaia_gym.planning import add_planner_args, planner_config_from_args
 
 VAL_TRACKS = 1_000_100  # the tracks agents/train_imagination.py evaluates on during training
 
@@ -64,7 +65,7 @@ def plot(path: Path, rows: list[dict], base) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    planner_args(p)
+    add_planner_args(p)
     p.add_argument("--episodes", type=int, default=3, help="validation tracks per variant (default: %(default)s)")
     p.add_argument("--max-steps", type=int, default=100, help="steps driven per track (default: %(default)s)")
     p.add_argument("--ks", default="8,16,32,64", help="candidate counts to try (default: %(default)s)")
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     ints = lambda s: tuple(int(x) for x in s.split(",") if x.strip())  # noqa: E731
     try:
-        base = planner_config(a)
+        base = planner_config_from_args(a)
         todo = variants(base, ints(a.ks), ints(a.hs), ints(a.ss))
         bundle = load_bundle(a.model)
     except (ValueError, ModelFileError) as e:
@@ -98,10 +99,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append(r)
         print(f"    real return {r['real_return_mean']:.1f} +- {r['real_return_std']:.1f}, "
               f"{r['decisions_per_s']:.2f} decisions/s")
-    merge(a.json, {"compute_sweep": {
+    merge_json(a.json, "compute_sweep", {
         "tracks": tracks, "max_steps": a.max_steps, "rows": rows,
         "note": f"returns of the first {a.max_steps} real steps on validation tracks (not the test tracks)",
-        "command": "python examples/plan_compute_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])}})
+        "command": "python examples/plan_compute_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])})
     if a.plot:
         plot(a.plot, rows, base)
     print(f"wrote {a.json} [compute_sweep]" + (f", {a.plot}" if a.plot else ""))

@@ -7,7 +7,7 @@ At every step the world model's memory is rebuilt from the real frames seen so f
 (`RealCarRacingEnv`), the planner (`gaia_gym.planning.Planner`) imagines K candidate action sequences of
 H steps (S sampled futures each) from there, scores them with the reward and end heads, refines
 (`--iterations`), and the first action is driven in the real simulator. Tracks are the 20 test seeds
-1,000,000..1,000,019 of agents/evaluate_real.py, scored the same way (CarRacing's return, zoom-in
+1,000,000..1,000,019 of `gaia_gym.evaluation.real`, scored the same way (CarRacing's return, zoom-in
 included).
 
 Writes into `--json` (other keys kept): real_return_mean, real_return_per_seed, decisions_per_s, the
@@ -25,41 +25,10 @@ import json
 import sys
 from pathlib import Path
 
-TEST_SEEDS = range(1_000_000, 1_000_020)  # agents/evaluate_real.py's test tracks
-
-
-def planner_args(p: argparse.ArgumentParser) -> None:
-    """The planner's settings as flags (shared by the planning examples)."""
-    from gaia_gym.planning import PlannerConfig
-
-    d = PlannerConfig()
-    p.add_argument("--method", choices=("cem", "mppi"), default=d.method, help="refinement (default: %(default)s)")
-    p.add_argument("--candidates", type=int, default=d.candidates, help="K sequences (default: %(default)s)")
-    p.add_argument("--horizon", type=int, default=d.horizon, help="H imagined steps (default: %(default)s)")
-    p.add_argument("--samples", type=int, default=d.samples, help="S futures per sequence (default: %(default)s)")
-    p.add_argument("--iterations", type=int, default=d.iterations, help="refinements (default: %(default)s)")
-    p.add_argument("--execute", type=int, default=d.execute, help="actions driven per plan (default: %(default)s)")
-    p.add_argument("--elites", type=int, default=d.elites, help="CEM elites (default: %(default)s)")
-    p.add_argument("--speed-max", type=float, default=d.high[1], help="highest speed action (default: %(default)s)")
-    p.add_argument("--model", default=None, help="world-model directory (default: the shipped model)")
-    p.add_argument("--seed", type=int, default=0, help="planner seed (default: %(default)s)")
-
-
-def planner_config(a: argparse.Namespace, **override):
-    from gaia_gym.planning import PlannerConfig
-
-    kw = dict(method=a.method, candidates=a.candidates, horizon=a.horizon, samples=a.samples,
-              iterations=a.iterations, execute=a.execute, elites=min(a.elites, a.candidates), high=(1.0, a.speed_max))
-    return PlannerConfig(**{**kw, **override})
-
-
-def merge(path: Path, record: dict) -> None:
-    """Update the JSON object at `path` with `record`'s keys, atomically."""
-    from gaia_gym.fileio import atomic_write_json
-
-    old = json.loads(path.read_text()) if path.exists() else {}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, {**old, **record})
+from gaia_gym.evaluation.real import TEST_SEEDS
+from gaia_gym.fileio import merge_json
+from gaia_gym.media import save_figure, subplots
+from gaia_gym.planning import add_planner_args, planner_config_from_args
 
 
 def compare(agents_json: Path) -> dict:
@@ -75,25 +44,6 @@ def compare(agents_json: Path) -> dict:
         if k in ("scripted", "random", "ppo_real_sim"):
             out[k] = {"real_return_mean": v["real_return_mean"], "real_return_per_seed": v["real_return_per_seed"]}
     return out
-
-
-def subplots(*args, **kwargs):
-    """matplotlib's subplots with the file-only backend (shared by the planning examples)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(*args, **kwargs)
-
-
-def save_figure(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def plot(path: Path, record: dict) -> None:
@@ -126,7 +76,7 @@ def plot(path: Path, record: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    planner_args(p)
+    add_planner_args(p)
     p.add_argument("--episodes", type=int, default=20, help="test tracks from 1,000,000 (default: %(default)s)")
     p.add_argument("--max-steps", type=int, default=None, help="cap episodes (smoke runs; not comparable)")
     p.add_argument("--json", type=Path, default=Path("results/planning.json"), help="results file")
@@ -155,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     from gaia_gym.planning import drive_tracks, summarize_planning
 
     try:
-        cfg = planner_config(a)
+        cfg = planner_config_from_args(a)
         bundle = load_bundle(a.model)
         proposal = None
         if a.proposal:
@@ -179,10 +129,10 @@ def main(argv: list[str] | None = None) -> dict:
     rec["command"] = "python examples/plan_real.py " + " ".join(argv if argv is not None else sys.argv[1:])
     key = a.key or ("with_policy_proposal" if a.proposal else None)
     if key:
-        merge(a.json, {key: rec})
+        merge_json(a.json, key, rec)
     else:
         rec["compare"] = compare(a.agents)
-        merge(a.json, rec)
+        merge_json(a.json, ".", rec)
     if a.plot:
         plot(a.plot, json.loads(a.json.read_text()))  # every run in the file, this one included
     print(f"planner {name}: real return {rec['real_return_mean']:.1f} +- {rec['real_return_std']:.1f} over "

@@ -1,37 +1,186 @@
-"""A world-model bundle: everything imagination needs, found from one model directory.
+"""The model directory: one owner of default paths, loading, saving and the sources record.
 
     MODEL_DIR/
-      model.safetensors, config.json   # the world model (gaia_gym.checkpoint format)
+      model.safetensors, config.json   # the world model (gaia_gym.checkpoint format; config.json records its kind)
       prompts.npz                      # the prompt bank: real context clips imagination starts from
-      sources.json                     # what it was trained from (tokenizer path and sha256, data)
-      tokenizer/                       # optional: the tokenizer, for a self-contained copy
+      sources.json                     # the `Sources` record: tokenizer (path + sha256), action codec, step seconds
+      tokenizer/                       # the tokenizer it was trained with (training copies it in)
 
-The tokenizer is found, in order: MODEL_DIR/tokenizer; the path in sources.json; the shipped default
-tokenizer. Whichever is used must be the one the world model was trained with (same weights sha256 when
-sources.json records it). Every problem raises `ModelFileError` naming the path.
+A model directory is self-contained and movable. Its tokenizer is looked up, in order, in MODEL_DIR/tokenizer,
+at the path recorded in sources.json resolved against MODEL_DIR (never against the working directory), and
+("default") the shipped tokenizer; whichever is found must have the sha256 that sources.json records, on
+every load path (`load_bundle` is the only one). Every problem raises `ModelFileError` naming the path.
 
-The prompt bank is GAIA-1's "video prompt": `n` clips of `context` real frames (as tokens) with the
+The prompt bank is GAIA-1's "video prompt": `n` clips of `context` real frames (as latents) with the
 actions driven between them; an imagined episode starts from one of them.
+
+Nothing here imports training, evaluation or CLI code: those layers sit above this module.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from gaia_gym.checkpoint import read_model_info
-
+from gaia_gym.backends import Backend
+from gaia_gym.backends.tokens import TokenBackend
+from gaia_gym.checkpoint import WEIGHTS, load_model, model_dir, read_model_info, save_model
 from gaia_gym.errors import ModelFileError
-from gaia_gym.fileio import atomic_write_bytes
+from gaia_gym.fileio import (atomic_replace_dir, atomic_write_bytes, atomic_write_json, current_path, exists_current,
+                             read_json, recover_dir)
 from gaia_gym.models.layout import ActionCodec
-from gaia_gym.models.tokenizer import Tokenizer
-from gaia_gym.models.world_model import WorldModel
+from gaia_gym.models.tokenizer import Tokenizer, build_tokenizer
+from gaia_gym.models.world_model import WorldModel, build_world_model
 
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEFAULT_TOKENIZER = ASSETS / "tokenizer"
+DEFAULT_WORLD_MODEL = ASSETS / "world_model"
+TOKENIZER_KIND = "tokenizer"
+WORLD_MODEL_KIND = "world_model"
 PROMPTS = "prompts.npz"
+SOURCES = "sources.json"
+TOKENIZER_DIR = "tokenizer"
+DEFAULT_STEP_SECONDS = 0.08  # CarRacing: 4 simulator frames at 50 Hz per imagined step
+
+# model kind (config.json "kind") -> how the engine talks to it (the backend seam)
+BACKENDS: dict[str, Callable[..., Backend]] = {WORLD_MODEL_KIND: TokenBackend}
+
+
+def load_tokenizer(path: str | Path | None = None, device: str | torch.device = "cpu") -> Tokenizer:
+    """A trained tokenizer from its model directory (default: the shipped one)."""
+    model, _cfg, _meta = load_model(DEFAULT_TOKENIZER if path is None else path, TOKENIZER_KIND, build_tokenizer,
+                                    device=device)
+    return model.eval()
+
+
+def load_world_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> WorldModel:
+    """A trained world model (the transformer alone) from its model directory (default: the shipped one)."""
+    model, _cfg, _meta = load_model(DEFAULT_WORLD_MODEL if path is None else path, WORLD_MODEL_KIND,
+                                    build_world_model, device=device)
+    return model.eval()
+
+
+def weights_sha256(model_path: str | Path) -> str:
+    """The sha256 of a model directory's weights, as its config.json records it."""
+    sha = read_model_info(model_path)["weights"].get("sha256")
+    if not sha:
+        raise ModelFileError(f"{model_path}: config.json records no weights sha256")
+    return sha
+
+
+# ----------------------------------------------------------------------------------------------
+# the sources record
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sources:
+    """What a world model was trained from and how to read its actions (MODEL_DIR/sources.json).
+
+    `tokenizer`: "tokenizer" (MODEL_DIR/tokenizer), "default" (the shipped tokenizer), or a path that
+    is resolved against MODEL_DIR when relative. `tokenizer_sha256`: the weights it must have."""
+
+    tokenizer_sha256: str
+    tokenizer: str = TOKENIZER_DIR
+    action_codec: ActionCodec = field(default_factory=ActionCodec)
+    step_seconds: float = DEFAULT_STEP_SECONDS
+    data: str | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["action_codec"] = asdict(self.action_codec)
+        return json.loads(json.dumps(d))
+
+    def write(self, directory: str | Path) -> Path:
+        """Atomically write this record as DIR/sources.json."""
+        path = Path(directory) / SOURCES
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def read(cls, directory: str | Path) -> "Sources":
+        path = Path(directory) / SOURCES
+        if not path.exists():
+            raise ModelFileError(f"{path}: missing (a world-model directory records its tokenizer there)")
+        try:
+            d = read_json(path)
+        except ValueError as e:
+            raise ModelFileError(str(e)) from None
+        if not isinstance(d, dict):
+            raise ModelFileError(f"{path}: holds a JSON {type(d).__name__}, expected an object")
+        sha, tok = d.get("tokenizer_sha256"), d.get("tokenizer", TOKENIZER_DIR)
+        if not isinstance(sha, str) or not sha:
+            raise ModelFileError(f"{path}: 'tokenizer_sha256' missing or not a string")
+        if not isinstance(tok, str) or not tok:
+            raise ModelFileError(f"{path}: 'tokenizer' is not a path string")
+        codec = d.get("action_codec", {})
+        step = d.get("step_seconds", DEFAULT_STEP_SECONDS)
+        if not isinstance(codec, dict) or not isinstance(codec.get("max_speed_mps", 100.0), (int, float)):
+            raise ModelFileError(f"{path}: 'action_codec' must be an object with a numeric max_speed_mps")
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0:
+            raise ModelFileError(f"{path}: 'step_seconds' must be a positive number, got {step!r}")
+        data = d.get("data")
+        return cls(sha, tok, ActionCodec(**{k: v for k, v in codec.items() if k == "max_speed_mps"}), float(step),
+                   data if isinstance(data, str) else None)
+
+
+def resolve_tokenizer(directory: Path, sources: Sources, override: str | Path | None = None) -> Path:
+    """The tokenizer directory of the world model in `directory` whose weights have the recorded sha256.
+
+    `override` (e.g. `--tokenizer`) is tried alone; otherwise DIR/tokenizer, the recorded path (resolved
+    against DIR, never the working directory) and the shipped default, in that order."""
+    if override is not None:
+        cands = [Path(override)]
+    else:
+        rec = sources.tokenizer
+        recorded = DEFAULT_TOKENIZER if rec == "default" else (Path(rec) if Path(rec).is_absolute() else directory / rec)
+        cands = list(dict.fromkeys([directory / TOKENIZER_DIR, recorded, DEFAULT_TOKENIZER]))
+    seen = []
+    for c in cands:
+        recover_dir(c)  # a tokenizer copy interrupted between its two renames
+        if not exists_current(c, "config.json"):
+            seen.append(f"{c} (none)")
+            continue
+        sha = read_model_info(c)["weights"].get("sha256")
+        if sha == sources.tokenizer_sha256:
+            return c
+        seen.append(f"{c} (sha256 {str(sha)[:12]}...)")
+    raise ModelFileError(f"{directory}: its tokenizer (sha256 {sources.tokenizer_sha256[:12]}...) was not found: "
+                         + "; ".join(seen))
+
+
+def copy_model_dir(src: str | Path, dst: str | Path) -> Path:
+    """Copy a model directory's config.json + weights to `dst`, swapped in whole (complete or absent)."""
+    src = model_dir(src)
+    read_model_info(src)
+
+    def fill(tmp: Path) -> None:
+        for name in ("config.json", WEIGHTS):  # the current version, also mid-publish of a checkpoint
+            shutil.copy2(current_path(src, name), tmp / name)
+
+    atomic_replace_dir(dst, fill)
+    return Path(dst)
+
+
+def record_training_sources(out: str | Path, tokenizer_dir: str | Path, codec: ActionCodec, step_seconds: float,
+                            data: str | Path | None = None) -> Sources:
+    """At the start of world-model training: copy the tokenizer into OUT/tokenizer (so OUT is
+    self-contained wherever it is moved) and write OUT/sources.json. Idempotent on resume."""
+    out, tokenizer_dir = Path(out), model_dir(tokenizer_dir)
+    sha = weights_sha256(tokenizer_dir)
+    inside = out / TOKENIZER_DIR
+    recover_dir(inside)
+    if not (exists_current(inside, "config.json") and read_model_info(inside)["weights"].get("sha256") == sha):
+        copy_model_dir(tokenizer_dir, inside)
+    src = Sources(sha, TOKENIZER_DIR, codec, float(step_seconds), None if data is None else str(Path(data).resolve()))
+    src.write(out)
+    return src
 
 
 @dataclass
@@ -143,89 +292,82 @@ class PromptBank:
 
 @dataclass
 class WorldBundle:
-    """A loaded world model with its tokenizer, prompt bank and action codec."""
+    """A loaded model directory: the world model and the tokenizer (its two components), the prompt bank,
+    the action codec and the sources record. `backend` is how the engine talks to them."""
 
     world_model: WorldModel
     tokenizer: Tokenizer
     prompts: PromptBank
     codec: ActionCodec
     path: Path
-    step_seconds: float = 0.08  # driving time one imagined step stands for (CarRacing: 4 frames at 50 Hz)
+    step_seconds: float = DEFAULT_STEP_SECONDS
+    kind: str = WORLD_MODEL_KIND
+
+    def __post_init__(self) -> None:
+        self._backend: Backend | None = None
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = BACKENDS[self.kind](self.world_model, self.tokenizer)
+        return self._backend
 
     @property
     def device(self) -> torch.device:
         return next(self.world_model.parameters()).device
 
 
-def _find_tokenizer(model_dir: Path, sources: dict) -> Path:
-    from gaia_gym.stages.tokenizer import DEFAULT_TOKENIZER
+def load_bundle(model: str | Path | None = None, device: str | torch.device = "cpu",
+                tokenizer: str | Path | None = None) -> WorldBundle:
+    """Load a world-model directory (default: the shipped model) with its tokenizer and prompt bank.
 
-    want = sources.get("tokenizer_sha256")
-    cands = [model_dir / "tokenizer"]
-    if sources.get("tokenizer"):
-        t = Path(sources["tokenizer"])
-        cands += [t] if t.is_absolute() else [model_dir / t, Path.cwd() / t]
-    cands.append(DEFAULT_TOKENIZER)
-    for c in cands:
-        if (c / "config.json").exists():
-            sha = read_model_info(c).get("weights", {}).get("sha256")
-            if want is None or sha == want:
-                return c
-    raise ModelFileError(f"{model_dir}: its tokenizer (sha256 {str(want)[:12]}...) was not found "
-                         f"(looked in {', '.join(str(c) for c in cands)})")
-
-
-def load_bundle(model: str | Path | None = None, device: str | torch.device = "cpu") -> WorldBundle:
-    """Load a world-model directory (default: the shipped model) with its tokenizer and prompt bank."""
-    from gaia_gym.stages.tokenizer import load_tokenizer
-    from gaia_gym.stages.world_model import DEFAULT_WORLD_MODEL, load_world_model, sources_of
-
-    path = Path(model) if model is not None else DEFAULT_WORLD_MODEL
-    if not path.exists():
-        raise ModelFileError(f"{path}: no such world-model directory")
+    `model` may also name the directory's config.json or weights file. `tokenizer` overrides where the
+    tokenizer is looked for (its sha256 must still be the recorded one)."""
+    given = DEFAULT_WORLD_MODEL if model is None else Path(model)
+    if not given.exists():
+        raise ModelFileError(f"{given}: no such world-model directory")
+    path = model_dir(given)
+    kind = read_model_info(path)["kind"]
+    if kind not in BACKENDS:
+        raise ModelFileError(f"{path} holds a {kind} model, not a world model (kinds: {', '.join(BACKENDS)})")
     wm = load_world_model(path, device=device)
-    sources = sources_of(path)
-    tok = load_tokenizer(_find_tokenizer(path, sources), device=device)
-    if tok.cfg.grid != wm.cfg.grid or tok.cfg.vocab_size != wm.cfg.vocab:
-        raise ModelFileError(f"{path}: the tokenizer ({tok.cfg.grid}x{tok.cfg.grid}, {tok.cfg.vocab_size} codes) "
-                             f"does not fit the world model ({wm.cfg.grid}x{wm.cfg.grid}, {wm.cfg.vocab} codes)")
+    sources = Sources.read(path)
+    tok = load_tokenizer(resolve_tokenizer(path, sources, tokenizer), device=device)
+    backend_cls = BACKENDS[kind]
+    try:
+        backend = backend_cls(wm, tok)
+    except ValueError as e:
+        raise ModelFileError(f"{path}: {e}") from None
     prompts = PromptBank.load(path / PROMPTS)
-    if prompts.tokens.shape[2:] != (wm.cfg.grid, wm.cfg.grid) or int(prompts.tokens.max()) >= wm.cfg.vocab:
-        raise ModelFileError(f"{path / PROMPTS}: prompts do not fit the world model's tokens")
-    codec = ActionCodec(**{k: v for k, v in sources.get("action_codec", {}).items() if k in ("max_speed_mps",)})
-    return WorldBundle(wm, tok.eval(), prompts, codec, path, float(sources.get("step_seconds", 0.08)))
+    if prompts.tokens.shape[2:] != tuple(backend.latent_shape) or int(prompts.tokens.max()) > backend.latent_range[1]:
+        raise ModelFileError(f"{path / PROMPTS}: prompts do not fit the world model's latents {backend.latent_shape}")
+    b = WorldBundle(wm, tok, prompts, sources.action_codec, path, sources.step_seconds, kind)
+    b._backend = backend
+    return b
 
 
 def save_bundle(bundle: WorldBundle, directory: str | Path, copy_tokenizer: bool = True, meta: dict | None = None) -> Path:
-    """Write `bundle` as a model directory (world model, prompts, sources.json and, when asked, the
-    tokenizer in DIR/tokenizer so the directory is self-contained)."""
-    import json
-    from dataclasses import asdict
-
-    from gaia_gym.checkpoint import save_model
-    from gaia_gym.fileio import atomic_write_json
-
+    """Write `bundle` as a model directory: world model, prompts, sources.json and (default) the tokenizer
+    in DIR/tokenizer, so the directory is self-contained. ``copy_tokenizer=False`` records the shipped
+    default tokenizer instead (its weights must be the bundle's)."""
     d = Path(directory)
     wm, tok = bundle.world_model, bundle.tokenizer
-    save_model(d, wm, "world_model", wm.cfg, meta)
+    save_model(d, wm, bundle.kind, wm.cfg, meta)
     if copy_tokenizer:
-        tinfo = save_model(d / "tokenizer", tok, "tokenizer", tok.cfg)
+        tinfo = save_model(d / TOKENIZER_DIR, tok, TOKENIZER_KIND, tok.cfg)
+        sha, where = tinfo["weights"]["sha256"], TOKENIZER_DIR
     else:
-        from gaia_gym.stages.tokenizer import DEFAULT_TOKENIZER
-        tinfo = read_model_info(DEFAULT_TOKENIZER)
+        sha, where = weights_sha256(DEFAULT_TOKENIZER), "default"
     bundle.prompts.save(d / PROMPTS)
-    sources = {"tokenizer": "tokenizer" if copy_tokenizer else "default",
-               "tokenizer_sha256": tinfo["weights"]["sha256"], "action_codec": asdict(bundle.codec),
-               "step_seconds": bundle.step_seconds}
-    atomic_write_json(d / "sources.json", json.loads(json.dumps(sources)))
+    Sources(sha, where, bundle.codec, bundle.step_seconds).write(d)
     return d
 
 
 def tiny_bundle(seed: int = 0, prompts: int = 8, device: str | torch.device = "cpu") -> WorldBundle:
     """An untrained, tiny bundle (4x4 tokens, 16 codes, 32-wide transformer) for tests and smoke runs:
     it exercises every code path in milliseconds; its imagination is noise."""
-    from gaia_gym.models.tokenizer import TokenizerConfig, build_tokenizer
-    from gaia_gym.models.world_model import WORLD_MODEL_PRESETS, WorldModelConfig, build_world_model
+    from gaia_gym.models.tokenizer import TokenizerConfig
+    from gaia_gym.models.world_model import WORLD_MODEL_PRESETS, WorldModelConfig
 
     torch.manual_seed(seed)
     tok = build_tokenizer(TokenizerConfig(enc_channels=(8, 8, 8, 8), dec_channels=(8, 8, 8, 8), fsq_levels=(4, 4)))
@@ -236,3 +378,8 @@ def tiny_bundle(seed: int = 0, prompts: int = 8, device: str | torch.device = "c
                       torch.rand(prompts, C, 2, generator=g) * 2 - 1,
                       torch.randint(0, 16, (prompts, 8, 4, 4), generator=g), torch.rand(prompts, 8, 2, generator=g) * 2 - 1)
     return WorldBundle(wm.to(device).eval(), tok.to(device).eval(), bank, ActionCodec(), Path("<tiny>"))
+
+
+__all__ = ["BACKENDS", "DEFAULT_TOKENIZER", "DEFAULT_WORLD_MODEL", "PROMPTS", "PromptBank", "SOURCES", "Sources",
+           "WorldBundle", "copy_model_dir", "load_bundle", "load_tokenizer", "load_world_model",
+           "record_training_sources", "resolve_tokenizer", "save_bundle", "tiny_bundle", "weights_sha256"]

@@ -14,11 +14,25 @@ A model is a directory::
      "meta": {...},                                 # free-form: training step, metrics, data used...
      "weights": {"file": "model.safetensors", "bytes": N, "sha256": "..."}}
 
-Both files are written atomically (temp file + rename), weights first and ``config.json`` last, and
-``config.json`` records the size and sha256 of the weights it describes: a truncated, corrupt or
-mismatched weights file (say, a save interrupted between the two renames) is detected on load instead
-of silently producing a broken model. Every problem raises `ModelFileError` with a one-line message
-naming the offending path.
+A save is one transaction over all of its files (`gaia_gym.fileio.atomic_write_files`): they are
+written and fsynced into ``DIR/.pending.PID.tmp/``, committed together by renaming that to
+``DIR/.pending/``, then each renamed into DIR (weights first, ``config.json`` last) and ``.pending/``
+removed. Readers here take each file from ``.pending/`` while it is still there, else from DIR, so a
+save killed at any point leaves the previous model or the new one, complete, never a mix (the next
+save rolls the interrupted publish forward). A save may carry more files of the same checkpoint
+(training state: `save_model(extra=...)`); anything else in DIR (tb/, sources.json, tokenizer/...)
+is left alone. In steady state DIR holds exactly the files above: nothing to know for other tools;
+code that opens DIR's files itself (rather than through `read_model_info` / `read_weights` /
+`load_model`) may see a half-published pair after a kill until the next save or training run
+rolls it forward.
+
+The weights file is canonical (its header written with sorted keys), so the same weights give the
+same bytes and sha256 on every save.
+
+``config.json`` also records the size and sha256 of the weights it describes: a truncated, corrupt or
+mismatched weights file (copied by hand, or written by an older gaia_gym killed between its renames)
+is detected on load instead of silently producing a broken model. Every problem raises
+`ModelFileError` with a one-line message naming the offending path.
 
 Tensors that share storage (tied weights) are stored once; the other names are recorded as aliases in
 the safetensors header and restored on load. Wrappers (DistributedDataParallel's ``module.``,
@@ -38,7 +52,7 @@ import torch
 from torch import nn
 
 from gaia_gym.errors import ModelFileError
-from gaia_gym.fileio import atomic_write_bytes, atomic_write_json
+from gaia_gym.fileio import PENDING, atomic_write_files, current_path, exists_current, read_current
 
 FORMAT_NAME = "gaia_gym.model"
 FORMAT_VERSION = 1
@@ -119,9 +133,28 @@ def _header_metadata(data: bytes, path: Path) -> dict[str, str]:
     try:
         (n,) = struct.unpack("<Q", data[:8])
         header = json.loads(data[8:8 + n])
-        return dict(header.get("__metadata__") or {})
-    except (struct.error, ValueError, UnicodeDecodeError) as e:
+        meta = header.get("__metadata__") if isinstance(header, dict) else None
+        if meta is not None and not isinstance(meta, dict):
+            raise ValueError("__metadata__ is not an object")
+        return dict(meta or {})
+    except (struct.error, ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ModelFileError(f"corrupt weights file {path}: unreadable header ({e})") from None
+
+
+def _canonical(data: bytes) -> bytes:
+    """A safetensors file with its JSON header re-written with sorted keys: safetensors writes the
+    ``__metadata__`` map in hash order, so the same weights would give a different sha256 per save."""
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the tensor data starts 8-byte aligned, as safetensors writes it
+    return struct.pack("<Q", len(header)) + header + data[8 + n:]
+
+
+def _one_line(e: BaseException, limit: int = 160) -> str:
+    """An exception's message on one line (first line, shortened)."""
+    lines = str(e).strip().splitlines()
+    text = lines[0].strip() if lines else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,25 +163,27 @@ def _header_metadata(data: bytes, path: Path) -> dict[str, str]:
 def model_dir(path: str | Path) -> Path:
     """The model directory for `path`: the directory itself, or the parent of config.json / model.safetensors."""
     path = Path(path)
+    if path.name in (WEIGHTS, CONFIG) and not path.is_dir() and exists_current(path.parent, path.name):
+        return path.parent  # (also when a first save was interrupted while publishing: only .pending/ has it)
     if not path.exists():
         raise ModelFileError(f"model path {path} does not exist")
     if path.is_dir():
         return path
-    if path.name in (WEIGHTS, CONFIG):
-        return path.parent
     raise ModelFileError(f"{path} is not a gaia_gym model (expected a directory, {CONFIG} or {WEIGHTS})")
 
 
 def read_model_info(path: str | Path) -> dict:
     """Validated contents of a model's config.json (`path`: the directory or either file)."""
     directory = model_dir(path)
-    cfg_path = directory / CONFIG
-    if not cfg_path.exists():
-        raise ModelFileError(f"{directory} is not a gaia_gym model (no {CONFIG})")
+    cfg_path = current_path(directory, CONFIG)
     try:
-        info = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelFileError(f"corrupt model config {cfg_path}: {e}") from None
+        info = json.loads(read_current(directory, CONFIG).decode())
+    except FileNotFoundError:
+        raise ModelFileError(f"{directory} is not a gaia_gym model (no {CONFIG})") from None
+    except OSError as e:
+        raise ModelFileError(f"cannot read model config {cfg_path}: {e.strerror or e}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise ModelFileError(f"corrupt model config {cfg_path}: {_one_line(e)}") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
         fmt = info.get("format") if isinstance(info, dict) else None
         raise ModelFileError(f"{cfg_path} is not a gaia_gym model config (format={fmt!r})")
@@ -166,12 +201,14 @@ def read_model_info(path: str | Path) -> dict:
 # ----------------------------------------------------------------------------------------------
 # save
 # ----------------------------------------------------------------------------------------------
-def save_model(directory: str | Path, model: nn.Module, kind: str, config: Any, meta: dict | None = None) -> dict:
-    """Atomically write `model`'s weights and its config/meta to DIR; returns the config.json contents.
+def save_model(directory: str | Path, model: nn.Module, kind: str, config: Any, meta: dict | None = None,
+               extra: Callable[[dict], dict[str, Callable]] | None = None) -> dict:
+    """Write `model`'s weights and its config/meta to DIR as one transaction; returns the config.json contents.
 
     `config` is the model's config dataclass (or a dict); `meta` any JSON-serialisable facts (training
-    step, metrics, data used...). Weights are written first and config.json last, so a config.json
-    always describes complete weights (its recorded size/sha256 catch the window between the renames).
+    step, metrics, data used...). `extra(info)` (called with the config.json contents, so a file can
+    record the weights' sha256) returns {file name: write_fn(fileobj)}: more files of the same
+    checkpoint (a training state), complete or absent together with the model. See the module docstring.
     """
     import safetensors.torch as st
 
@@ -186,9 +223,8 @@ def save_model(directory: str | Path, model: nn.Module, kind: str, config: Any, 
         raise TypeError(f"model meta is not JSON-serialisable: {e}") from None
 
     tensors, aliases = _state_tensors(model)
-    data = st.save(tensors, metadata={ALIASES_KEY: json.dumps(aliases), "kind": kind})
+    data = _canonical(st.save(tensors, metadata={ALIASES_KEY: json.dumps(aliases, sort_keys=True), "kind": kind}))
     del tensors
-    atomic_write_bytes(directory / WEIGHTS, lambda f: f.write(data))
     info = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
@@ -197,7 +233,13 @@ def save_model(directory: str | Path, model: nn.Module, kind: str, config: Any, 
         "meta": meta_d,
         "weights": {"file": WEIGHTS, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()},
     }
-    atomic_write_json(directory / CONFIG, info)
+    extra_files = dict(extra(info)) if extra is not None else {}
+    for name in extra_files:
+        if name in (WEIGHTS, CONFIG):
+            raise ValueError(f"save_model: extra file {name!r} would overwrite the model's own")
+    config_bytes = json.dumps(info, indent=1).encode()
+    atomic_write_files(directory, {WEIGHTS: lambda f: f.write(data), **extra_files,
+                                   CONFIG: lambda f: f.write(config_bytes)})  # config.json published last
     return info
 
 
@@ -211,10 +253,14 @@ def read_weights(path: str | Path, info: dict | None = None) -> dict[str, torch.
 
     directory = model_dir(path)
     info = read_model_info(directory) if info is None else info
-    w_path = directory / WEIGHTS
-    if not w_path.exists():
-        raise ModelFileError(f"model {directory} has {CONFIG} but its weights {w_path} are missing")
-    data = w_path.read_bytes()
+    w_path = current_path(directory, WEIGHTS)
+    try:
+        data = read_current(directory, WEIGHTS)
+    except FileNotFoundError:
+        raise ModelFileError(f"model {directory} has {CONFIG} but its weights {directory / WEIGHTS} "
+                             f"are missing") from None
+    except OSError as e:
+        raise ModelFileError(f"cannot read weights {w_path}: {e.strerror or e}") from None
     rec = info["weights"]
     if "bytes" in rec and len(data) != rec["bytes"]:
         raise ModelFileError(f"weights {w_path} are {len(data)} bytes, {CONFIG} recorded {rec['bytes']} "
@@ -224,14 +270,16 @@ def read_weights(path: str | Path, info: dict | None = None) -> dict[str, torch.
                              f"(corrupt, or replaced by an interrupted save)")
     try:
         state = st.load(data)
-    except (safetensors.SafetensorError, ValueError, RuntimeError) as e:
-        raise ModelFileError(f"corrupt weights file {w_path}: {e}") from None
+    except (safetensors.SafetensorError, ValueError, RuntimeError, TypeError, KeyError) as e:
+        raise ModelFileError(f"corrupt weights file {w_path}: {_one_line(e)}") from None
     meta = _header_metadata(data, w_path)
     del data
     try:
         aliases = json.loads(meta.get(ALIASES_KEY, "{}"))
-    except json.JSONDecodeError:
-        raise ModelFileError(f"corrupt weights file {w_path}: bad alias table in header") from None
+    except (json.JSONDecodeError, TypeError):
+        aliases = None
+    if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
+        raise ModelFileError(f"corrupt weights file {w_path}: bad alias table in header")
     state = {strip_wrapper_prefix(k): v for k, v in state.items()}
     for alias, target in aliases.items():
         if target not in state:
@@ -282,7 +330,15 @@ def load_model(
     info = read_model_info(directory)
     if kind is not None and info["kind"] != kind:
         raise ModelFileError(f"{directory} is a {info['kind']} file, expected a {kind}")
-    state = read_weights(directory, info)
+    try:
+        state = read_weights(directory, info)
+    except ModelFileError:
+        again = read_model_info(directory)
+        if again == info:
+            raise
+        info, state = again, read_weights(directory, again)  # a save published between the two reads
+        if kind is not None and info["kind"] != kind:
+            raise ModelFileError(f"{directory} is a {info['kind']} file, expected a {kind}") from None
     model = build(info["config"])
     if not isinstance(model, nn.Module):
         raise TypeError(f"build() must return an nn.Module, got {type(model).__name__}")
@@ -295,6 +351,7 @@ def load_model(
 __all__ = [
     "CONFIG",
     "FORMAT_NAME",
+    "PENDING",
     "FORMAT_VERSION",
     "ModelFileError",
     "WEIGHTS",

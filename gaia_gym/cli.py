@@ -10,14 +10,12 @@ import json
 import sys
 from pathlib import Path
 
-from gaia_gym.errors import ModelFileError
-from gaia_gym.errors import DatasetError
-from gaia_gym.errors import ImaginationError
-from gaia_gym.errors import ResumeError
+from gaia_gym.errors import GaiaGymError
+from gaia_gym.fileio import merge_json, write_json
 
 
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit code 2."""
+class CLIError(GaiaGymError):
+    """A user-facing error of the command line itself: printed as one line, exit code 2."""
 
 
 def _add_preset(p: argparse.ArgumentParser) -> None:
@@ -61,7 +59,7 @@ def cmd_import(a: argparse.Namespace) -> None:
         a.video, a.log, Path(a.out), like=a.like, fps=a.fps, frame_size=a.frame_size,
         time_col=a.time_col, speed_col=a.speed_col, steering_col=a.steering_col,
         speed_scale=a.speed_scale, steering_scale=a.steering_scale, video_fps=a.video_fps,
-        trim_start_s=a.trim_start, split=a.split, progress=not a.quiet,
+        trim_start_s=a.trim_start, split=a.split, progress=not a.quiet, allow_duplicate=a.allow_duplicate,
     )
     e = m["episodes"][-1]
     print(f"{a.out}: imported {e['steps']} steps from {a.video} as {e['file']} "
@@ -93,7 +91,7 @@ def cmd_data_scripted(a: argparse.Namespace) -> None:
     print(f"scripted driver on {len(r['returns'])} tracks (seeds {a.seed}..{a.seed + a.episodes - 1}): "
           f"mean return {r['mean']:.1f} +- {r['std']:.1f}, laps finished {r['laps_finished']}")
     if a.json:
-        _merge_json(Path(a.json), {"scripted_driver_return_mean": r["mean"], "scripted_driver": r})
+        merge_json(Path(a.json), ".", {"scripted_driver_return_mean": r["mean"], "scripted_driver": r})
         print(f"wrote {a.json}")
 
 
@@ -103,7 +101,7 @@ def cmd_bench_collect(a: argparse.Namespace) -> None:
     r = bench_collection(seconds=a.seconds, workers=a.workers, frame_skip=a.frame_skip)
     print(json.dumps(r, indent=1))
     if a.json:
-        _merge_json(Path(a.json), {"collect_vs_raw_speed_ratio": r["collect_vs_raw_speed_ratio"],
+        merge_json(Path(a.json), ".", {"collect_vs_raw_speed_ratio": r["collect_vs_raw_speed_ratio"],
                                    "collect_bench": r})
         print(f"wrote {a.json}")
 
@@ -129,7 +127,7 @@ def _train_config(a: argparse.Namespace, **defaults):
 
 
 def cmd_train_tokenizer(a: argparse.Namespace) -> None:
-    from gaia_gym.stages.tokenizer import train_tokenizer
+    from gaia_gym.train.tokenizer import train_tokenizer
 
     tc = _train_config(a, steps=6000, batch_size=64, lr=1e-3, warmup_steps=200, channels_last=True,
                        checkpoint_minutes=5, log_every=25, image_every=500)
@@ -140,7 +138,7 @@ def cmd_train_tokenizer(a: argparse.Namespace) -> None:
 
 
 def cmd_train_world_model(a: argparse.Namespace) -> None:
-    from gaia_gym.stages.world_model import train_world_model
+    from gaia_gym.train.world_model import train_world_model
 
     tc = _train_config(a, steps=4000, batch_size=16, lr=6e-4, warmup_steps=200, checkpoint_minutes=5,
                        log_every=25, image_every=0)
@@ -153,8 +151,8 @@ def cmd_train_world_model(a: argparse.Namespace) -> None:
 
 
 def cmd_train_probe(a: argparse.Namespace) -> None:
-    from gaia_gym.probe import train_probe
-    from gaia_gym.stages.tokenizer import load_tokenizer
+    from gaia_gym.train.probe import train_probe
+    from gaia_gym.bundle import load_tokenizer
 
     tok = load_tokenizer(a.tokenizer) if a.tokenizer else None
     r = train_probe(Path(a.data), Path(a.out), minutes=a.minutes, steps=a.steps, tokenizer=tok, progress=not a.quiet)
@@ -163,19 +161,18 @@ def cmd_train_probe(a: argparse.Namespace) -> None:
 
 
 def cmd_eval_world_model(a: argparse.Namespace) -> None:
-    from gaia_gym.probe import load_probe
-    from gaia_gym.stages.tokenizer import load_tokenizer
-    from gaia_gym.stages.world_model import load_world_model, sources_of
-    from gaia_gym.stages.world_model_eval import evaluate_world_model
+    from gaia_gym.bundle import DEFAULT_WORLD_MODEL, load_bundle
+    from gaia_gym.models.probe import load_probe
+    from gaia_gym.evaluation.world_model import evaluate_world_model
 
-    wm = load_world_model(a.model)
-    tok_path = a.tokenizer or sources_of(a.model).get("tokenizer")
-    tok = load_tokenizer(tok_path)
+    bundle = load_bundle(a.model, tokenizer=a.tokenizer)  # the tokenizer's sha256 is checked here
+    wm, tok = bundle.world_model, bundle.tokenizer
+    tok_path = a.tokenizer or "(the model directory's)"
     probe = load_probe(a.probe) if a.probe else None
-    r = evaluate_world_model(wm, tok, Path(a.data), split=a.split, max_clips=a.max_clips, probe=probe,
+    r = evaluate_world_model(wm, tok, Path(a.data), split=a.split, max_clips=a.max_clips, probe=probe, codec=bundle.codec,
                              sample_temperature=a.temperature, progress=not a.quiet,
-                             real_sim_seconds=a.real_seconds, grid_path=a.grid)
-    r.update(model=str(a.model or "default"), tokenizer=str(tok_path or "default"), data=str(a.data))
+                             real_sim_seconds=a.real_seconds, throughput_seconds=a.throughput_seconds, grid_path=a.grid)
+    r.update(model=str(a.model or DEFAULT_WORLD_MODEL), tokenizer=str(tok_path), data=str(a.data))
     keys = ("val_cross_entropy", "token_accuracy", "psnr_by_horizon", "copy_last_psnr_by_horizon",
             "tokenizer_ceiling_psnr", "reward_mae_teacher_forced", "termination_auc",
             "counterfactual_steering_accuracy", "counterfactual_steering_paired_accuracy", "readback_real_accuracy",
@@ -187,16 +184,17 @@ def cmd_eval_world_model(a: argparse.Namespace) -> None:
             print(f"  {k}: " + (json.dumps({h: round(x, 2) for h, x in v.items()}) if isinstance(v, dict)
                                else f"{v:.4g}" if isinstance(v, float) else str(v)))
     if a.gif:
-        from gaia_gym.stages.world_model_eval import write_rollout_gif
+        from gaia_gym.evaluation.pictures import write_rollout_gif
 
         print(f"  rollouts: {write_rollout_gif(wm, tok, Path(a.data), Path(a.gif), split=a.split, clip=a.gif_clip)}")
     if a.json:
-        _merge_json(Path(a.json), r) if a.merge else _write_json(Path(a.json), r)
+        merge_json(Path(a.json), ".", r) if a.merge else write_json(Path(a.json), r)
         print(f"wrote {a.json}")
 
 
 def cmd_eval_tokenizer(a: argparse.Namespace) -> None:
-    from gaia_gym.stages.tokenizer import evaluate_tokenizer, load_tokenizer, recon_grid
+    from gaia_gym.evaluation.tokenizer import evaluate_tokenizer, recon_grid
+    from gaia_gym.bundle import load_tokenizer
 
     model = load_tokenizer(a.model)
     r = evaluate_tokenizer(model, Path(a.data), split=a.split, max_frames=a.max_frames, bf16=not a.no_bf16,
@@ -214,15 +212,8 @@ def cmd_eval_tokenizer(a: argparse.Namespace) -> None:
     if a.recon:
         print(f"  reconstructions: {recon_grid(model, Path(a.data), Path(a.recon), split=a.split)}")
     if a.json:
-        _merge_json(Path(a.json), r) if a.merge else _write_json(Path(a.json), r)
+        merge_json(Path(a.json), ".", r) if a.merge else write_json(Path(a.json), r)
         print(f"wrote {a.json}")
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    from gaia_gym.fileio import atomic_write_json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, obj)
 
 
 def _add_train_args(p: argparse.ArgumentParser, presets: list[str]) -> None:
@@ -238,15 +229,6 @@ def _add_train_args(p: argparse.ArgumentParser, presets: list[str]) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
-def _merge_json(path: Path, update: dict) -> None:
-    from gaia_gym.fileio import atomic_write_json
-
-    old = json.loads(path.read_text()) if path.exists() else {}
-    old.update(update)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, old)
-
-
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -258,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # collect
     c = sub.add_parser("collect", help="record real driving from a simulator into a dataset directory",
-                       description="Record real driving into DIR. Resumable: rerun the same command.")
+                       description="Record real driving into DIR. Resumable: rerun the same command (only --episodes and --workers may change; other settings are refused).")
     csub = c.add_subparsers(dest="sim", metavar="SIM", required=True)
     cr = csub.add_parser("carracing", help="CarRacing-v3 with the scripted driver + behaviour mix",
                          description="Record CarRacing-v3 driven by a privileged pure-pursuit driver, "
@@ -306,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--video-fps", type=float, help="override the video's frame rate")
     im.add_argument("--trim-start", type=float, default=0.0, help="seconds to drop from the start")
     im.add_argument("--split", default="train", choices=["train", "val"])
+    im.add_argument("--allow-duplicate", action="store_true",
+                    help="import a drive already in the dataset (same video, log and options) again")
     im.add_argument("--quiet", action="store_true")
     im.set_defaults(fn=cmd_import)
 
@@ -390,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     ew.add_argument("--split", default="val", choices=["val", "train", "all"])
     ew.add_argument("--max-clips", type=int, default=128)
     ew.add_argument("--temperature", type=float, default=0.0, help="0: greedy rollouts")
-    ew.add_argument("--real-seconds", type=float, default=15.0, help="seconds to measure the real simulator")
+    ew.add_argument("--real-seconds", type=float, default=15.0, help="seconds to measure the real simulator (0: skip)")
+    ew.add_argument("--throughput-seconds", type=float, default=4.0,
+                    help="seconds to time imagination at batch 64, as `bench` does (0: skip)")
     ew.add_argument("--grid", help="write the counterfactual picture grid here (PNG)")
     ew.add_argument("--gif", help="write a GIF: one real context, 4 sampled futures, left/straight/right")
     ew.add_argument("--gif-clip", type=int, default=0, help="which validation clip the GIF starts from")
@@ -417,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv_tail = argv[1:]
     try:
         args.fn(args)
-    except (CLIError, DatasetError, ValueError, FileNotFoundError, ModelFileError, ResumeError, ImaginationError) as e:
+    except (GaiaGymError, ValueError, FileNotFoundError) as e:  # every one-line error; FileNotFoundError names its file
         print(f"gaia-gym: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,7 +1,7 @@
 """The `gaia-gym` verbs that use a trained world model: demo, imagine, bench, play, pretrain.
 
-Each is a thin shell over a library function (`gaia_gym.stages.imagine`, `.bench`, `.pretrain`,
-`gaia_gym.play`); `gaia_gym.cli` adds them to the parser.
+Each is a thin shell over a library function (`gaia_gym.verbs.imagine`, `.bench`, `.pretrain`,
+`.play`); `gaia_gym.cli` adds them to the parser.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def _bundle(a: argparse.Namespace):
 
 
 def cmd_imagine(a: argparse.Namespace) -> None:
-    from gaia_gym.stages.imagine import imagine
+    from gaia_gym.verbs.imagine import imagine
 
     r = imagine(_bundle(a), a.out, prompt=a.prompt, n_futures=a.futures, steps=a.steps, temperature=a.temperature,
                 seed=a.seed, counterfactual=not a.no_counterfactual, scale=a.scale, fps=a.fps, guidance=a.guidance)
@@ -30,31 +30,29 @@ def cmd_imagine(a: argparse.Namespace) -> None:
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
-    from gaia_gym.fileio import atomic_write_json
-    from gaia_gym.stages.bench import run_bench
+    from gaia_gym.fileio import write_json
+    from gaia_gym.verbs.bench import run_bench, summary_line
 
     r = run_bench(_bundle(a), batch_sizes=tuple(a.batch_sizes), seconds=a.seconds, real_seconds=a.real_seconds,
                   progress=not a.quiet)
     r["command"] = "gaia-gym bench " + " ".join(a.argv_tail)
-    print(f"real CarRacing-v3: {r['real_driving_s_per_s']:.2f} driving s/s ({r['real_sim_processes']} processes); "
-          f"imagined at batch 64: tokens {r.get('tokens_b64_vs_real', float('nan')):.1f}x, "
-          f"frames {r.get('frames_b64_vs_real', float('nan')):.1f}x")
+    print(summary_line(r))
     if a.json:
-        atomic_write_json(Path(a.json), r)
+        write_json(Path(a.json), r)
         print(f"wrote {a.json}")
     else:
         print(json.dumps(r, indent=1))
 
 
 def cmd_play(a: argparse.Namespace) -> None:
-    from gaia_gym.play import play
+    from gaia_gym.verbs.play import play
 
     r = play(_bundle(a), keys=a.keys, steps=a.steps, out=a.out, seed=a.seed, prompt=a.prompt, scale=a.scale)
     print(f"drove {r['steps']} imagined steps, return {r['return']:.1f}" + (f"; wrote {r['out']}" if r.get("out") else ""))
 
 
 def cmd_pretrain(a: argparse.Namespace) -> None:
-    from gaia_gym.stages.pretrain import pretrain
+    from gaia_gym.verbs.pretrain import pretrain
 
     r = pretrain(Path(a.work), export=Path(a.export) if a.export else None, preset=a.preset, progress=not a.quiet)
     print(json.dumps(r, indent=1))

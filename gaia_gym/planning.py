@@ -117,7 +117,7 @@ class Planner:
         alive = torch.ones_like(total)
         for t in range(H):
             out = self.engine.step(seq[:, t])
-            r = out.reward if self.reward_fn is None else self.reward_fn(out.tokens, seq[:, t], out.features).float()
+            r = out.reward if self.reward_fn is None else self.reward_fn(out.latents, seq[:, t], out.features).float()
             total += (c.gamma ** t) * alive * r
             alive = alive * (1.0 - out.end_prob)
         return total.view(K, c.samples).mean(1)
@@ -195,14 +195,14 @@ class PolicyProposal:
     @torch.no_grad()
     def __call__(self, state: EngineState) -> torch.Tensor:
         self.engine.restore(state.branch(0, 1), copy=False)
-        tokens, features = state.tokens[:1], state.features[:1]
+        tokens, features = state.latents[:1], state.features[:1]
         actions = []
         for _ in range(self.horizon):
             obs = {"tokens": tokens.cpu().numpy(), "features": features.float().cpu().numpy()}
             a = torch.as_tensor(self.act(obs), dtype=torch.float32).reshape(1, 2)
             actions.append(a[0])
             out = self.engine.step(a.to(self.engine.device))
-            tokens, features = out.tokens, out.features
+            tokens, features = out.latents, out.features
         return torch.stack(actions)
 
 
@@ -246,7 +246,7 @@ def drive_tracks(bundle, config: PlannerConfig, tracks, done_path=None, seed: in
                 e = plan_real_episode(env, planner, t, max_steps, video=video_path is not None and i == 0)
                 frames = e.pop("frames", None)
                 if frames:
-                    from gaia_gym.stages.imagine import _write_video
+                    from gaia_gym.media import write_video as _write_video
 
                     _write_video(Path(video_path), np.stack(frames[::2]), fps=6.25)
                 e.pop("rewards")
@@ -271,3 +271,29 @@ def summarize_planning(episodes: list[dict], config: PlannerConfig) -> dict:
             "wall_seconds": round(float(sum(e["wall_seconds"] for e in episodes)), 1),
             "capped": any(e["capped"] for e in episodes), "episodes": len(episodes),
             "planner": {**asdict(config), "imagined_steps_per_decision": config.imagined_steps()}}
+
+
+def add_planner_args(parser) -> None:
+    """The planner's settings (`PlannerConfig`) as command-line flags, plus --model and --seed (shared by
+    the planning examples); `planner_config_from_args` turns the parsed flags back into a config."""
+    d = PlannerConfig()
+    p = parser
+    p.add_argument("--method", choices=("cem", "mppi"), default=d.method, help="refinement (default: %(default)s)")
+    p.add_argument("--candidates", type=int, default=d.candidates, help="K sequences (default: %(default)s)")
+    p.add_argument("--horizon", type=int, default=d.horizon, help="H imagined steps (default: %(default)s)")
+    p.add_argument("--samples", type=int, default=d.samples, help="S futures per sequence (default: %(default)s)")
+    p.add_argument("--iterations", type=int, default=d.iterations, help="refinements (default: %(default)s)")
+    p.add_argument("--execute", type=int, default=d.execute, help="actions driven per plan (default: %(default)s)")
+    p.add_argument("--elites", type=int, default=d.elites, help="CEM elites (default: %(default)s)")
+    p.add_argument("--speed-max", type=float, default=d.high[1], help="highest speed action (default: %(default)s)")
+    p.add_argument("--model", default=None, help="world-model directory (default: the shipped model)")
+    p.add_argument("--seed", type=int, default=0, help="planner seed (default: %(default)s)")
+
+
+def planner_config_from_args(args, **override) -> PlannerConfig:
+    """The `PlannerConfig` of flags parsed with `add_planner_args` (elites capped at the candidates),
+    with `override`'s fields on top; an invalid combination raises ValueError."""
+    kw = dict(method=args.method, candidates=args.candidates, horizon=args.horizon, samples=args.samples,
+              iterations=args.iterations, execute=args.execute, elites=min(args.elites, args.candidates),
+              high=(1.0, args.speed_max))
+    return PlannerConfig(**{**kw, **override})

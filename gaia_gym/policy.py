@@ -56,7 +56,7 @@ def _world_model_table(path: str | None) -> tuple[torch.Tensor, int, int]:
     """(tok_emb weight (S*vocab, d) on CPU, patch, vocab) of the world model at `path` (None: shipped).
     Cached: SAC builds an actor, a critic and a target critic, each with its own extractor."""
     from gaia_gym.errors import ModelFileError
-    from gaia_gym.stages.world_model import DEFAULT_WORLD_MODEL, load_world_model
+    from gaia_gym.bundle import DEFAULT_WORLD_MODEL, load_world_model
 
     p = Path(path) if path is not None else DEFAULT_WORLD_MODEL
     if not p.is_dir():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import sys
+import runpy
+import types
 from pathlib import Path
 
 import numpy as np
@@ -11,27 +13,29 @@ import pytest
 import torch
 from stable_baselines3 import PPO
 
-from gaia_gym.bundle import save_bundle, tiny_bundle
+from gaia_gym.bundle import tiny_bundle
 from gaia_gym.envs import GaiaDriveVecEnv
-from gaia_gym.envs.real import RealCarRacingEnv
-from gaia_gym.policy import WorldModelExtractor, load_agent, policy_kwargs
+from gaia_gym.envs.real import ZOOM_PENALTY, RealCarRacingEnv, run_real_episode
+from gaia_gym.evaluation.real import evaluate_policy, pipeline_costs, random_actor
+from gaia_gym.fileio import merge_json
+from gaia_gym.policy import WorldModelExtractor, agent_actor, load_agent, policy_kwargs
 
-AGENTS = Path(__file__).resolve().parent.parent / "agents"
-sys.path.insert(0, str(AGENTS))
-import evaluate_real  # noqa: E402
-import train_imagination  # noqa: E402
-
+ROOT = Path(__file__).resolve().parents[1]
 OBS = "tokens+features"
 
 
-@pytest.fixture(scope="module")
-def bundle():
-    return tiny_bundle()
+@functools.cache
+def script(rel: str) -> types.SimpleNamespace:
+    """A script's globals, as `runpy.run_path` leaves them (run as a file: scripts are not importable)."""
+    return types.SimpleNamespace(**runpy.run_path(str(ROOT / rel)))
 
 
-@pytest.fixture(scope="module")
-def model_dir(bundle, tmp_path_factory):
-    return save_bundle(bundle, tmp_path_factory.mktemp("tiny_model"))
+def evaluate_real_main(argv: list[str]) -> dict:
+    return script("agents/evaluate_real.py").main(argv)
+
+
+def train_imagination_main(argv: list[str]) -> dict:
+    return script("agents/train_imagination.py").main(argv)
 
 
 def _ppo(bundle, model_dir, freeze: bool, **kw) -> PPO:
@@ -87,36 +91,38 @@ def test_real_env_matches_imagination_and_evaluate_real_runs(bundle, model_dir, 
     real = RealCarRacingEnv(bundle=bundle, obs_mode=OBS, render_mode="rgb_array")
     assert real.observation_space == venv.observation_space and real.action_space == venv.action_space
     # a random policy, one capped episode: zoom-in penalty counted, as run_scripted_episode does
-    ep = evaluate_real.run_episode(real, evaluate_real.random_actor(real.action_space), 1_000_000, max_steps=3,
-                                   video=True)
+    ep = run_real_episode(real, random_actor(real.action_space), 1_000_000, max_steps=3, video=True)
     assert ep["steps"] == 3 and ep["capped"] and len(ep["frames"]) == 4
-    assert ep["return"] == pytest.approx(sum(ep["rewards"]) + evaluate_real.ZOOM_PENALTY)
+    assert ep["return"] == pytest.approx(sum(ep["rewards"]) + ZOOM_PENALTY)
     real.close()
     # a saved policy, through the command line (video + JSON merged under a key)
     _ppo(bundle, model_dir, freeze=True).save(tmp_path / "agent.zip")
     out = tmp_path / "agents.json"
     out.write_text(json.dumps({"other": 1}))
-    r = evaluate_real.main(["--policy", str(tmp_path / "agent.zip"), "--model", str(model_dir), "--episodes", "1",
+    r = evaluate_real_main(["--policy", str(tmp_path / "agent.zip"), "--model", str(model_dir), "--episodes", "1",
                             "--max-steps", "3", "--json", str(out), "--key", "ppo", "--video",
                             str(tmp_path / "v.gif"), "--no-progress"])
     saved = json.loads(out.read_text())
     assert saved["other"] == 1 and saved["ppo"]["real_return_per_seed"].keys() == {"1000000"}
     assert r["obs_mode"] == OBS and r["steps_mean"] == 3 and (tmp_path / "v.gif").stat().st_size > 0
-    r = evaluate_real.evaluate("random", [1_000_001], bundle=bundle, max_steps=2)
+    r = evaluate_policy("random", [1_000_001], bundle=bundle, max_steps=2)
     assert r["episodes"] == 1 and r["capped"] and np.isfinite(r["real_return_mean"])
 
 
 def test_one_line_errors(model_dir, tmp_path):
     with pytest.raises(SystemExit, match="no such policy file"):
-        evaluate_real.main(["--policy", str(tmp_path / "missing.zip"), "--model", str(model_dir), "--no-progress"])
+        evaluate_real_main(["--policy", str(tmp_path / "missing.zip"), "--model", str(model_dir), "--no-progress"])
     with pytest.raises(FileNotFoundError, match="no such policy file"):
         load_agent(tmp_path / "missing.zip")
+    with pytest.raises(SystemExit, match=r"v\.txt: write the video as a \.gif or \.mp4"):  # before driving
+        evaluate_real_main(["--policy", "random", "--model", str(model_dir), "--video", str(tmp_path / "v.txt"),
+                            "--no-progress"])
     with pytest.raises(SystemExit, match="no such world-model directory"):
-        train_imagination.main(["--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"), "--no-progress"])
+        train_imagination_main(["--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"), "--no-progress"])
 
 
 def _train(model_dir, out, *extra) -> dict:
-    return train_imagination.main(["--model", str(model_dir), "--out", str(out), "--envs", "2", "--horizon", "20",
+    return train_imagination_main(["--model", str(model_dir), "--out", str(out), "--envs", "2", "--horizon", "20",
                                    "--n-steps", "64", "--batch-size", "64", "--n-epochs", "2", "--net-arch", "32",
                                    "--eval-episodes", "1", "--eval-max-steps", "3", "--device", "cpu",
                                    "--no-progress", *extra])
@@ -190,7 +196,7 @@ def test_training_starts_from_data_contexts_in_the_data_speed_range(model_dir, t
     rng = ActionRange.of_agent(agent)
     assert rng([1.0, 1.0]).tolist() == pytest.approx([1.0, 0.4]) and rng([-1, -1]).tolist() == pytest.approx([-1, -1])
     # the evaluator drives the real simulator through the same mapping
-    act = evaluate_real.agent_actor(agent)
+    act = agent_actor(agent)
     obs = {k: np.zeros(sp.shape, sp.dtype) for k, sp in agent.observation_space.spaces.items()}
     assert act(obs)[1] <= 0.4 + 1e-6
     with pytest.raises(ValueError):
@@ -209,9 +215,9 @@ def test_exported_agent_acts_the_same_and_results_merge(bundle, model_dir, tmp_p
     obs = {k: np.stack([sp.sample() for _ in range(4)]) for k, sp in a.observation_space.spaces.items()}
     assert np.array_equal(a.predict(obs, deterministic=True)[0], b.predict(obs, deterministic=True)[0])
     out = tmp_path / "r.json"
-    evaluate_real.merge_json(out, "baselines.random", {"x": 1})
-    evaluate_real.merge_json(out, "baselines.scripted", {"x": 2})
-    evaluate_real.merge_json(out, ".", {"real_return_mean": 3.0})
+    merge_json(out, "baselines.random", {"x": 1})
+    merge_json(out, "baselines.scripted", {"x": 2})
+    merge_json(out, ".", {"real_return_mean": 3.0})
     assert json.loads(out.read_text()) == {"baselines": {"random": {"x": 1}, "scripted": {"x": 2}}, "real_return_mean": 3.0}
 
 
@@ -226,7 +232,7 @@ def test_pipeline_costs_count_every_real_transition(tmp_path):
     evals = [{"timesteps": t, "elapsed_s": 60.0 * i, "real_steps_mean": 100.0, "real_return_per_seed": {"1": 0, "2": 0}}
              for i, t in enumerate((10, 20, 30), 1)]
     (run / "state.json").write_text(json.dumps({"best_timesteps": 20, "evals": evals, "elapsed_s": 200.0}))
-    c = evaluate_real.pipeline_costs(run / "best.zip", res)
+    c = pipeline_costs(run / "best.zip", res)
     # every evaluation counts, also the one after the picked checkpoint: 3 evals x 2 tracks x 100 steps
     assert c["real_env_steps_used"] == 1000 + 600
     assert c["agent_run"]["real_evaluations"] == 3 and c["agent_run"]["imagined_steps"] == 20
@@ -234,8 +240,7 @@ def test_pipeline_costs_count_every_real_transition(tmp_path):
 
 
 def test_imagined_vs_real_measures_both_from_the_same_start(bundle):
-    sys.path.insert(0, str(AGENTS.parent / "benchmarks"))
-    import imagined_vs_real
+    imagined_vs_real = script("benchmarks/imagined_vs_real.py")
 
     r = imagined_vs_real.measure("random", bundle, [1_000_000], horizon=3, futures=2)
     assert r["tracks"] == 1 and np.isfinite(r["real_return_mean"]) and np.isfinite(r["imagined_return_mean"])
@@ -243,8 +248,7 @@ def test_imagined_vs_real_measures_both_from_the_same_start(bundle):
 
 
 def test_imagined_vs_real_keeps_other_policies_in_the_json(tmp_path):
-    sys.path.insert(0, str(AGENTS.parent / "benchmarks"))
-    import imagined_vs_real
+    imagined_vs_real = script("benchmarks/imagined_vs_real.py")
 
     out = tmp_path / "agents.json"
     out.write_text(json.dumps({"real_return_mean": 1.0, "exploitation_same_start": {"policies": {"earlier.zip": {"x": 1}}}}))

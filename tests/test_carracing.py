@@ -128,3 +128,90 @@ def test_killed_collection_resumes_without_loss(tmp_path):
     got = fmt.load_episode(shards / "ep_000004.npz")
     np.testing.assert_array_equal(ref["frames"], got["frames"])
     np.testing.assert_array_equal(ref["steering"].astype(np.float32), got["steering"])
+
+
+# ----------------------------------------------------------------------------------------------
+# reruns: the same spec resumes, another spec is refused; Ctrl-C is quiet
+# ----------------------------------------------------------------------------------------------
+def _synthetic_carracing_dataset(out, cfg) -> None:
+    """A dataset whose header is what `collect_carracing(cfg)` writes, with one synthetic episode 0."""
+    from gaia_gym.sims.carracing_collect import carracing_info
+
+    m = fmt.open_for_writing(out, carracing_info(cfg))
+    T = 3
+    arrays = {"frames": np.zeros((T, cfg.frame_size, cfg.frame_size, 3), np.uint8),
+              "last_frame": np.zeros((cfg.frame_size, cfg.frame_size, 3), np.uint8),
+              "steering": np.zeros(T), "speed_mps": np.zeros(T), "target_speed_mps": np.zeros(T),
+              "raw_action": np.zeros((T, 3)), "reward": np.zeros(T), "terminated": np.zeros(T, bool),
+              "truncated": np.ones(T, bool)}
+    meta = {"source": "carracing", "index": 0, "seed": cfg.seed, "split": "train"}
+    m["episodes"].append(fmt.write_episode(out / fmt.EPISODES / fmt.episode_filename(0), arrays, meta))
+    fmt.write_manifest(out, m)
+
+
+def test_rerun_with_another_spec_is_refused(tmp_path, capsys):
+    from dataclasses import replace
+
+    from gaia_gym.errors import DatasetError
+    from gaia_gym.sims.carracing_collect import collect_carracing
+
+    out = tmp_path / "ds"
+    cfg = preset(CarRacingCollectConfig, "tiny", episodes=1, max_steps=3)
+    _synthetic_carracing_dataset(out, cfg)
+    before = (out / fmt.MANIFEST).read_bytes()
+    for change, fields in [(dict(frame_skip=2), ("fps=12.5 (this run: 25.0)", "config.frame_skip=4 (this run: 2)")),
+                           (dict(frame_size=32), ("frame_size=64 (this run: 32)", "config.frame_size")),
+                           (dict(max_steps=5), ("config.max_steps=3 (this run: 5)",)),
+                           (dict(seed=10, episodes=3), ("config.seed=0 (this run: 10)",))]:
+        with pytest.raises(DatasetError) as ei:
+            collect_carracing(replace(cfg, **change), out, progress=False)
+        msg = str(ei.value)
+        assert "\n" not in msg and str(out) in msg and all(f in msg for f in fields), msg
+        assert "config.episodes" not in msg
+    assert (out / fmt.MANIFEST).read_bytes() == before  # the header was not rewritten
+    assert main(["collect", "carracing", "--preset", "tiny", "--out", str(out), "--frame-skip", "2",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gaia-gym: error:") and "\n" not in err and "config.frame_skip" in err
+    assert (out / fmt.MANIFEST).read_bytes() == before
+
+
+def test_rerun_with_more_episodes_resumes(tmp_path):
+    from dataclasses import replace
+
+    from gaia_gym.sims.carracing_collect import collect_carracing
+
+    out = tmp_path / "ds"
+    cfg = preset(CarRacingCollectConfig, "tiny", episodes=1, max_steps=3)
+    _synthetic_carracing_dataset(out, cfg)
+    first = (out / fmt.EPISODES / "ep_000000.npz").stat().st_mtime_ns
+    m = collect_carracing(replace(cfg, episodes=2, workers=2, compress=False), out, progress=False)
+    assert m["num_episodes"] == 2 and m["config"]["episodes"] == 2
+    assert (out / fmt.EPISODES / "ep_000000.npz").stat().st_mtime_ns == first  # not recorded again
+    assert fmt.load_episode(out / fmt.EPISODES / "ep_000001.npz")["frames"].shape == (3, 64, 64, 3)
+
+
+def test_ctrl_c_during_collection_is_one_line(tmp_path):
+    """Ctrl-C reaches every process of the job; only the CLI's one line may come out."""
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "gaia_gym.cli", "collect", "carracing", "--out", str(out), "--episodes", "6",
+           "--workers", "2", "--max-steps", "5", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not list((out / fmt.EPISODES).glob("ep_*.npz")):
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err  # no worker's traceback
+    assert err.strip().splitlines()[-1] == "gaia-gym: interrupted; rerun the same command to resume", err
+    m = fmt.read_manifest(out)
+    assert 1 <= m["num_episodes"] < 6
+    assert {e["file"] for e in m["episodes"]} == {f"episodes/{p.name}" for p in (out / fmt.EPISODES).glob("ep_*.npz")}

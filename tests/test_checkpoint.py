@@ -193,3 +193,114 @@ def test_save_rejects_bad_inputs(tmp_path: Path):
     with pytest.raises(TypeError):
         save_model(tmp_path, model, "tokenizer", asdict(model.cfg), meta={"x": object()})
     assert not (tmp_path / ck.CONFIG).exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# a save is one transaction (see gaia_gym.fileio.atomic_write_files)
+# ----------------------------------------------------------------------------------------------
+def test_same_weights_same_bytes(tmp_path: Path, saved):
+    """The weights file is canonical: re-saving the same model gives the same sha256 (probe.py relies
+    on it; safetensors alone writes its metadata in hash order)."""
+    d, model = saved
+    data = (d / ck.WEIGHTS).read_bytes()
+    for i in range(5):
+        info = save_model(tmp_path / f"again{i}", model, "tokenizer", model.cfg, meta={"i": i})
+        assert (tmp_path / f"again{i}" / ck.WEIGHTS).read_bytes() == data
+        assert info["weights"]["sha256"] == read_model_info(d)["weights"]["sha256"]
+
+
+def test_extra_files_join_the_transaction(tmp_path: Path, saved):
+    d, model = saved
+    seen = {}
+
+    def extra(info):
+        seen.update(info)
+        return {"state.bin": lambda f: f.write(info["weights"]["sha256"].encode())}
+
+    (d / "sources.json").write_text("{}")
+    info = save_model(d, model, "tokenizer", model.cfg, meta={"step": 9}, extra=extra)
+    assert seen == info and (d / "state.bin").read_text() == info["weights"]["sha256"]
+    assert sorted(p.name for p in d.iterdir()) == sorted([ck.CONFIG, ck.WEIGHTS, "sources.json", "state.bin"])
+    with pytest.raises(ValueError, match="overwrite"):
+        save_model(d, model, "tokenizer", model.cfg, extra=lambda info: {ck.CONFIG: lambda f: None})
+
+
+@pytest.mark.parametrize("fail_at", [1, 2, 3])
+def test_interrupted_save_loads_old_or_new_whole(tmp_path: Path, saved, monkeypatch, fail_at):
+    """A save stopped at its Nth rename (1: the commit; 2, 3: publishing weights, config.json) loads
+    complete: the old model before the commit, the new one after; the next save rolls it forward."""
+    d, model = saved
+    with torch.no_grad():
+        model.enc.bias.add_(1.0)
+    real, calls = __import__("os").replace, []
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if len(calls) == fail_at:
+            raise OSError("killed")
+        return real(src, dst)
+
+    monkeypatch.setattr("os.replace", flaky)
+    with pytest.raises(OSError, match="killed"):
+        save_model(d, model, "tokenizer", model.cfg, meta={"step": 8})
+    monkeypatch.undo()
+    for path in (d, d / ck.CONFIG, d / ck.WEIGHTS):
+        loaded, _, meta = load_model(path, "tokenizer", build)
+        assert meta["step"] == (7 if fail_at == 1 else 8)
+        assert torch.equal(loaded.enc.bias, model.enc.bias) == (fail_at != 1)
+    save_model(d, model, "tokenizer", model.cfg, meta={"step": 9})
+    assert load_model(d, "tokenizer", build)[2]["step"] == 9
+    assert sorted(p.name for p in d.iterdir()) == [ck.CONFIG, ck.WEIGHTS]
+
+
+def test_first_save_interrupted_while_publishing(tmp_path: Path, monkeypatch):
+    model = TiedAE(TinyConfig())
+    real, calls = __import__("os").replace, []
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("killed")
+        return real(src, dst)
+
+    monkeypatch.setattr("os.replace", flaky)
+    with pytest.raises(OSError):
+        save_model(tmp_path, model, "tokenizer", model.cfg, meta={"step": 1})
+    monkeypatch.undo()
+    assert not (tmp_path / ck.CONFIG).exists()  # only the pending set has the model yet
+    for path in (tmp_path, tmp_path / ck.CONFIG, tmp_path / ck.WEIGHTS):
+        assert load_model(path, "tokenizer", build)[2] == {"step": 1}
+
+
+def test_bad_header_metadata(saved):
+    d, _ = saved
+    w = d / ck.WEIGHTS
+    data = w.read_bytes()
+    import struct
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    for meta in ({"gaia_gym.aliases": "[1]"}, {"gaia_gym.aliases": "{not json"}, {"gaia_gym.aliases": '{"a": 3}'}):
+        h = json.dumps(dict(header, __metadata__=meta)).encode()
+        h += b" " * (-len(h) % 8)
+        w.write_bytes(struct.pack("<Q", len(h)) + h + data[8 + n:])
+        info = json.loads((d / ck.CONFIG).read_text())
+        info["weights"] = {"file": ck.WEIGHTS}
+        (d / ck.CONFIG).write_text(json.dumps(info))
+        _raises(w, load_model, d, "tokenizer", build, match="corrupt")
+
+
+def test_load_retries_when_a_save_lands_between_its_reads(saved, monkeypatch):
+    d, model = saved
+    real, calls = ck.read_weights, []
+
+    def racing(directory, info=None):
+        if not calls:  # a trainer publishes a new checkpoint after load_model read config.json
+            calls.append(1)
+            with torch.no_grad():
+                model.enc.bias.add_(1.0)
+            save_model(d, model, "tokenizer", model.cfg, meta={"step": 8})
+        return real(directory, info)
+
+    monkeypatch.setattr(ck, "read_weights", racing)
+    loaded, _, meta = load_model(d, "tokenizer", build)
+    assert meta["step"] == 8 and torch.equal(loaded.enc.bias, model.enc.bias)

@@ -16,24 +16,12 @@ import numpy as np
 import pytest
 
 import gaia_gym
-from gaia_gym.bundle import tiny_bundle
+
 from gaia_gym.errors import ModelFileError
 from gaia_gym.envs.gaia_drive import GaiaDriveEnv
 from gaia_gym.envs.vector import GaiaDriveVectorEnv
 
 NEVER_END = dict(end_threshold=1.0)
-
-
-@pytest.fixture(scope="module")
-def bundle():
-    return tiny_bundle(0)
-
-
-@pytest.fixture
-def headless(monkeypatch):
-    """pygame windows go to SDL's dummy driver (no display needed)."""
-    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
-    monkeypatch.setenv("SDL_AUDIODRIVER", "dummy")
 
 
 def rollout(env, seed, actions):
@@ -142,7 +130,7 @@ def test_prompt_option_info_and_reward_fn(bundle):
     assert np.array_equal(obs["frame"], want)
     obs, r, _, _, info = env.step([2.0, -0.5])  # steering clipped to +1
     assert calls[0][0] == (4, 4) and calls[0][2] == (32,) and np.allclose(calls[0][1], [1.0, -0.5])
-    assert r == float(env.engine.tokens.sum())
+    assert r == float(env.engine.latents.sum())
     assert info["steering"] == 1.0 and info["speed_mps"] == pytest.approx(25.0)  # (-0.5 + 1) / 2 * 100 m/s
     assert 0.0 <= info["end_prob"] <= 1.0
     with pytest.raises(ValueError, match="prompt 99 is not an index"):
@@ -302,7 +290,7 @@ def test_vector_episode_ending_mid_batch(bundle):
 
     def recording_step(a):
         out = engine_step(a)
-        sampled.append(out.tokens.clone())
+        sampled.append(out.latents.clone())
         return out
 
     envs.engine.step = recording_step

@@ -135,3 +135,24 @@ def test_dummy_video_driver_is_refused(tmp_path, monkeypatch, capsys):
     rc = cli.main(["collect", "highway", "--preset", "tiny", "--out", str(tmp_path / "x"), "--quiet"])
     assert rc == 2 and "SDL_VIDEODRIVER" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_rerun_with_another_spec_is_refused(tiny, capsys):
+    from dataclasses import replace
+
+    from gaia_gym.errors import DatasetError
+
+    before = (tiny / fmt.MANIFEST).read_bytes()
+    shards = sorted(p.name for p in (tiny / fmt.EPISODES).glob("ep_*.npz"))
+    for extra, field in ((["--frame-size", "32"], "frame_size=64 (this run: 32)"),
+                         (["--max-steps", "9"], "config.max_steps=6 (this run: 9)"),
+                         (["--scenarios", "merge-v0"], "config.scenarios")):
+        rc = cli.main(["collect", "highway", "--preset", "tiny", "--out", str(tiny), "--quiet", *extra])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.startswith("gaia-gym: error:") and "\n" not in err, err
+        assert str(tiny) in err and field in err, err
+    cfg = replace(preset(HighwayCollectConfig, "tiny"), policy_frequency=10)
+    with pytest.raises(DatasetError, match=r"fps=5 \(this run: 10\).*config\.policy_frequency"):
+        collect_highway(cfg, tiny, progress=False)
+    assert (tiny / fmt.MANIFEST).read_bytes() == before  # nothing added, the header not rewritten
+    assert sorted(p.name for p in (tiny / fmt.EPISODES).glob("ep_*.npz")) == shards

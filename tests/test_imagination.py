@@ -8,21 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from gaia_gym.bundle import PROMPTS, PromptBank, load_bundle, save_bundle, tiny_bundle
+from gaia_gym.bundle import PROMPTS, PromptBank, load_bundle, save_bundle
 from gaia_gym.errors import ModelFileError
 from gaia_gym.cli import main
 from gaia_gym.imagination import Imagination
 from gaia_gym.errors import ImaginationError
-
-
-@pytest.fixture(scope="module")
-def bundle():
-    return tiny_bundle()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, bundle):
-    return save_bundle(bundle, tmp_path_factory.mktemp("bundle") / "wm")
 
 
 def drive(eng: Imagination, steps: int, seed: int = 0):
@@ -30,7 +20,7 @@ def drive(eng: Imagination, steps: int, seed: int = 0):
     outs = []
     for _ in range(steps):
         o = eng.step(torch.rand(eng.n, 2, generator=g) * 2 - 1)
-        outs.append((o.tokens.clone(), o.reward.clone(), o.features.clone()))
+        outs.append((o.latents.clone(), o.reward.clone(), o.features.clone()))
     return outs
 
 
@@ -43,8 +33,8 @@ def test_reset_and_step_shapes(bundle):
     tok, feat = eng.reset()
     assert tok.shape == (3, 4, 4) and tok.dtype == torch.long and feat.shape == (3, eng.feature_dim)
     o = eng.step(torch.zeros(3, 2))
-    assert o.tokens.shape == (3, 4, 4) and o.reward.shape == (3,) and o.terminated.dtype == torch.bool
-    assert int(o.tokens.max()) < 16 and eng.frames().shape == (3, 64, 64, 3) and eng.frames().dtype == torch.uint8
+    assert o.latents.shape == (3, 4, 4) and o.reward.shape == (3,) and o.terminated.dtype == torch.bool
+    assert int(o.latents.max()) < 16 and eng.frames().shape == (3, 64, 64, 3) and eng.frames().dtype == torch.uint8
 
 
 def test_seeded_rollouts_reproduce_and_seeds_differ(bundle):
@@ -68,7 +58,7 @@ def test_state_restore_and_branch_leave_the_original_untouched(bundle):
     # branching row 1 into 5 rows, driving them, then restoring: the original continues as before
     eng.restore(s)
     eng.branch(1, 5)
-    assert eng.n == 5 and torch.equal(eng.tokens[0], s.tokens[1]) and torch.equal(eng.tokens[4], s.tokens[1])
+    assert eng.n == 5 and torch.equal(eng.latents[0], s.latents[1]) and torch.equal(eng.latents[4], s.latents[1])
     drive(eng, 3)
     eng.restore(s)
     assert eng.n == 2 and same(first, drive(eng, 4, seed=5))
@@ -117,9 +107,9 @@ def test_horizon_truncates_and_long_rollouts_stay_finite_with_bounded_cache(bund
     for _ in range(300):
         o = eng.step(torch.rand(2, 2) * 2 - 1)
         assert torch.isfinite(o.features).all() and torch.isfinite(o.reward).all()
-        sizes.add(eng.cache.length)
-        cap = eng.cache.k[0].shape[2]
-    assert max(sizes) <= eng.wm.window * eng.wm.layout.block and cap <= 4 * eng.wm.window * eng.wm.layout.block
+        sizes.add(eng.memory.length)
+        cap = eng.memory.k[0].shape[2]
+    assert max(sizes) <= eng.backend.world_model.window * eng.backend.world_model.layout.block and cap <= 4 * eng.backend.world_model.window * eng.backend.world_model.layout.block
 
 
 def test_bad_actions_and_misuse_raise_clear_errors(bundle):
@@ -132,9 +122,9 @@ def test_bad_actions_and_misuse_raise_clear_errors(bundle):
     with pytest.raises(ValueError, match="shape"):
         eng.step(torch.zeros(3, 2))
     s = eng.state()
-    a = eng.step(torch.tensor([[5.0, -9.0], [1.0, 1.0]])).tokens
+    a = eng.step(torch.tensor([[5.0, -9.0], [1.0, 1.0]])).latents
     eng.restore(s)
-    assert torch.equal(a, eng.step(torch.tensor([[1.0, -1.0], [1.0, 1.0]])).tokens)  # clipped to [-1, 1]
+    assert torch.equal(a, eng.step(torch.tensor([[1.0, -1.0], [1.0, 1.0]])).latents)  # clipped to [-1, 1]
 
 
 def test_bundle_round_trip_and_errors(tmp_path, bundle, model_dir):

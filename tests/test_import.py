@@ -251,7 +251,10 @@ def test_steering_within_tolerance_is_clipped(tmp_path):
 def test_appends_and_refuses_other_datasets(synth, tmp_path):
     video, log, out = synth
     import_drive(video, log, out, frame_size=16, progress=False)
-    m = import_drive(video, log, out, frame_size=16, split="val", progress=False)
+    # the same drive again (even into the other split) is refused; allow_duplicate imports it anyway
+    with pytest.raises(DriveImportError, match="already holds this drive as episodes/ep_000000.npz"):
+        import_drive(video, log, out, frame_size=16, split="val", progress=False)
+    m = import_drive(video, log, out, frame_size=16, split="val", allow_duplicate=True, progress=False)
     assert [e["file"] for e in m["episodes"]] == ["episodes/ep_000000.npz", "episodes/ep_000001.npz"]
     assert [e["split"] for e in m["episodes"]] == ["train", "val"]
     assert m["num_steps"] == 48
@@ -265,6 +268,51 @@ def test_appends_and_refuses_other_datasets(synth, tmp_path):
     with pytest.raises(DriveImportError, match="'carracing' dataset"):
         import_drive(video, log, other, progress=False)
     assert not list((other / fmt.EPISODES).iterdir())
+
+
+def test_same_drive_twice_is_refused(synth, tmp_path, monkeypatch, capsys):
+    video, log, out = synth
+    m = import_drive(video, log, out, frame_size=16, progress=False)
+    digest = m["episodes"][0]["meta"]["input_sha256"]
+    assert len(digest) == 64
+    before = (out / fmt.MANIFEST).read_bytes()
+
+    import gaia_gym.data.importer as importer
+
+    real_sample = importer.sample_video
+
+    def no_decode(*a, **k):
+        raise AssertionError("a duplicate must be refused before the video is decoded")
+
+    monkeypatch.setattr(importer, "sample_video", no_decode)
+    for split in ("train", "val"):  # the same drive in the other split would leak it into validation
+        with pytest.raises(DriveImportError) as ei:
+            import_drive(video, log, out, frame_size=16, split=split, progress=False)
+        msg = str(ei.value)
+        assert "\n" not in msg and str(out) in msg and "episodes/ep_000000.npz" in msg and "allow_duplicate" in msg
+    # a copy of the same files under other names is the same drive
+    (tmp_path / "copy").mkdir()
+    v2, l2 = tmp_path / "copy" / "v.avi", tmp_path / "copy" / "l.csv"
+    v2.write_bytes(video.read_bytes())
+    l2.write_bytes(log.read_bytes())
+    with pytest.raises(DriveImportError, match="already holds this drive"):
+        import_drive(v2, l2, out, frame_size=16, progress=False)
+    assert (out / fmt.MANIFEST).read_bytes() == before
+    assert main(["import", str(video), "--log", str(log), "--out", str(out), "--frame-size", "16", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gaia-gym: error:") and "\n" not in err and "ep_000000.npz" in err
+
+    monkeypatch.setattr(importer, "sample_video", real_sample)
+    # other options or another log make another episode
+    m = import_drive(video, log, out, frame_size=16, trim_start_s=0.1, progress=False)
+    assert m["num_episodes"] == 2
+    l2.write_text(log.read_text() + "\n")  # same rows, one more (skipped) blank line: other bytes
+    m = import_drive(video, l2, out, frame_size=16, progress=False)
+    assert m["num_episodes"] == 3
+    # and the explicit flag imports a duplicate anyway
+    m = import_drive(video, log, out, frame_size=16, allow_duplicate=True, progress=False)
+    assert m["num_episodes"] == 4
+    assert m["episodes"][3]["meta"]["input_sha256"] == digest
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
+import runpy
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
-from gaia_gym.bundle import save_bundle, tiny_bundle
+from gaia_gym.bundle import save_bundle
 from gaia_gym.imagination import Imagination
-from gaia_gym.planning import Planner, PlannerConfig
+from gaia_gym.planning import Planner, PlannerConfig, add_planner_args, planner_config_from_args
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 TARGET = torch.tensor([0.5, -0.3])
 
@@ -22,18 +26,12 @@ def known_reward(tokens, actions, features):
 
 
 @pytest.fixture(scope="module")
-def bundle():
-    return tiny_bundle()
-
-
-@pytest.fixture(scope="module")
 def examples(bundle, tmp_path_factory):
-    """The planning examples, importable, and a saved tiny model for them."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-    import futures_and_counterfactuals
-    import plan_compute_sweep
-    import plan_real
-
+    """The planning examples' globals (`runpy.run_path`: scripts are run as files, not imported), and a
+    saved tiny model for them."""
+    plan_real, plan_compute_sweep, futures_and_counterfactuals = (
+        types.SimpleNamespace(**runpy.run_path(str(EXAMPLES / f"{name}.py")))
+        for name in ("plan_real", "plan_compute_sweep", "futures_and_counterfactuals"))
     model = save_bundle(bundle, tmp_path_factory.mktemp("plan") / "wm")
     return plan_real, plan_compute_sweep, futures_and_counterfactuals, model
 
@@ -74,17 +72,17 @@ def test_planning_leaves_the_original_state_untouched(bundle):
     before = eng.state()
     Planner(bundle, PlannerConfig(candidates=8, horizon=4, samples=2), seed=0).plan(eng.state(), row=1)
     after = eng.state()
-    assert torch.equal(before.tokens, after.tokens) and torch.equal(before.features, after.features)
+    assert torch.equal(before.latents, after.latents) and torch.equal(before.features, after.features)
     assert torch.equal(before.rng, after.rng) and before.block == after.block
     assert torch.equal(before.steps, after.steps)
-    for layer in range(len(before.cache.k)):
-        assert torch.equal(before.cache.keys(layer), after.cache.keys(layer))
-        assert torch.equal(before.cache.values(layer), after.cache.values(layer))
+    for layer in range(len(before.memory.k)):
+        assert torch.equal(before.memory.keys(layer), after.memory.keys(layer))
+        assert torch.equal(before.memory.values(layer), after.memory.values(layer))
     # and the engine continues exactly as an engine that never planned
     twin = Imagination(bundle, n=2)
     twin.restore(before)
     a = torch.tensor([[0.3, 0.1], [-0.5, 0.4]])
-    assert torch.equal(eng.step(a).tokens, twin.step(a).tokens)
+    assert torch.equal(eng.step(a).latents, twin.step(a).latents)
 
 
 def test_seeded_planning_is_reproducible(bundle):
@@ -111,6 +109,19 @@ def test_scores_average_sampled_futures(bundle):
     scores = planner.score(eng.state(), 0, torch.zeros(4, 2, 2))
     assert scores.shape == (4,) and bool(torch.isfinite(scores).all())
     assert planner.engine.n == 12  # K * S rows in one batched engine
+
+
+def test_planner_flags_round_trip_to_a_config():
+    p = argparse.ArgumentParser()
+    add_planner_args(p)
+    assert planner_config_from_args(p.parse_args([])) == PlannerConfig()
+    a = p.parse_args(["--method", "mppi", "--candidates", "4", "--horizon", "3", "--elites", "40", "--speed-max", "0.5"])
+    cfg = planner_config_from_args(a, samples=2)
+    assert (cfg.method, cfg.candidates, cfg.horizon, cfg.samples) == ("mppi", 4, 3, 2)
+    assert cfg.elites == 4 and cfg.high == (1.0, 0.5)  # elites capped at the candidates
+    assert a.model is None and a.seed == 0
+    with pytest.raises(ValueError):
+        planner_config_from_args(p.parse_args(["--horizon", "2", "--execute", "3"]))
 
 
 @pytest.mark.parametrize("bad", [dict(method="random"), dict(candidates=0), dict(elites=40, candidates=8),
@@ -203,16 +214,16 @@ def test_policy_proposal_drives_the_agent_in_imagination_and_leaves_the_state(bu
 
     eng = fresh_engine(bundle, n=1)
     state = eng.state()
-    before = (state.tokens.clone(), state.features.clone(), state.cache.clone())
+    before = (state.latents.clone(), state.features.clone(), state.memory.clone())
     agent = _ScriptedAgent()
     acts = PolicyProposal(agent, bundle, horizon=4)(state)
     assert acts.shape == (4, 2)
     # the agent's own actions, mapped through its action range (speed +1 -> 0.6)
     assert torch.allclose(acts[:, 0], torch.tensor([0.1, 0.2, 0.3, 0.4])) and torch.allclose(acts[:, 1], torch.tensor(0.6))
     # it saw the state's observation first, then imagined ones, shaped like GaiaDrive-v0's (batch of 1)
-    assert (agent.seen[0]["tokens"] == state.tokens[:1].numpy()).all()
+    assert (agent.seen[0]["tokens"] == state.latents[:1].numpy()).all()
     assert agent.seen[0]["features"].shape == (1, state.features.shape[-1])
-    assert torch.equal(state.tokens, before[0]) and torch.equal(state.features, before[1])
+    assert torch.equal(state.latents, before[0]) and torch.equal(state.features, before[1])
     for layer in range(len(before[2].k)):
-        assert torch.equal(state.cache.keys(layer), before[2].keys(layer))
-        assert torch.equal(state.cache.values(layer), before[2].values(layer))
+        assert torch.equal(state.memory.keys(layer), before[2].keys(layer))
+        assert torch.equal(state.memory.values(layer), before[2].values(layer))

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import torch
 
-from gaia_gym.readback import CAR_XY, TURN_SIGN, step_rotation_deg, turn_deg
+from gaia_gym.evaluation.readback import CAR_XY, TURN_SIGN, step_rotation_deg, turn_deg
 
 
 def world(size: int = 160, seed: int = 0) -> np.ndarray:

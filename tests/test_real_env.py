@@ -12,11 +12,6 @@ from gaia_gym.envs.gaia_drive import GaiaDriveEnv
 from gaia_gym.envs.real import TEST_TRACKS, RealCarRacingEnv
 
 
-@pytest.fixture(scope="module")
-def bundle():
-    return tiny_bundle()
-
-
 def test_same_spaces_as_gaia_drive_and_the_checker_passes(bundle):
     for mode in ("all", "tokens+features"):
         real = RealCarRacingEnv(bundle=bundle, obs_mode=mode)

@@ -21,7 +21,9 @@ from gaia_gym.data import format as fmt
 from gaia_gym.metrics import code_stats, psnr_uint8, ssim_uint8
 from gaia_gym.models.quantizers import FSQ, L2VQ
 from gaia_gym.models.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig, build_tokenizer
-from gaia_gym.stages.tokenizer import evaluate_tokenizer, load_tokenizer, tokenizer_config, train_tokenizer
+from gaia_gym.evaluation.tokenizer import evaluate_tokenizer
+from gaia_gym.bundle import load_tokenizer
+from gaia_gym.train.tokenizer import tokenizer_config, train_tokenizer
 from gaia_gym.train.loop import TrainConfig
 
 TINY = tokenizer_config("tiny")
@@ -202,7 +204,7 @@ def test_ddp_two_process_training(tiny_dataset, tmp_path):
 
 
 def test_default_tokenizer_ships_and_loads():
-    from gaia_gym.stages.tokenizer import DEFAULT_TOKENIZER
+    from gaia_gym.bundle import DEFAULT_TOKENIZER
 
     if not (DEFAULT_TOKENIZER / "config.json").exists():
         pytest.skip("no default tokenizer in this checkout")

@@ -20,16 +20,12 @@ from gaia_gym.data.loader import ClipDataset
 from gaia_gym.metrics import psnr_uint8
 from gaia_gym.models.layout import ActionCodec
 from gaia_gym.models.tokenizer import Tokenizer, TokenizerConfig
-from gaia_gym.models.world_model import WORLD_MODEL_PRESETS, WorldModel, WorldModelConfig, make_sampler
-from gaia_gym.probe import IGNORE, Probe, ProbeConfig, ProbePairs, load_probe, pair_labels, train_probe
-from gaia_gym.stages.world_model_eval import (
-    branch_rollout,
-    counterfactual_grid,
-    evaluate_world_model,
-    roc_auc,
-    select_clips,
-    write_rollout_gif,
-)
+from gaia_gym.models.world_model import WORLD_MODEL_PRESETS, WorldModel, WorldModelConfig
+from gaia_gym.models.probe import IGNORE, Probe, ProbeConfig, ProbePairs, load_probe, pair_labels
+from gaia_gym.train.probe import train_probe
+from gaia_gym.evaluation.common import branch_rollout, make_engine, roc_auc, select_clips
+from gaia_gym.evaluation.pictures import counterfactual_grid, write_rollout_gif
+from gaia_gym.evaluation.world_model import evaluate_world_model
 from gaia_gym.train.loop import TrainConfig
 
 S = 64
@@ -175,7 +171,7 @@ def test_evaluate_world_model(ds: Path, models, tmp_path: Path):
     grid = tmp_path / "grid.png"
     res = evaluate_world_model(wm, tok, ds, split="val", context=context, horizons=horizons, max_clips=None,
                                batch_size=4, probe=probe, progress=False, real_sim_seconds=0,
-                               real_sim_frames_per_s=150.0, throughput_batch=8, throughput_steps=2, grid_path=grid,
+                               real_sim_frames_per_s=150.0, throughput_batch=8, throughput_seconds=0.05, grid_path=grid,
                                counterfactual_steps=4)
     keys = ["val_cross_entropy", "token_accuracy", "tokenizer_ceiling_psnr", "reward_mae_teacher_forced",
             "reward_mae_rollout", "termination_auc", "counterfactual_steering_accuracy",
@@ -221,7 +217,7 @@ def test_branches_share_the_context(ds: Path, models):
     acts = torch.from_numpy(ActionCodec().encode(torch.stack([c["steering"] for c in clip]).numpy(),
                                                  torch.stack([c["target_speed_mps"] for c in clip]).numpy()))
     same = acts[:, 2:3].expand(2, 3, 2)  # three identical branches
-    out = branch_rollout(wm, tokens[:, :3], acts[:, :3], same, 3, make_sampler(0.0), bf16=False)
+    out = branch_rollout(make_engine(wm, tok, 0.0, 0, bf16=False), tokens[:, :3], acts[:, :3], same, 3)
     assert out.shape == (2, 3, 3, 4, 4)
     assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 0], out[:, 2])
 

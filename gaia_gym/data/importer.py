@@ -50,11 +50,18 @@ collector never records. A recording that includes them lines up with collected 
 The episode is appended to ``out_dir`` as the next free ``episodes/ep_{i:06d}.npz`` (one writer at a time).
 A new directory becomes a dataset of source ``"import"``; a directory holding another source's data, or
 imports with another fps, frame size or frame convention, is refused.
+
+Importing the same drive twice is refused (unless ``allow_duplicate=True``): each episode's meta keeps
+``input_sha256``, a hash of the video's bytes, the log's bytes and every option that shapes the episode
+(``like``, ``fps``, ``frame_size``, column names, scales, ``video_fps``, ``trim_start_s``; not the split,
+since the same drive in train and val would leak validation data into training).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -220,6 +227,25 @@ def _next_index(out_dir: Path, manifest: dict) -> int:
     return max(used) + 1
 
 
+def input_sha256(video: Path, log: Path, options: dict) -> str:
+    """Hash of what determines an imported episode: the video's and the log's bytes and the options."""
+    h = hashlib.sha256(b"gaia_gym.import/1\0")
+    for path in (video, log):
+        h.update(fmt.file_sha256(path).encode() + b"\0")
+    h.update(json.dumps(options, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _refuse_duplicate(out_dir: Path, manifest: dict, digest: str) -> None:
+    for e in manifest["episodes"]:
+        if e.get("meta", {}).get("input_sha256") == digest:
+            raise DriveImportError(
+                f"{out_dir} already holds this drive as {e['file']} (same video, log and import options; "
+                f"input sha256 {digest[:12]}); refusing to add it twice (allow_duplicate=True, "
+                f"--allow-duplicate, imports it again)"
+            )
+
+
 # ----------------------------------------------------------------------------------------------
 # the import
 # ----------------------------------------------------------------------------------------------
@@ -239,11 +265,14 @@ def import_drive(
     video_fps: float | None = None,
     trim_start_s: float = 0.0,
     split: str = "train",
+    allow_duplicate: bool = False,
     progress: bool = True,
 ) -> dict:
     """Import one logged drive (VIDEO + CSV LOG) as the next episode of the dataset at `out_dir`.
 
-    See the module docstring for the resampling rules and the meaning of every field.
+    See the module docstring for the resampling rules and the meaning of every field. A drive already
+    in the dataset (same video, log and options, whatever the split) is refused unless
+    `allow_duplicate`.
     Returns the dataset manifest after appending; raises DriveImportError (a DatasetError) with a
     one-line message for any input it cannot use.
     """
@@ -289,6 +318,17 @@ def import_drive(
             f"[-1, 1]; set the steering scale (e.g. --steering-scale {1 / 540:.6g} for degrees of a 540-degree wheel)"
         )
 
+    # --- the same drive already imported? (before the slow video decode) ---------------------
+    if not video.is_file():
+        raise DriveImportError(f"video {video} does not exist")
+    options = {"like": like, "fps": fps, "frame_size": frame_size, "time_col": time_col, "speed_col": speed_col,
+               "steering_col": steering_col, "speed_scale": float(speed_scale),
+               "steering_scale": float(steering_scale), "video_fps": None if video_fps is None else float(video_fps),
+               "trim_start_s": float(trim_start_s)}
+    digest = input_sha256(video, log, options)
+    if not allow_duplicate and (out_dir / fmt.MANIFEST).exists():
+        _refuse_duplicate(out_dir, fmt.read_manifest(out_dir), digest)
+
     # --- the video --------------------------------------------------------------------------
     times_fn = lambda k: trim_start_s + k / fps  # noqa: E731
     frames, vfps, n_video = sample_video(video, times_fn, frame_fn, video_fps, progress)
@@ -333,6 +373,8 @@ def import_drive(
     info = {"source": SOURCE, "fps": fps, "frame_size": frame_size, "like": like}
     manifest = fmt.open_for_writing(out_dir, info, match=("source", "fps", "frame_size", "like"),
                                     error=DriveImportError)
+    if not allow_duplicate:
+        _refuse_duplicate(out_dir, manifest, digest)
     index = _next_index(out_dir, manifest)
     meta = {
         "source": SOURCE,
@@ -352,6 +394,7 @@ def import_drive(
         "scales": {"speed": float(speed_scale), "steering": float(steering_scale)},
         "raw_action_fields": [f"{steering_col} (unscaled)", f"{speed_col} (unscaled)"],
         "reward_known": False,
+        "input_sha256": digest,
     }
     path = out_dir / fmt.EPISODES / fmt.episode_filename(index)
     entry = fmt.write_episode(path, arrays, meta)
@@ -360,4 +403,4 @@ def import_drive(
     return fmt.read_manifest(out_dir)
 
 
-__all__ = ["DriveImportError", "import_drive", "read_log", "STEERING_TOLERANCE", "DEFAULT_FPS"]
+__all__ = ["DriveImportError", "import_drive", "input_sha256", "read_log", "STEERING_TOLERANCE", "DEFAULT_FPS"]

@@ -30,6 +30,12 @@ episode list via `torch.utils.data.get_worker_info`; with DDP pass ``rank`` and 
 each rank takes a disjoint slice first. All processes shuffle the list with the same seed and epoch,
 so the slices are disjoint and together cover every episode. Call `ClipDataset.set_epoch` between
 epochs when you iterate a finite (``epochs=1``) stream once per epoch, as with `DistributedSampler`.
+
+**Errors.** A shard that cannot be read raises `CorruptShardError` naming the file. Raised inside a
+`DataLoader` worker, it crosses to the main process as a `WorkerCorruptShardError` (a
+`CorruptShardError`) whose message is the same one line: torch re-creates a worker's exception as
+``type(msg)`` with ``msg`` = its whole formatted traceback, and these classes keep only the original
+message (the one line the CLI prints). Other `DatasetError`s do the same as `WorkerDatasetError`.
 """
 
 from __future__ import annotations
@@ -43,11 +49,53 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from gaia_gym.data.format import load_episode, read_manifest
-
-from gaia_gym.errors import DatasetError
+from gaia_gym.errors import CorruptShardError, DatasetError, GaiaGymError
 
 SPLITS = ("train", "val", "all")
 DEFAULT_FIELDS = ("frames", "steering", "speed_mps", "target_speed_mps", "reward", "terminated", "truncated")
+
+
+def _original_message(cls: type, msg: str) -> str:
+    """The one-line message of a `cls` raised in a DataLoader worker, from what torch passes to
+    ``cls(msg)`` in the main process: "Caught X in DataLoader worker process N.\\nOriginal Traceback
+    ...\\nmodule.X: <message>\\n". A message that is not such a wrapper is returned unchanged."""
+    if not (msg.startswith("Caught ") and "\nOriginal Traceback" in msg):
+        return msg
+    for prefix in (f"{cls.__module__}.{cls.__qualname__}: ", f"{cls.__qualname__}: "):
+        at = msg.rfind("\n" + prefix)
+        if at >= 0:
+            rest = msg[at + 1 + len(prefix):].strip()
+            if rest:
+                return rest.splitlines()[0]
+    lines = [ln for ln in msg.strip().splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else msg
+
+
+class WorkerCorruptShardError(CorruptShardError):
+    """A `CorruptShardError` raised in a DataLoader worker; re-created in the main process with its one-line
+    message (not the worker's traceback)."""
+
+    def __init__(self, msg: str = "") -> None:
+        super().__init__(_original_message(type(self), str(msg)))
+
+
+class WorkerDatasetError(DatasetError):
+    """Any other `DatasetError` raised in a DataLoader worker, kept to its one-line message likewise."""
+
+    def __init__(self, msg: str = "") -> None:
+        super().__init__(_original_message(type(self), str(msg)))
+
+
+def _across_workers(it: Iterator) -> Iterator:
+    """`it`, re-raising gaia_gym's dataset errors as classes that survive torch's worker boundary."""
+    try:
+        yield from it
+    except (WorkerCorruptShardError, WorkerDatasetError):
+        raise
+    except CorruptShardError as e:
+        raise WorkerCorruptShardError(str(e)) from None
+    except DatasetError as e:
+        raise WorkerDatasetError(str(e)) from None
 
 
 class EpisodeIndex:
@@ -213,8 +261,20 @@ class ClipDataset(IterableDataset):
         return iter(range(self.epoch, self.epoch + self.epochs))
 
     def _load(self, i: int) -> dict[str, Any]:
-        ep = load_episode(self.index.paths[i], fields=self.fields)
+        path = self.index.paths[i]
+        try:
+            ep = load_episode(path, fields=self.fields)
+        except GaiaGymError:
+            raise
+        except Exception as e:  # noqa: BLE001 - anything a damaged zip/zlib stream can throw
+            raise CorruptShardError(f"corrupt shard {path}: {type(e).__name__}: {e}") from None
         ep.pop("meta", None)
+        T = self.index.lengths[i]
+        for f in self.fields:
+            if len(ep[f]) != T:
+                raise DatasetError(f"manifest says {self.index.entries[i]['file']} has {T} steps but its field {f} "
+                                   f"has {len(ep[f])} in {path}; rebuild the manifest "
+                                   f"(gaia_gym.data.format.rebuild_manifest)")
         return ep
 
     def _clip(self, ep: dict[str, Any], i: int, start: int) -> dict[str, torch.Tensor]:
@@ -226,7 +286,8 @@ class ClipDataset(IterableDataset):
 
     # ------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        return self._iter_shuffled() if self.shuffle else self._iter_ordered()
+        it = self._iter_shuffled() if self.shuffle else self._iter_ordered()
+        return it if get_worker_info() is None else _across_workers(it)
 
     def _iter_ordered(self) -> Iterator[dict[str, torch.Tensor]]:
         L = self.clip_len
@@ -325,4 +386,5 @@ def iter_frames(
         yield np.ascontiguousarray(np.concatenate(pending))
 
 
-__all__ = ["EpisodeIndex", "ClipDataset", "iter_frames", "DEFAULT_FIELDS"]
+__all__ = ["EpisodeIndex", "ClipDataset", "iter_frames", "DEFAULT_FIELDS", "WorkerCorruptShardError",
+           "WorkerDatasetError"]

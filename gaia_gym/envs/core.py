@@ -7,31 +7,101 @@ an observation handed to the user is never changed by a later step or partial re
 
 from __future__ import annotations
 
+import math
+import numbers
+import os
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from gymnasium import spaces
 
 from gaia_gym.bundle import WorldBundle, load_bundle
+from gaia_gym.errors import ConfigError
 from gaia_gym.imagination import Imagination
 from gaia_gym.models.world_model import DEFAULT_TOP_K
 
 OBS_KEYS = ("tokens", "frame", "features")
 RewardFn = Callable[[np.ndarray, np.ndarray, np.ndarray], float]
 
+# ----------------------------------------------------------------------------------------------
+# argument checks (one-line ConfigErrors, before any model is loaded)
+# ----------------------------------------------------------------------------------------------
+_FORKED = False  # True in a child made by os.fork() (multiprocessing's "fork" context: AsyncVectorEnv)
+
+
+def _after_fork_in_child() -> None:
+    global _FORKED
+    _FORKED = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def single_thread_after_fork() -> None:
+    """In a forked child, run torch on one thread. torch's CPU thread pool (GNU OpenMP) is not fork-safe:
+    once the parent has used it (e.g. AsyncVectorEnv's parent builds one env for the spaces), the child's
+    first parallel op hangs forever (gym.make_vec(..., vectorization_mode="async") with the default fork
+    context). One thread per worker process is what DataLoader workers use too, and N processes with N
+    threads each would oversubscribe the cores anyway."""
+    if _FORKED and torch.get_num_threads() > 1:
+        torch.set_num_threads(1)
+
+
+def check_count(n, name: str = "num_envs") -> int:
+    """A positive integer (Python or numpy int; not a bool, float or string) -> int; else ConfigError."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ConfigError(f"{name} must be a positive integer (1, 2, ...), got {n!r}")
+    return int(n)
+
+
+def _real(x, name: str, allowed: str, lo: float = -math.inf, hi: float = math.inf, lo_open: bool = False) -> float:
+    ok = isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
+    if not ok or not math.isfinite(float(x)) or not lo <= float(x) <= hi or (lo_open and float(x) == lo):
+        raise ConfigError(f"{name} must be {allowed}, got {x!r}")
+    return float(x)
+
+
+def check_sampling(temperature, top_k, guidance, end_threshold) -> tuple[float, int, float, float]:
+    """The engine's sampling arguments, checked before the model loads (the engine checks them too), as
+    Python numbers (numpy scalars welcome): (temperature, top_k (None -> the default), guidance,
+    end_threshold)."""
+    temperature = _real(temperature, "temperature", "a finite number >= 0 (0 = always the likeliest code)", lo=0.0)
+    if top_k is not None and (isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, numbers.Integral)
+                              or top_k < 0):
+        raise ConfigError(f"top_k must be None (the default, {DEFAULT_TOP_K}) or an integer >= 0 "
+                          f"(0 = every code), got {top_k!r}")
+    guidance = _real(guidance, "guidance", "a finite number > 0 (1 = no classifier-free guidance)", lo=0.0,
+                     lo_open=True)
+    end_threshold = _real(end_threshold, "end_threshold", "a probability in [0, 1] (1 = never terminate)",
+                          lo=0.0, hi=1.0)
+    return temperature, DEFAULT_TOP_K if top_k is None else int(top_k), guidance, end_threshold
+
+
+def check_options(options, allowed: Sequence[str], who: str) -> dict[str, Any]:
+    """reset(options=...): None or a dict whose keys are in `allowed` -> a copy (a dict); else ConfigError."""
+    keys = ", ".join(repr(k) for k in allowed)
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{who}: options must be None or a dict with the keys {keys}, got {options!r}")
+    unknown = [k for k in options if k not in allowed]
+    if unknown:
+        raise ConfigError(f"{who}: unknown option {', '.join(repr(k) for k in unknown)}: the allowed keys are {keys}")
+    return dict(options)
+
 
 def parse_obs_mode(obs_mode: str) -> tuple[str, ...]:
     """"all" or "+"-joined keys ("tokens", "tokens+features", "frame", ...) -> the keys, in OBS_KEYS order."""
     allowed = f"'all' or '+'-joined keys from {', '.join(OBS_KEYS)} (e.g. 'tokens+features')"
     if not isinstance(obs_mode, str):
-        raise ValueError(f"obs_mode must be a string: {allowed}; got {obs_mode!r}")
+        raise ConfigError(f"obs_mode must be a string: {allowed}; got {obs_mode!r}")
     if obs_mode.strip() == "all":
         return OBS_KEYS
     parts = [p.strip() for p in obs_mode.split("+")]
     if not parts or any(p not in OBS_KEYS for p in parts) or len(set(parts)) != len(parts):
-        raise ValueError(f"obs_mode {obs_mode!r} is not valid: use {allowed}")
+        raise ConfigError(f"obs_mode {obs_mode!r} is not valid: use {allowed}")
     return tuple(k for k in OBS_KEYS if k in parts)
 
 
@@ -87,17 +157,20 @@ class ImaginedBatch:
                  reward_fn: RewardFn | None = None, temperature: float = 1.0, top_k: int | None = None,
                  guidance: float = 1.0, device: str | torch.device = "cpu", bundle: WorldBundle | None = None,
                  end_threshold: float = 0.5, bf16: bool = True) -> None:
+        n = check_count(n)
         self.keys = parse_obs_mode(obs_mode)
-        if horizon is not None and (int(horizon) != horizon or horizon < 1):
-            raise ValueError(f"horizon must be a positive integer or None (never truncate), got {horizon!r}")
+        if horizon is not None and (isinstance(horizon, (bool, np.bool_)) or not isinstance(horizon, numbers.Real)
+                                    or not math.isfinite(horizon) or int(horizon) != horizon or horizon < 1):
+            raise ConfigError(f"horizon must be a positive integer or None (never truncate), got {horizon!r}")
         if reward_fn is not None and not callable(reward_fn):
-            raise ValueError(f"reward_fn must be callable(tokens, action, features) -> float, got {reward_fn!r}")
+            raise ConfigError(f"reward_fn must be callable(tokens, action, features) -> float, got {reward_fn!r}")
+        temperature, top_k, guidance, end_threshold = check_sampling(temperature, top_k, guidance, end_threshold)
+        single_thread_after_fork()
         self.bundle = bundle if bundle is not None else load_bundle(model, device)
         self.codec = self.bundle.codec
         self.horizon = None if horizon is None else int(horizon)
         self.reward_fn = reward_fn
-        self.engine = Imagination(self.bundle, n=n, temperature=temperature,
-                                  top_k=DEFAULT_TOP_K if top_k is None else top_k, guidance=guidance,
+        self.engine = Imagination(self.bundle, n=n, temperature=temperature, top_k=top_k, guidance=guidance,
                                   horizon=self.horizon, end_threshold=end_threshold, seed=None, bf16=bf16)
         self.n = int(n)
         self.num_prompts = len(self.bundle.prompts)
@@ -122,12 +195,13 @@ class ImaginedBatch:
             return drawn
         given = [prompt] * k if np.isscalar(prompt) else list(np.asarray(prompt, dtype=object).reshape(-1))
         if len(given) != k:
-            raise ValueError(f"prompt must be an index or a sequence of {k} indices, got {len(given)}")
+            raise ConfigError(f"prompt must be an index or a sequence of {k} indices, got {len(given)}")
         for i, p in enumerate(given):
             if p is None:
                 continue
-            if isinstance(p, (bool, np.bool_)) or int(p) != p or not 0 <= int(p) < self.num_prompts:
-                raise ValueError(f"prompt {p!r} is not an index into the prompt bank (0..{self.num_prompts - 1})")
+            if (isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real) or not math.isfinite(p)
+                    or int(p) != p or not 0 <= int(p) < self.num_prompts):
+                raise ConfigError(f"prompt {p!r} is not an index into the prompt bank (0..{self.num_prompts - 1})")
             drawn[i] = int(p)
         return drawn
 
@@ -172,13 +246,13 @@ class ImaginedBatch:
     def step(self, actions: torch.Tensor) -> Transition:
         """Advance all rows under validated, clipped actions (n, 2)."""
         out = self.engine.step(actions)
-        obs = self.observe(out.tokens, out.features)
+        obs = self.observe(out.latents, out.features)
         self._frames = obs.get("frame")
         a = to_numpy(actions).astype(np.float32, copy=False)
         if self.reward_fn is None:
             reward = to_numpy(out.reward).astype(np.float32, copy=False)
         else:
-            tok = obs["tokens"] if "tokens" in obs else to_numpy(out.tokens)
+            tok = obs["tokens"] if "tokens" in obs else to_numpy(out.latents)
             feat = obs["features"] if "features" in obs else to_numpy(out.features)
             reward = np.array([float(self.reward_fn(tok[i], a[i], feat[i])) for i in range(self.n)], np.float32)
         steering, speed = self.codec.decode(a)

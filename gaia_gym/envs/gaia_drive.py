@@ -19,7 +19,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from gaia_gym.envs.core import ImaginedBatch, RewardFn
+from gaia_gym.envs.core import ImaginedBatch, RewardFn, check_options
+from gaia_gym.errors import ConfigError
 from gaia_gym.models.layout import check_action
 
 
@@ -32,7 +33,9 @@ class GaiaDriveEnv(gym.Env):
     - ``speed``: the target speed tracked by the car's low-level controller over the step, linear from
       -1 = 0 m/s (stand still) to +1 = ``max_speed_mps`` of the model's codec (100 m/s by default).
 
-    Finite values outside [-1, 1] are clipped; NaN/inf or a shape other than (2,) raise ValueError.
+    Finite values outside [-1, 1] are clipped (checked in float64: 1e39 is clipped too); NaN/inf, a shape
+    other than (2,), or anything but real numbers (None, strings, ragged lists, ints too large for a
+    float) raise `gaia_gym.errors.ConfigError` (a ValueError).
     ``info["steering"]`` and ``info["speed_mps"]`` report the applied action in physical units.
 
     **Observation** ``Dict`` with the keys chosen by ``obs_mode`` ("all" = all three, or "+"-joined keys
@@ -54,7 +57,8 @@ class GaiaDriveEnv(gym.Env):
 
     **Reset**: ``reset(seed=...)`` seeds the engine's torch generator from ``self.np_random``, so one seed
     gives one identical imagined rollout (for the same actions). ``options={"prompt": i}`` starts from
-    clip ``i`` of the prompt bank (default: drawn at random); ``info["prompt"]`` tells which.
+    clip ``i`` of the prompt bank (default: drawn at random); ``info["prompt"]`` tells which. Options
+    that are not a dict (or None), or hold another key, raise `ConfigError`.
 
     **Model**: ``model`` is a world-model directory (default: the shipped model); a missing or wrong path
     raises `gaia_gym.checkpoint.ModelFileError` naming it. ``bundle`` passes an already loaded
@@ -62,18 +66,25 @@ class GaiaDriveEnv(gym.Env):
     ``temperature``, ``top_k`` (None: the engine's default, 50) and ``guidance`` (classifier-free
     guidance on the action) control the sampling of imagined frames.
 
+    **Processes**: ``gym.make_vec("GaiaDrive-v0", n, vectorization_mode="async")`` works with the default
+    fork context: an env built in a forked process runs torch on one thread (torch's OpenMP pool hangs
+    in a forked child once the parent has used it). ``make_vec``'s default, the vector entry point
+    (`GaiaDriveVectorEnv`: n rows of one batched engine in this process), needs no processes at all.
+
     **Render** (``render_mode``): "rgb_array" returns the current frame enlarged 4x with an overlay
     (steering, target speed m/s, last reward, step); "human" shows it in a pygame window.
     """
 
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 12}
+    RESET_OPTIONS = ("prompt",)
 
     def __init__(self, model=None, obs_mode: str = "all", horizon: int | None = 250, render_mode: str | None = None,
                  reward_fn: RewardFn | None = None, temperature: float = 1.0, top_k: int | None = None,
                  guidance: float = 1.0, device: str | torch.device = "cpu", bundle=None,
                  end_threshold: float = 0.5, bf16: bool = True) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+            raise ConfigError(f"render_mode must be one of {self.metadata['render_modes']} or None, "
+                              f"got {render_mode!r}")
         self.core = ImaginedBatch(1, model=model, obs_mode=obs_mode, horizon=horizon, reward_fn=reward_fn,
                                   temperature=temperature, top_k=top_k, guidance=guidance, device=device,
                                   bundle=bundle, end_threshold=end_threshold, bf16=bf16)
@@ -93,8 +104,8 @@ class GaiaDriveEnv(gym.Env):
         return self.core.codec
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        options = check_options(options, self.RESET_OPTIONS, "GaiaDrive-v0 reset")
         super().reset(seed=seed)
-        options = options or {}
         self.core.seed(int(self.np_random.integers(2**62)))
         obs, prompts = self.core.reset(prompt=options.get("prompt"))
         self._needs_reset = False
@@ -117,7 +128,7 @@ class GaiaDriveEnv(gym.Env):
         if self.render_mode is None:
             gym.logger.warn("GaiaDrive-v0: render() called without a render_mode (pass render_mode='rgb_array')")
             return None
-        if self.core.engine.cache is None:
+        if self.core.engine.memory is None:
             raise RuntimeError("GaiaDrive-v0: call reset() before render()")
         img = self.core.images()[0]
         if self.render_mode == "rgb_array":

@@ -89,7 +89,7 @@ class RealCarRacingEnv(gym.Env):
         info = {"model_reward": float(out.reward[0]), "model_end_prob": float(out.end_prob[0]),
                 "speed_mps": s.speed_mps, "steering": float(steering), "target_speed_mps": float(speed),
                 "track": self.track, **{k: v for k, v in s.info.items() if k == "lap_finished"}}
-        return self._obs(out.tokens, out.features), float(s.reward), s.terminated, s.truncated, info
+        return self._obs(out.latents, out.features), float(s.reward), s.terminated, s.truncated, info
 
     def render(self):
         if self.render_mode != "rgb_array" or self._frame is None:

@@ -1,6 +1,6 @@
-"""Rendering for the GaiaDrive adapters and the pictures: an enlarged imagined frame with a small text
-overlay, labelled grids of frames (contact sheets), and a lazily created pygame window for
-``render_mode="human"``.
+"""Rendering for the GaiaDrive adapters: an enlarged imagined frame with the HUD (steering, speed,
+reward, step) drawn at the output resolution, and a lazily created pygame window for
+``render_mode="human"``. Contact sheets, text strips and video writing live in `gaia_gym.media`.
 
 Nothing here imports pygame at module import time: a headless machine only needs it (and a display, or
 ``SDL_VIDEODRIVER=dummy``) when human rendering is actually used.
@@ -18,52 +18,34 @@ RENDER_SCALE = 4  # 64x64 imagined frames are shown at 256x256
 
 def annotate(frame: np.ndarray, lines: Sequence[str], scale: int = RENDER_SCALE) -> np.ndarray:
     """`frame` (H, W, 3) uint8 enlarged `scale` times (nearest neighbour) with `lines` of text drawn in
-    the top-left corner (white on a black outline, readable on any background). Returns a new array."""
+    the top-left corner at the enlarged resolution (white on a 1-pixel black outline, readable on any
+    background). Returns a new array.
+
+    The outline is the text's own mask grown by one pixel, not the text drawn again with a thicker pen:
+    OpenCV >= 5 advances thick glyphs further than thin ones, so a thick black copy drifts to the right
+    of the white text and the HUD smears."""
     import cv2
 
     h, w = frame.shape[:2]
     big = cv2.resize(np.ascontiguousarray(frame), (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
+    if not lines:
+        return big
     font, size = cv2.FONT_HERSHEY_SIMPLEX, 0.35 if w * scale < 320 else 0.5
     step = int(32 * size) + 2
+    box_h = min(big.shape[0], step * len(lines) + step // 2 + 2)  # the HUD's rows (text, descenders, outline)
+    mask = np.zeros((box_h, big.shape[1]), np.uint8)
     for i, text in enumerate(lines):
-        org = (4, step * (i + 1))
-        cv2.putText(big, text, org, font, size, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(big, text, org, font, size, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(mask, text, (4, step * (i + 1)), font, size, 255, 1, cv2.LINE_AA)
+    ring = cv2.dilate(mask, np.ones((3, 3), np.uint8))[..., None].astype(np.float32) / 255
+    ink = mask[..., None].astype(np.float32) / 255
+    hud = big[:box_h].astype(np.float32) * (1 - ring)  # black outline (and under the text)
+    big[:box_h] = np.rint(hud * (1 - ink) + 255 * ink).astype(np.uint8)  # white text, anti-aliased
     return big
 
 
 def overlay_lines(steering: float, speed_mps: float, reward: float, step: int) -> list[str]:
     """The overlay text of one imagined row."""
     return [f"steer {steering:+.2f}  {speed_mps:5.1f} m/s", f"r {reward:+.3f}  t {step}"]
-
-
-def text_strip(text: str, width: int, height: int = 14, scale: float = 0.35) -> np.ndarray:
-    """A white (height, width, 3) uint8 strip with `text` in black: labels of picture grids."""
-    import cv2
-
-    strip = np.full((height, width, 3), 255, np.uint8)
-    cv2.putText(strip, text, (2, min(height - 4, height // 2 + 4)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
-    return strip
-
-
-def grid_image(rows: list[list[np.ndarray]], row_labels: list[str], col_labels: list[str], scale: int = 2,
-               gap: int = 2, label_w: int = 64) -> np.ndarray:
-    """Tiles (H, W, 3) uint8 in rows, upscaled `scale`x, with labels left of rows and above columns."""
-    h, w = rows[0][0].shape[:2]
-    th, tw = h * scale, w * scale
-    ncol = max(len(r) for r in rows)
-    width = label_w + ncol * (tw + gap)
-    parts = [np.concatenate([text_strip("", label_w)] +
-                            [np.concatenate([text_strip(c, tw), np.full((14, gap, 3), 255, np.uint8)], 1)
-                             for c in (col_labels + [""] * ncol)[:ncol]], 1)]
-    for r, label in zip(rows, row_labels):
-        tiles = [np.kron(t, np.ones((scale, scale, 1), np.uint8)) if scale > 1 else t for t in r]
-        tiles += [np.full((th, tw, 3), 255, np.uint8)] * (ncol - len(tiles))
-        line = [text_strip(label, label_w, th)]
-        for t in tiles:
-            line += [t, np.full((th, gap, 3), 255, np.uint8)]
-        parts += [np.concatenate(line, 1), np.full((gap, width, 3), 255, np.uint8)]
-    return np.concatenate(parts, 0)
 
 
 class Viewer:

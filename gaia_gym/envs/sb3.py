@@ -14,7 +14,9 @@ Observations are a dict of numpy arrays with a leading row axis, in the Dict spa
 (see it for the action units and the observation keys).
 
 ``seed(s)`` (SB3: applied at the next ``reset()``) seeds the shared engine with the first env's seed;
-``set_options({"prompt": i})`` picks prompt clips for the next reset. The n envs are rows of one engine:
+``set_options({"prompt": i})`` picks prompt clips for the next reset (other keys, or options that are
+not dicts, raise `gaia_gym.errors.ConfigError`, as do a bad ``num_envs`` and actions that are not
+(num_envs, 2) finite real numbers). The n envs are rows of one engine:
 ``get_attr`` / ``set_attr`` / ``env_method`` act on this VecEnv itself (shared by every index), and no
 env is wrapped. ``render()`` tiles the annotated frames of all rows ("rgb_array" returns the image,
 "human" shows it in a pygame window).
@@ -30,7 +32,8 @@ import torch
 from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import tile_images
 
-from gaia_gym.envs.core import ImaginedBatch, RewardFn
+from gaia_gym.envs.core import ImaginedBatch, RewardFn, check_count, check_options
+from gaia_gym.errors import ConfigError
 from gaia_gym.models.layout import check_actions
 
 
@@ -41,8 +44,9 @@ class GaiaDriveVecEnv(VecEnv):
                  render_mode: str | None = None, reward_fn: RewardFn | None = None, temperature: float = 1.0,
                  top_k: int | None = None, guidance: float = 1.0, device: str | torch.device = "cpu",
                  bundle=None, end_threshold: float = 0.5, bf16: bool = True) -> None:
+        num_envs = check_count(num_envs)
         if render_mode not in (None, "rgb_array", "human"):
-            raise ValueError(f"render_mode must be 'rgb_array', 'human' or None, got {render_mode!r}")
+            raise ConfigError(f"render_mode must be 'rgb_array', 'human' or None, got {render_mode!r}")
         self.core = ImaginedBatch(num_envs, model=model, obs_mode=obs_mode, horizon=horizon, reward_fn=reward_fn,
                                   temperature=temperature, top_k=top_k, guidance=guidance, device=device,
                                   bundle=bundle, end_threshold=end_threshold, bf16=bf16)
@@ -69,6 +73,18 @@ class GaiaDriveVecEnv(VecEnv):
         self._reset_options()
         self._needs_reset = False
         return obs
+
+    def set_options(self, options: list[dict] | dict | None = None) -> None:
+        """Options for the next reset: one dict for every row, or a list of num_envs dicts; the only key is
+        "prompt" (a prompt-bank index). Anything else raises `ConfigError` at once."""
+        if isinstance(options, (list, tuple)):
+            if len(options) != self.num_envs:
+                raise ConfigError(f"GaiaDriveVecEnv set_options: a list of options needs {self.num_envs} dicts "
+                                  f"(one per env), got {len(options)}")
+            checked = [check_options(o, ("prompt",), "GaiaDriveVecEnv set_options") for o in options]
+        else:
+            checked = [check_options(options, ("prompt",), "GaiaDriveVecEnv set_options")] * self.num_envs
+        super().set_options(checked)
 
     def step_async(self, actions: np.ndarray) -> None:
         if self._needs_reset:
@@ -118,7 +134,7 @@ class GaiaDriveVecEnv(VecEnv):
 
     # ---- rendering --------------------------------------------------------------------------------
     def get_images(self) -> list[np.ndarray]:
-        if self.core.engine.cache is None:
+        if self.core.engine.memory is None:
             raise RuntimeError("GaiaDriveVecEnv: call reset() before render()")
         return self.core.images()
 

@@ -22,8 +22,10 @@ Rewards, terminations and truncations of ended rows are those of their final ste
 
 Spaces: ``single_observation_space`` / ``single_action_space`` are GaiaDrive-v0's (see `GaiaDriveEnv`
 for the action units and observation keys); ``observation_space`` / ``action_space`` are batched with
-`gymnasium.vector.utils.batch_space`. Actions: (num_envs, 2) in [-1, 1], clipped; NaN/inf or another
-shape raise ValueError. ``reset(seed=...)`` seeds the shared engine from ``self.np_random``; options
+`gymnasium.vector.utils.batch_space`. Actions: (num_envs, 2) in [-1, 1], clipped; NaN/inf, another
+shape or anything but real numbers raise `gaia_gym.errors.ConfigError` (a ValueError), as does a
+``num_envs`` that is not a positive integer or an unknown reset option. ``reset(seed=...)`` seeds the
+shared engine from ``self.np_random``; options
 ``{"prompt": int or num_envs ints}`` picks prompt clips and ``{"reset_mask": bool array}`` resets only
 those rows. `reward_fn`, when given, is called once per row.
 """
@@ -37,7 +39,8 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from gaia_gym.envs.core import ImaginedBatch, RewardFn
+from gaia_gym.envs.core import ImaginedBatch, RewardFn, check_count, check_options
+from gaia_gym.errors import ConfigError
 from gaia_gym.models.layout import check_actions
 
 STEP_INFO_KEYS = ("end_prob", "steering", "speed_mps")
@@ -52,8 +55,10 @@ class GaiaDriveVectorEnv(VectorEnv):
                  render_mode: str | None = None, reward_fn: RewardFn | None = None, temperature: float = 1.0,
                  top_k: int | None = None, guidance: float = 1.0, device: str | torch.device = "cpu",
                  bundle=None, end_threshold: float = 0.5, bf16: bool = True) -> None:
+        num_envs = check_count(num_envs)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+            raise ConfigError(f"render_mode must be one of {self.metadata['render_modes']} or None, "
+                              f"got {render_mode!r}")
         self.core = ImaginedBatch(num_envs, model=model, obs_mode=obs_mode, horizon=horizon, reward_fn=reward_fn,
                                   temperature=temperature, top_k=top_k, guidance=guidance, device=device,
                                   bundle=bundle, end_threshold=end_threshold, bf16=bf16)
@@ -82,22 +87,22 @@ class GaiaDriveVectorEnv(VectorEnv):
         if isinstance(seed, (list, tuple)):  # one seed per sub-env, as SyncVectorEnv takes: one stream here
             seed = None if all(s is None for s in seed) else int(
                 np.random.SeedSequence([s for s in seed if s is not None]).generate_state(1, np.uint64)[0] >> 2)
+        options = check_options(options, ("prompt", "reset_mask"), "GaiaDriveVectorEnv reset")
         super().reset(seed=seed)
-        options = dict(options or {})
         self.core.seed(int(self.np_random.integers(2**62)))
         mask = options.pop("reset_mask", None)
         prompt = options.pop("prompt", None)
         if mask is not None and not self._needs_reset:
             mask = np.asarray(mask)
             if mask.shape != (self.num_envs,) or mask.dtype != np.bool_:
-                raise ValueError(f"options['reset_mask'] must be a bool array of shape ({self.num_envs},), "
+                raise ConfigError(f"options['reset_mask'] must be a bool array of shape ({self.num_envs},), "
                                  f"got {mask.dtype} {mask.shape}")
             rows = np.flatnonzero(mask)
             if prompt is not None and not np.isscalar(prompt):
                 prompt = np.asarray(prompt, dtype=object)[rows]
             _, prompts = self.core.reset(rows, prompt)
             e = self.core.engine
-            obs = self.core.observe(e.tokens, e.features)
+            obs = self.core.observe(e.latents, e.features)
         else:
             rows = np.arange(self.num_envs)
             obs, prompts = self.core.reset(prompt=prompt)
@@ -134,7 +139,7 @@ class GaiaDriveVectorEnv(VectorEnv):
         """"rgb_array": a tuple of num_envs enlarged, annotated frames (as SyncVectorEnv returns)."""
         if self.render_mode is None:
             return None
-        if self.core.engine.cache is None:
+        if self.core.engine.memory is None:
             raise RuntimeError("GaiaDriveVectorEnv: call reset() before render()")
         return tuple(self.core.images())
 

@@ -106,27 +106,92 @@ class ActionCodec:
 # ----------------------------------------------------------------------------------------------
 # action validation (every adapter and the engine use these; one-line errors)
 # ----------------------------------------------------------------------------------------------
-def check_action(action) -> np.ndarray:
-    """One env's action as a (2,) float32 array clipped to [-1, 1]; wrong shape or NaN/inf -> ValueError."""
+def _show(x, width: int = 80) -> str:
+    """A short one-line repr of a user's value (for error messages)."""
+    r = " ".join(repr(x).split())
+    return r if len(r) <= width else r[: width - 3] + "..."
+
+
+def _real_array(x, what: str, want: str) -> np.ndarray:
+    """`x` (numbers, nested sequences of numbers, a numpy array or a torch tensor) as a float64 numpy array
+    (np.longdouble stays as it is); None, strings, ragged nestings, non-numbers, complex numbers and ints
+    too large for a float raise a one-line ConfigError naming `what` and `want`."""
+    import numbers
+
+    from gaia_gym.errors import ConfigError
+
+    bad = f"{what} must be {want}, got {_show(x)}"
+    if x is None or isinstance(x, (str, bytes, dict, set)):
+        raise ConfigError(bad)
+    if isinstance(x, torch.Tensor):
+        if x.requires_grad:  # the env is not differentiable: say so rather than cut the graph silently
+            raise ConfigError(f"{what} must be {want}, got a torch tensor that requires grad: the environment is "
+                              f"not differentiable, pass {what}.detach() (or step under torch.no_grad())")
+        if x.is_complex() or x.is_quantized:
+            raise ConfigError(f"{bad} (dtype {x.dtype})")
+        x = x.to("cpu", torch.float64).numpy()  # bfloat16 has no numpy dtype
     try:
-        a = np.asarray(action, dtype=np.float32)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"action must be 2 numbers [steering, speed], got {action!r} ({e})") from None
+        a = np.asarray(x)
+    except (TypeError, ValueError, OverflowError, RuntimeError):  # ragged nesting, tensors needing grad, ...
+        raise ConfigError(f"{bad} (not a regular array of numbers)") from None
+    if a.dtype.kind in "biu":
+        return a.astype(np.float64)
+    if a.dtype.kind == "f":
+        return a if a.dtype.itemsize >= 8 else a.astype(np.float64)
+    if a.dtype.kind != "O":  # strings, complex, dates, records
+        raise ConfigError(f"{bad} (dtype {a.dtype})")
+    out = np.empty(a.shape, np.float64)  # Python ints beyond int64, mixed numpy / Python numbers, ...
+    for i, e in enumerate(a.flat):
+        if not isinstance(e, numbers.Real):
+            raise ConfigError(f"{bad} (holds {_show(e, 40)}, not a number)")
+        try:
+            out.flat[i] = float(e)
+        except OverflowError:
+            raise ConfigError(f"{what} must be {want}, got {_show(e, 40)}: too large for a float") from None
+    return out
+
+
+def check_action(action) -> np.ndarray:
+    """One env's action as a (2,) float32 array clipped to [-1, 1]. Anything but 2 real numbers (wrong
+    shape, None, strings, ragged nestings, NaN/inf, ints too large for a float) raises a one-line
+    `ConfigError` (a ValueError). The values are checked in float64, so a finite value beyond float32's
+    range (1e39) is clipped like any other finite value outside [-1, 1]."""
+    from gaia_gym.errors import ConfigError
+
+    a = _real_array(action, "action", "2 real numbers [steering, speed] in [-1, 1]")
     if a.shape != (2,):
-        raise ValueError(f"action must have shape (2,) = [steering, speed], got shape {a.shape}")
+        raise ConfigError(f"action must have shape (2,) = [steering, speed], got shape {a.shape}")
     if not np.isfinite(a).all():
-        raise ValueError(f"action contains NaN or inf: {a.tolist()}")
-    return np.clip(a, -1.0, 1.0)
+        raise ConfigError(f"action contains NaN or inf: {a.tolist()}")
+    return np.clip(a, -1.0, 1.0).astype(np.float32)
 
 
 def check_actions(actions, n: int, action_dim: int = 2, device: torch.device | None = None) -> torch.Tensor:
-    """Actions as an (n, action_dim) float32 tensor in [-1, 1]: wrong shapes and NaN/inf raise ValueError;
-    finite values outside [-1, 1] are clipped (documented behaviour of every adapter)."""
-    a = torch.as_tensor(actions, dtype=torch.float32, device=device)
-    if a.dim() == 1 and n == 1:
-        a = a[None]
-    if a.shape != (n, action_dim):
-        raise ValueError(f"actions must have shape ({n}, {action_dim}) = [steering, speed] per env, got {tuple(a.shape)}")
-    if not bool(torch.isfinite(a).all()):
-        raise ValueError("actions contain NaN or inf")
-    return a.clamp(-1.0, 1.0)
+    """Actions as an (n, action_dim) float32 tensor in [-1, 1]. Wrong shapes, NaN/inf and anything that is
+    not an array of real numbers (None, strings, ragged nestings, objects, ints too large for a float)
+    raise a one-line `ConfigError` (a ValueError); finite values outside [-1, 1] are clipped (documented
+    behaviour of every adapter), checked before the cast to float32 (so 1e39 is clipped, not inf).
+    A torch tensor stays on its device (detached, never modified)."""
+    from gaia_gym.errors import ConfigError
+
+    want = f"({n}, {action_dim}) real numbers [steering, speed] per env, in [-1, 1]"
+    if isinstance(actions, torch.Tensor):
+        t = actions.detach()
+        if t.is_complex() or t.is_quantized:
+            raise ConfigError(f"actions must be {want}, got a tensor of dtype {t.dtype}")
+        if not t.is_floating_point():
+            t = t.float()  # bool and integer tensors: always finite, and within float32's range
+    else:
+        t = _real_array(actions, "actions", want)
+    if t.ndim == 1 and n == 1:
+        t = t[None]
+    if tuple(t.shape) != (n, action_dim):
+        raise ConfigError(f"actions must have shape ({n}, {action_dim}) = [steering, speed] per env, "
+                          f"got {tuple(t.shape)}")
+    if isinstance(t, np.ndarray):
+        if not np.isfinite(t).all():
+            raise ConfigError("actions contain NaN or inf")
+        return torch.from_numpy(np.clip(t, -1.0, 1.0).astype(np.float32)).to(device)
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ConfigError("actions contain NaN or inf")
+    return t.clamp(-1, 1).to(device=device, dtype=torch.float32)  # clamped in the input's dtype, then cast

@@ -144,10 +144,10 @@ def record_carracing_episode(spec: EpisodeSpec, cfg: CarRacingCollectConfig) -> 
     return arrays, meta
 
 
-def collect_carracing(cfg: CarRacingCollectConfig, out_dir: Path, progress: bool = True) -> dict:
-    """Record (or finish recording) the planned CarRacing episodes into `out_dir`."""
-    specs = plan_episodes(cfg.episodes, cfg.seed, cfg.val_every)
-    info = {
+def carracing_info(cfg: CarRacingCollectConfig) -> dict:
+    """The manifest header of a CarRacing collection with `cfg`. A rerun into the same directory must
+    give the same header, but for `gaia_gym.data.collect.RERUN_FREE` (episodes, workers, compress)."""
+    return {
         "source": "carracing",
         "sim": "CarRacing-v3",
         "fps": SIM_FPS / cfg.frame_skip,
@@ -156,6 +156,16 @@ def collect_carracing(cfg: CarRacingCollectConfig, out_dir: Path, progress: bool
         "behaviour_modes": {str(k): v for k, v in MODES.items()},
         "config": asdict(cfg),
     }
+
+
+def collect_carracing(cfg: CarRacingCollectConfig, out_dir: Path, progress: bool = True) -> dict:
+    """Record (or finish recording) the planned CarRacing episodes into `out_dir`.
+
+    A rerun with more episodes (or other workers / compression) resumes; one with another frame size,
+    frame skip, episode length, seed... is refused with a `DatasetError` naming the differing fields.
+    """
+    specs = plan_episodes(cfg.episodes, cfg.seed, cfg.val_every)
+    info = carracing_info(cfg)
     return run_collection(record_carracing_episode, specs, cfg, out_dir, info, workers=cfg.workers,
                           compress=cfg.compress, progress=progress)
 

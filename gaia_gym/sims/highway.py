@@ -502,7 +502,11 @@ def record_highway_episode(spec: EpisodeSpec, cfg: HighwayCollectConfig) -> tupl
 
 
 def collect_highway(cfg: HighwayCollectConfig, out_dir: Path, progress: bool = True) -> dict:
-    """Record (or finish recording) the planned highway-env episodes into `out_dir`; returns the manifest."""
+    """Record (or finish recording) the planned highway-env episodes into `out_dir`; returns the manifest.
+
+    A rerun with more episodes (or other workers / compression) resumes; one with other scenarios, frame
+    size, episode length, seed... is refused with a `DatasetError` naming the differing fields.
+    """
     if not cfg.scenarios:
         raise ValueError("no scenarios to collect")
     _check_video_driver()
@@ -514,10 +518,16 @@ def collect_highway(cfg: HighwayCollectConfig, out_dir: Path, progress: bool = T
     scen = list(cfg.scenarios)
     extras = [(scen[i % len(scen)],) for i in range(cfg.episodes)]
     specs = plan_episodes(cfg.episodes, cfg.seed, cfg.val_every, extras=extras)
-    info = dict(source="highway", fps=cfg.policy_frequency, frame_size=cfg.frame_size,
+    return run_collection(record_highway_episode, specs, cfg, out_dir, info=highway_info(cfg),
+                          workers=cfg.workers, compress=cfg.compress, progress=progress)
+
+
+def highway_info(cfg: HighwayCollectConfig) -> dict:
+    """The manifest header of a highway-env collection with `cfg`. A rerun into the same directory must
+    give the same header (scenarios, frame size, episode length, rates, seed...), but for
+    `gaia_gym.data.collect.RERUN_FREE` (episodes, workers, compress)."""
+    return dict(source="highway", fps=cfg.policy_frequency, frame_size=cfg.frame_size,
                 config=dataclasses.asdict(cfg))
-    return run_collection(record_highway_episode, specs, cfg, out_dir, info=info, workers=cfg.workers,
-                          compress=cfg.compress, progress=progress)
 
 
 def bench_recorder(episodes_per_scenario: int = 20, cfg: HighwayCollectConfig | None = None) -> dict:

@@ -24,8 +24,9 @@ The probe later reads *decoded* frames. `train_probe(tokenizer=...)` therefore c
 tokenizer's reconstructions of the same real pairs (half of each batch by default; still real drives,
 never the world model's output) and reports the val accuracy on reconstructions too.
 
-Train with `train_probe` (the shared training loop; the model file's kind is ``"probe"``), load with
-`load_probe`, read imagined frames with `Probe.predict`.
+Train with `gaia_gym.train.probe.train_probe` (the shared training loop; the model file's kind is
+``"probe"``), score with `gaia_gym.evaluation.probe.evaluate_probe`, load with `load_probe`, read imagined
+frames with `Probe.predict`.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import IterableDataset, get_worker_info
 
-from gaia_gym.checkpoint import load_model, read_model_info, save_model
-from gaia_gym.data.loader import ClipDataset, EpisodeIndex
+from gaia_gym.checkpoint import load_model
+from gaia_gym.data.loader import ClipDataset
 
 KIND = "probe"
 PROBE_FIELDS = ("frames", "steering", "speed_mps")
@@ -204,35 +205,12 @@ def load_probe(path: str | Path, device: str | torch.device = "cpu") -> Probe:
     return model.eval()
 
 
-def _collate(samples: list[dict]) -> dict[str, torch.Tensor]:
+def collate_pairs(samples: list[dict]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
 
 
-def pair_batches(data: Path, cfg: ProbeConfig, batch_size: int, split: str = "train", workers: int = 1,
-                 buffer_episodes: int = 8, tokenizer: nn.Module | None = None, recon_fraction: float = 0.5):
-    """Batch factory for the training loop: endless, augmented, rank-sharded batches of labelled pairs.
-
-    With a `tokenizer`, a `recon_fraction` of each batch's pairs is replaced by the tokenizer's
-    reconstruction of the same real frames (still real drives, never the world model's), so the probe also
-    reads frames in the decoder's style, which is how it sees imagined frames.
-    """
-
-    def make(rank: int, world_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
-        ds = ProbePairs(data, split, cfg, seed=seed, shuffle=True, augment=True, buffer_episodes=buffer_episodes,
-                        rank=rank, world_size=world_size)
-        kw = dict(num_workers=workers, persistent_workers=True, prefetch_factor=4) if workers else {}
-        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=_collate, **kw)
-        while True:
-            for b in loader:
-                if tokenizer is not None and recon_fraction > 0:
-                    b["frames"] = _with_reconstructions(tokenizer, b["frames"], recon_fraction)
-                yield b
-
-    return make
-
-
 @torch.no_grad()
-def _with_reconstructions(tokenizer: nn.Module, frames: torch.Tensor, fraction: float) -> torch.Tensor:
+def with_reconstructions(tokenizer: nn.Module, frames: torch.Tensor, fraction: float) -> torch.Tensor:
     """frames (B, n, H, W, 3) with the first round(fraction * B) pairs replaced by reconstructions (the
     batch is already shuffled)."""
     m = int(round(fraction * len(frames)))
@@ -243,133 +221,5 @@ def _with_reconstructions(tokenizer: nn.Module, frames: torch.Tensor, fraction: 
     recon = tokenizer.decode(tokenizer.encode(x)).cpu().view(m, *frames.shape[1:])
     return torch.cat([recon, frames[m:]])
 
-    return make
 
-
-def _head_stats(prob: np.ndarray, y: np.ndarray) -> dict:
-    valid = y != IGNORE
-    p, t = prob[valid], y[valid]
-    if not len(t):
-        return {"accuracy": None, "balanced_accuracy": None, "pairs": 0, "positive_fraction": None}
-    pred = p > 0.5
-    recalls = [float((pred[t == c] == bool(c)).mean()) for c in (0, 1) if (t == c).any()]
-    return {"accuracy": float((pred == (t == 1)).mean()), "balanced_accuracy": float(np.mean(recalls)),
-            "pairs": int(len(t)), "positive_fraction": float((t == 1).mean())}
-
-
-@torch.no_grad()
-def evaluate_probe(probe: Probe, data: str | Path, split: str = "val", max_pairs: int | None = None,
-                   batch_size: int = 256, tokenizer: nn.Module | None = None) -> dict:
-    """Accuracy of both heads on every labelled non-overlapping pair of `split` (deterministic), overall
-    and per gap k. ``steer_accuracy`` / ``speed_accuracy`` are the headline numbers. With a `tokenizer`,
-    the probe reads the tokenizer's reconstructions of the frames instead."""
-    probe.eval()
-    ds = ProbePairs(data, split, probe.cfg, shuffle=False, augment=False)
-    probs, steer, faster, ks = [], [], [], []
-    it = iter(ds)
-    while max_pairs is None or sum(len(x) for x in ks) < max_pairs:
-        chunk = list(itertools.islice(it, batch_size))
-        if not chunk:
-            break
-        b = _collate(chunk)
-        if tokenizer is not None:
-            b["frames"] = _with_reconstructions(tokenizer, b["frames"], 1.0)
-        dev = next(probe.parameters()).device
-        probs.append(torch.sigmoid(probe(b["frames"].to(dev))).cpu().numpy())
-        steer.append(b["steer"].numpy())
-        faster.append(b["faster"].numpy())
-        ks.append(b["k"].numpy())
-    if not probs:
-        raise ValueError(f"{data}: no labelled probe pairs in split {split!r}")
-    P, S, V, K = np.concatenate(probs), np.concatenate(steer), np.concatenate(faster), np.concatenate(ks)
-    if max_pairs is not None:
-        P, S, V, K = P[:max_pairs], S[:max_pairs], V[:max_pairs], K[:max_pairs]
-    steer_all, speed_all = _head_stats(P[:, 0], S), _head_stats(P[:, 1], V)
-    out = {"split": split, "pairs": int(len(K)), "frames": "tokenizer reconstructions" if tokenizer is not None else "real",
-           "steer_accuracy": steer_all["accuracy"], "speed_accuracy": speed_all["accuracy"],
-           "steer": steer_all, "speed": speed_all, "by_k": {}}
-    for k in sorted(set(K.tolist())):
-        m = K == k
-        out["by_k"][str(k)] = {"steer": _head_stats(P[m, 0], S[m]), "speed": _head_stats(P[m, 1], V[m])}
-    return out
-
-
-def _has_split(data: Path, split: str) -> bool:
-    try:
-        EpisodeIndex(data, split=split)
-        return True
-    except Exception:  # noqa: BLE001 - any reason means "not usable"
-        return False
-
-
-def train_probe(
-    data: str | Path,
-    out: str | Path,
-    minutes: float = 5.0,
-    steps: int = 3000,
-    batch_size: int = 64,
-    lr: float = 2e-3,
-    workers: int = 1,
-    threads: int = 0,
-    seed: int = 0,
-    bf16: bool = False,
-    val_max_pairs: int | None = None,
-    progress: bool = True,
-    train_cfg=None,
-    tokenizer: nn.Module | None = None,
-    recon_fraction: float = 0.5,
-    **config_overrides,
-) -> dict:
-    """Train (or resume) a probe on the train split of `data` into model directory `out`, for `steps`
-    optimizer steps or `minutes` of training, whichever ends first; then evaluate it on the val split
-    (held-out tracks) and store those metrics in the model file's meta under ``"val"``.
-
-    `tokenizer` (optional): train on a `recon_fraction` of tokenizer reconstructions of the real pairs too
-    (see `pair_batches`); validation then also reports the accuracy on reconstructions (``"val_recon"``).
-
-    Returns the training loop's result plus ``"val"`` (see `evaluate_probe`; None without a val split).
-    """
-    from gaia_gym.train.loop import TrainConfig, train
-
-    data, out = Path(data), Path(out)
-    cfg = ProbeConfig(**config_overrides)
-    train_cfg = train_cfg or TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(100, steps // 10),
-                                         max_minutes=minutes, checkpoint_minutes=max(1.0, minutes / 2),
-                                         log_every=25, image_every=max(1, steps // 10), bf16=bf16, seed=seed,
-                                         threads=threads)
-    EpisodeIndex(data, split="train")  # a clear error now, not in a worker process later
-    has_val = _has_split(data, "val")
-    torch.manual_seed(seed)
-    model = Probe(cfg)
-
-    val_batch = None
-    if has_val:  # a fixed handful of val pairs for the TensorBoard curve
-        first = list(itertools.islice(iter(ProbePairs(data, "val", cfg, shuffle=False)), 256))
-        val_batch = _collate(first) if first else None
-
-    def log_images(m, writer, step):
-        if val_batch is None:
-            return
-        p = torch.sigmoid(m(val_batch["frames"].to(next(m.parameters()).device))).cpu().numpy()
-        for j, name in enumerate(("steer", "faster")):
-            acc = _head_stats(p[:, j], val_batch[name].numpy())["accuracy"]
-            if acc is not None:
-                writer.add_scalar(f"val/{name}_acc", acc, step)
-
-    if tokenizer is not None:
-        tokenizer.eval()
-    batches = pair_batches(data, cfg, train_cfg.batch_size, workers=workers, tokenizer=tokenizer,
-                           recon_fraction=recon_fraction)
-    result = train(model, KIND, cfg, batches, train_cfg, out, log_images=log_images, progress=progress)
-    model.eval()
-    val = evaluate_probe(model, data, "val", max_pairs=val_max_pairs) if has_val else None
-    extra = {}
-    if has_val and tokenizer is not None:
-        extra["val_recon"] = evaluate_probe(model, data, "val", max_pairs=val_max_pairs, tokenizer=tokenizer)
-    info = read_model_info(out)
-    save_model(out, model, KIND, cfg, meta={**info["meta"], "val": val, **extra})  # same weights: same sha256
-    return {**result, "val": val, **extra}
-
-
-__all__ = ["KIND", "Probe", "ProbeConfig", "ProbePairs", "build_probe", "evaluate_probe", "load_probe",
-           "pair_batches", "pair_labels", "train_probe"]
+__all__ = ["with_reconstructions", "IGNORE", "KIND", "PROBE_FIELDS", "Probe", "ProbeConfig", "ProbePairs", "build_probe", "collate_pairs", "load_probe", "pair_labels"]

@@ -8,6 +8,8 @@ to a GIF/MP4.
 
 from __future__ import annotations
 
+import numbers
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ import torch
 
 from gaia_gym.bundle import WorldBundle
 from gaia_gym.envs.render import annotate
+from gaia_gym.errors import ConfigError
 from gaia_gym.imagination import Imagination
 
 SPEED_STEP_MPS = 4.0
@@ -27,8 +30,14 @@ def play(bundle: WorldBundle, keys: str | None = None, steps: int = 500, out: st
     if keys is not None:
         bad = set(keys) - KEYS
         if bad:
-            raise ValueError(f"--keys may only hold L R U D . (got {''.join(sorted(bad))!r})")
+            raise ConfigError(f"--keys may only hold L R U D . (got {''.join(sorted(bad))!r})")
         steps = min(steps, len(keys))
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Integral) or scale < 1:
+        raise ConfigError(f"--scale must be a positive integer (the frame is enlarged that many times), got {scale!r}")
+    n_prompts = len(bundle.prompts)
+    if prompt is not None and (isinstance(prompt, bool) or not isinstance(prompt, numbers.Integral)
+                               or not 0 <= prompt < n_prompts):
+        raise ConfigError(f"--prompt must be an index into the prompt bank (0..{n_prompts - 1}), got {prompt!r}")
     eng = Imagination(bundle, n=1, seed=seed)
     eng.reset(prompt=None if prompt is None else torch.tensor([prompt]))
     codec = bundle.codec
@@ -36,9 +45,13 @@ def play(bundle: WorldBundle, keys: str | None = None, steps: int = 500, out: st
     speed = float(codec.decode(last.numpy())[1])
     screen, clock, pg = None, None, None
     if keys is None:
+        # the display only: pygame.init() would also open the audio device (ALSA errors on every start
+        # of a machine without a sound card), and nothing here plays sound
+        os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+        os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
         import pygame as pg  # noqa: PLC0415 - only with a window
 
-        pg.init()
+        pg.display.init()
         size = bundle.tokenizer.cfg.frame_size * scale
         screen = pg.display.set_mode((size, size))
         pg.display.set_caption("gaia-gym play")
@@ -72,10 +85,10 @@ def play(bundle: WorldBundle, keys: str | None = None, steps: int = 500, out: st
         if bool(o.terminated[0]):
             eng.reset()
     if screen is not None:
-        pg.quit()
+        pg.display.quit()
     res = {"steps": t, "return": total}
     if out is not None and video:
-        from gaia_gym.stages.imagine import _write_video
+        from gaia_gym.media import write_video as _write_video
 
         _write_video(Path(out), np.stack(video), fps)
         res["out"] = str(out)

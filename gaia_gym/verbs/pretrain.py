@@ -28,9 +28,9 @@ def pretrain(work: Path, export: Path | None = None, preset: str = "default", pr
     from gaia_gym.config import CarRacingCollectConfig
     from gaia_gym.config import preset as make_preset
     from gaia_gym.sims.carracing_collect import collect_carracing
-    from gaia_gym.stages.tokenizer import load_tokenizer, train_tokenizer
-    from gaia_gym.stages.world_model import load_world_model, train_world_model
-    from gaia_gym.stages.world_model_eval import evaluate_world_model
+    from gaia_gym.train.tokenizer import train_tokenizer
+    from gaia_gym.train.world_model import train_world_model
+    from gaia_gym.evaluation.world_model import evaluate_world_model
     from gaia_gym.train.loop import TrainConfig
 
     tiny = preset == "tiny"
@@ -59,9 +59,10 @@ def pretrain(work: Path, export: Path | None = None, preset: str = "default", pr
                                                    progress=progress))
 
     def evaluate():
-        small = {"horizons": (1, 2, 4), "counterfactual_steps": 2, "throughput_batch": 4, "throughput_steps": 2,
+        small = {"horizons": (1, 2, 4), "counterfactual_steps": 2, "throughput_batch": 4, "throughput_seconds": 0.05,
                  "real_sim_seconds": 0.0}
-        r = evaluate_world_model(load_world_model(wm_dir), load_tokenizer(tok_dir), data, split="val",
+        b = load_bundle(wm_dir)
+        r = evaluate_world_model(b.world_model, b.tokenizer, data, split="val", codec=b.codec,
                                  max_clips=8 if tiny else 128, progress=progress, **(small if tiny else {}))
         atomic_write_json(work / "world_model.json", r)
         return r

@@ -7,10 +7,7 @@ and in memory; clips are sampled uniformly over every valid (episode, start) pai
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
@@ -18,20 +15,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gaia_gym.bundle import PROMPTS, PromptBank
-from gaia_gym.checkpoint import load_model, read_model_info
+from gaia_gym.bundle import (PROMPTS, WORLD_MODEL_KIND, PromptBank, load_tokenizer, record_training_sources,
+                             weights_sha256)
+from gaia_gym.checkpoint import read_model_info
 from gaia_gym.data.format import load_episode
 from gaia_gym.errors import DatasetError
 from gaia_gym.fileio import atomic_write_bytes
 from gaia_gym.data.loader import EpisodeIndex
 from gaia_gym.models.layout import ActionCodec
-from gaia_gym.models.world_model import WORLD_MODEL_PRESETS, WorldModel, WorldModelConfig, build_world_model
+from gaia_gym.models.world_model import WORLD_MODEL_PRESETS, WorldModel, WorldModelConfig
 from gaia_gym.models.tokenizer import config_from_dict
 from gaia_gym.precision import autocast
-from gaia_gym.stages.tokenizer import load_tokenizer
 
-KIND = "world_model"
-DEFAULT_WORLD_MODEL = Path(__file__).resolve().parent.parent / "assets" / "world_model"
+KIND = WORLD_MODEL_KIND
 
 
 def world_model_config(preset: str = "default", **overrides) -> WorldModelConfig:
@@ -40,17 +36,12 @@ def world_model_config(preset: str = "default", **overrides) -> WorldModelConfig
     return WorldModelConfig(**{**WORLD_MODEL_PRESETS[preset], **overrides})
 
 
-def _tokenizer_id(tokenizer_dir: Path) -> str:
-    info = read_model_info(tokenizer_dir)
-    return info.get("weights", {}).get("sha256") or hashlib.sha256(json.dumps(info).encode()).hexdigest()
-
-
 @torch.no_grad()
 def tokenize_split(data: Path, tokenizer_dir: Path, split: str, out: Path, codec: ActionCodec,
                    batch_size: int = 256, progress: bool = True) -> Path:
     """Encode every frame of `split` into `out` (one .npz): tokens, model actions, reward, terminated
     and episode boundaries. Skipped when `out` exists for the same tokenizer weights."""
-    tid = _tokenizer_id(tokenizer_dir)
+    tid = weights_sha256(tokenizer_dir)
     if out.exists():
         with np.load(out) as z:
             if str(z["tokenizer_id"]) == tid:
@@ -154,21 +145,5 @@ def train_world_model(data: Path, tokenizer_dir: Path, out: Path, preset: str = 
         PromptBank.from_token_file(tokens, context=cfg.context, n=64, seed=0).save(prompts)
     model = WorldModel(cfg)
     fps = EpisodeIndex(data, split="train").fps or 12.5
-    meta_extra = {"tokenizer": str(tokenizer_dir), "tokenizer_sha256": _tokenizer_id(tokenizer_dir),
-                  "action_codec": asdict(codec), "data": str(data), "step_seconds": 1.0 / fps}
-    (Path(out) / "sources.json").write_text(json.dumps(meta_extra, indent=1))
+    record_training_sources(out, tokenizer_dir, codec, 1.0 / fps, data)  # OUT/tokenizer + OUT/sources.json
     return train(model, KIND, cfg, clips.sampler(train_cfg.batch_size), train_cfg, Path(out), progress=progress)
-
-
-def sources_of(model_dir: Path | str | None) -> dict:
-    """What a world model was trained from (tokenizer path, data), from its sources.json."""
-    p = Path(model_dir) if model_dir is not None else DEFAULT_WORLD_MODEL
-    f = p / "sources.json"
-    return json.loads(f.read_text()) if f.exists() else {}
-
-
-def load_world_model(path: Path | str | None = None, device: str | torch.device = "cpu") -> WorldModel:
-    """A trained world model from its model directory (default: the shipped one)."""
-    path = Path(path) if path is not None else DEFAULT_WORLD_MODEL
-    model, _cfg, _meta = load_model(path, KIND, build_world_model, device=device)
-    return model.eval()

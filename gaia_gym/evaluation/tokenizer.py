@@ -1,61 +1,20 @@
-"""The tokenizer stage: `gaia-gym train tokenizer` and `gaia-gym eval tokenizer`.
-
-Training streams frames from the dataset's train split (whole clips, flattened to frames, so a batch
-mixes many tracks), with the shared training loop (bf16 autocast, channels_last, TensorBoard,
-checkpoints, resume, DDP). Evaluation runs on the validation split (held-out tracks) or on all of a
-directory nobody trained on (`--split all`, e.g. an imported drive).
-"""
+"""Tokenizer evaluation (`gaia-gym eval tokenizer`): reconstruction PSNR/SSIM, code usage, compression and
+encode/decode speed on the validation split (held-out tracks), or on all of a directory nobody trained on
+(`--split all`, e.g. an imported drive); reconstruction contact sheets; what a token count costs the world
+model."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
-from gaia_gym.checkpoint import load_model
-from gaia_gym.data.loader import ClipDataset, EpisodeIndex, iter_frames
+from gaia_gym.data.loader import EpisodeIndex, iter_frames
 from gaia_gym.metrics import code_stats, psnr_uint8, ssim_uint8
-from gaia_gym.models.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig, build_tokenizer
-from gaia_gym.precision import autocast, precision_name  # noqa: F401 (autocast re-exported)
-
-KIND = "tokenizer"
-DEFAULT_TOKENIZER = Path(__file__).resolve().parent.parent / "assets" / "tokenizer"
-
-
-def tokenizer_config(preset: str = "default", **overrides) -> TokenizerConfig:
-    if preset not in TOKENIZER_PRESETS:
-        raise ValueError(f"unknown tokenizer preset {preset!r}; choose from {', '.join(TOKENIZER_PRESETS)}")
-    return TokenizerConfig(**{**TOKENIZER_PRESETS[preset], **overrides})
-
-
-def frame_batches(data: Path, batch_size: int, clip_len: int = 4, split: str = "train"):
-    """Factory for the training loop: rank/world-size aware endless stream of frame batches.
-
-    Short clips (4 frames) from a buffer of episodes keep the stream diverse while reading each shard
-    sequentially; the batch is `batch_size` frames.
-    """
-
-    def make(rank: int, world_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
-        ds = ClipDataset(data, split=split, clip_len=clip_len, fields=("frames",), buffer_episodes=16,
-                         seed=seed, shuffle=True, rank=rank, world_size=world_size)
-        per = max(1, batch_size // clip_len)
-        loader = torch.utils.data.DataLoader(ds, batch_size=per, num_workers=1, persistent_workers=True,
-                                             prefetch_factor=4)
-        while True:
-            for b in loader:
-                yield {"frames": b["frames"].flatten(0, 1)}
-
-    return make
-
-
-def load_tokenizer(path: Path | str | None = None, device: str | torch.device = "cpu") -> Tokenizer:
-    """A trained tokenizer from its model directory (default: the shipped one)."""
-    path = Path(path) if path is not None else DEFAULT_TOKENIZER
-    model, _cfg, _meta = load_model(path, KIND, build_tokenizer, device=device)
-    return model.eval()
+from gaia_gym.models.tokenizer import Tokenizer
+from gaia_gym.precision import autocast, precision_name
 
 
 @torch.no_grad()
@@ -140,7 +99,7 @@ def recon_grid(model: Tokenizer, data: Path, path: Path, split: str = "val", n: 
     """PNG: a row of real validation frames over their reconstructions (2x upscaled)."""
     import cv2
 
-    f = torch.from_numpy(_sample_frames(data, split, n)).to(next(model.parameters()).device)
+    f = torch.from_numpy(sample_frames(data, split, n)).to(next(model.parameters()).device)
     with torch.no_grad(), autocast(f.device, bf16):
         r = model.decode(model.encode(f)).cpu().numpy()
     top, bottom = np.concatenate(list(f.cpu().numpy()), 1), np.concatenate(list(r), 1)
@@ -172,46 +131,16 @@ def estimate_world_model_cost(tokens_per_frame: int, action_tokens: int = 2, con
     }
 
 
-def train_tokenizer(
-    data: Path,
-    out: Path,
-    preset: str = "default",
-    train_cfg=None,
-    teacher: torch.nn.Module | None = None,
-    progress: bool = True,
-    **model_overrides,
-) -> dict:
-    """Train (or resume training) a tokenizer on the train split of `data` into model directory `out`."""
-    from gaia_gym.train.loop import TrainConfig, train
-
-    cfg = tokenizer_config(preset, **model_overrides)
-    train_cfg = train_cfg or TrainConfig(steps=6000, batch_size=64, lr=1e-3, warmup_steps=200,
-                                         channels_last=True, checkpoint_minutes=5, log_every=25, image_every=500)
-    EpisodeIndex(data, split="train")  # a clear error now, not in a worker process later
-    model = Tokenizer(cfg, teacher=teacher)
-    val_frames = _sample_frames(data, "val" if _has_split(data, "val") else "train", 8)
-
-    def log_images(m, writer, step):
-        f = torch.from_numpy(val_frames).to(next(m.parameters()).device)
-        with autocast(f.device, train_cfg.bf16):
-            r = m.decode(m.encode(f))
-        grid = torch.cat([torch.cat(list(f), 1), torch.cat(list(r), 1)], 0)  # (2H, 8W, 3)
-        writer.add_image("val/reconstruction", grid.cpu().numpy(), step, dataformats="HWC")
-        writer.add_scalar("val/psnr_db", psnr_uint8(r, f).mean().item(), step)
-
-    return train(model, KIND, cfg, frame_batches(data, train_cfg.batch_size), train_cfg, out,
-                 log_images=log_images, progress=progress)
-
-
-def _has_split(data: Path, split: str) -> bool:
+def has_split(data: Path, split: str) -> bool:
+    """Whether `data` has a readable `split`."""
     try:
         EpisodeIndex(data, split=split)
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - any reason means "not usable"
         return False
 
 
-def _sample_frames(data: Path, split: str, n: int) -> np.ndarray:
+def sample_frames(data: Path, split: str, n: int) -> np.ndarray:
     idx = EpisodeIndex(data, split=split)
     out = []
     for frames in iter_frames(data, split=split, batch_size=max(1, idx.total_steps // n)):
@@ -219,3 +148,6 @@ def _sample_frames(data: Path, split: str, n: int) -> np.ndarray:
         if len(out) == n:
             break
     return np.stack(out)
+
+
+__all__ = ["estimate_world_model_cost", "evaluate_tokenizer", "has_split", "measure_speed", "recon_grid", "sample_frames"]

@@ -17,8 +17,8 @@ import torch
 
 from gaia_gym.bundle import WorldBundle
 from gaia_gym.imagination import Imagination
-from gaia_gym.envs.render import grid_image, text_strip
-from gaia_gym.stages.world_model_eval import STEER_ROWS
+from gaia_gym.media import grid_image, text_strip
+from gaia_gym.evaluation.common import STEER_ROWS
 
 
 def _write_video(path: Path, frames: np.ndarray, fps: float) -> None:
@@ -60,12 +60,12 @@ def imagine(bundle: WorldBundle, out: str | Path, prompt: int = 0, n_futures: in
     last = bank.actions[prompt, -1].to(dev)
     F = bank.continuation
     real_acts = bank.next_actions[prompt].to(dev) if F else None
-    rows, real = [], []
+    rows = []
     for s in range(steps):
         a_real = real_acts[min(s, F - 1)] if F else last
         acts = [a_real] * n_futures + ([torch.stack([torch.tensor(st, device=dev), last[1]]) for _, st in STEER_ROWS]
                                        if counterfactual else [])
-        rows.append(eng.step(torch.stack(acts)).tokens)
+        rows.append(eng.step(torch.stack(acts)).latents)
     imagined = eng.frames(torch.stack(rows, 1).flatten(0, 1)).cpu().numpy()
     imagined = imagined.reshape(n, steps, *imagined.shape[1:])
     ctx = eng.frames(bank.tokens[prompt].to(dev)).cpu().numpy()

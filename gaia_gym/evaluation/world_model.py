@@ -1,0 +1,393 @@
+"""World-model evaluation: one run, one report; every quality number is deterministic given the models and data.
+
+`evaluate_world_model` reads clips of ``context + max(horizons)`` real frames from a split (held-out tracks
+by default), spread evenly over all of the split's non-overlapping clips, and feeds each batch to a few
+accumulators, each with one job (`update(batch)`, `summary()`):
+
+- `TeacherForcing`: next-frame token cross-entropy and accuracy (eval mode, no action dropout) on the first
+  ``min(clip, wm.cfg.context)`` frames of each clip (the window the model was trained on); reward MAE of
+  every block's reward head; the end logits for the termination AUC (`Termination`), over those clips
+  plus a window ending at the last step of every terminated episode (evenly spread clips rarely hold one);
+- `OpenLoop`: the context is started in the imagination engine, which then imagines ``max(horizons)``
+  frames under the *real* actions (greedy or sampled); imagined frames are decoded and compared with the
+  real ones (PSNR/SSIM per horizon) beside copying the last context frame and the tokenizer's own
+  reconstruction (the ceiling a token model can reach); reward MAE along the rollout;
+- `Counterfactuals`: from the same contexts, branches with full-left / full-right steering (at the
+  context's last target speed) and a 0 m/s / ``fast_mps`` target speed (at its last steering), read back
+  by the track's rotation (`gaia_gym.evaluation.readback`, no learned model), by motion energy, and, with
+  a `gaia_gym.models.probe.Probe`, by the inverse-dynamics probe;
+- throughput: `gaia_gym.evaluation.throughput` (the same measurement as `gaia-gym bench`).
+
+Every rollout goes through `gaia_gym.imagination.Imagination` (see `common.branch_rollout`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from gaia_gym.data.loader import EpisodeIndex
+from gaia_gym.evaluation.common import (DEFAULT_FAST_MPS, branch_rollout, decode, encode, end_windows, make_engine,
+                                        roc_auc, select_clips, stack_clips, steer_speed_branches)
+from gaia_gym.evaluation.readback import turn_deg
+from gaia_gym.evaluation.throughput import SIM_HZ, cpu_name, imagined_steps_per_s, measure_real_driving
+from gaia_gym.imagination import Imagination
+from gaia_gym.metrics import psnr_uint8, ssim_uint8
+from gaia_gym.models.layout import ActionCodec
+from gaia_gym.models.probe import IGNORE, pair_labels
+from gaia_gym.models.world_model import WorldModel
+from gaia_gym.precision import autocast, precision_name
+
+
+def _mean(xs: list[torch.Tensor]) -> float:
+    return float(torch.cat(xs).float().mean())
+
+
+def _frac(x: torch.Tensor, m: torch.Tensor | None = None) -> float | None:
+    x = x if m is None else x[m]
+    return float(x.float().mean()) if x.numel() else None
+
+
+# ----------------------------------------------------------------------------------------------
+# accumulators
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Termination:
+    """End-head logits and labels, for the termination AUC."""
+
+    scores: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
+
+    def update(self, end_logit: torch.Tensor, terminated: torch.Tensor) -> None:
+        self.scores.append(end_logit.float().cpu().numpy().ravel())
+        self.labels.append(terminated.numpy().ravel())
+
+    def summary(self, split: str, windows: int) -> dict:
+        labels = np.concatenate(self.labels)
+        auc = roc_auc(np.concatenate(self.scores), labels)
+        out = {"termination_auc": auc, "termination_positives": int(labels.sum()), "termination_end_windows": windows}
+        if auc is None:
+            out["termination_note"] = (f"the {split!r} split has no termination in the evaluated windows: AUC undefined"
+                                       if not labels.any() else "every evaluated step is a termination: AUC undefined")
+        return out
+
+
+class TeacherForcing:
+    """Next-frame cross-entropy / accuracy and reward MAE over a window of real frames."""
+
+    def __init__(self, wm: WorldModel, window: int, bf16: bool, termination: Termination) -> None:
+        self.wm, self.W, self.bf16, self.termination = wm, window, bf16, termination
+        self.dev = next(wm.parameters()).device
+        self.ce = self.correct = self.n_tok = self.r_err = self.r_n = 0.0
+
+    def forward(self, b: dict, tok: torch.Tensor):
+        with autocast(self.dev, self.bf16):
+            out = self.wm(tok[:, : self.W], b["actions"][:, : self.W].to(self.dev))
+        self.termination.update(out.end_logit, b["terminated"][:, : self.W])
+        return out
+
+    def update(self, b: dict, tok: torch.Tensor) -> None:
+        out = self.forward(b, tok)
+        logits = self.wm.next_frame_logits(out).float()
+        target = self.wm.patchify(tok[:, 1 : self.W])
+        nll, ok = self.wm.image_nll(logits, target)
+        self.ce += float(nll.sum())
+        self.correct += float(ok.sum())
+        self.n_tok += target.numel()
+        self.r_err += float((out.reward.float().cpu() - b["reward"][:, : self.W]).abs().sum())
+        self.r_n += len(tok) * self.W
+
+    def summary(self) -> dict:
+        return {"teacher_forced_window": self.W, "val_cross_entropy": self.ce / self.n_tok,
+                "token_accuracy": self.correct / self.n_tok, "reward_mae_teacher_forced": self.r_err / self.r_n}
+
+
+class OpenLoop:
+    """Rollouts under the real actions vs the real frames, copy-last and the tokenizer's ceiling."""
+
+    def __init__(self, engine: Imagination, context: int, horizons: Sequence[int]) -> None:
+        self.engine, self.C, self.horizons = engine, context, list(horizons)
+        self.psnr = {h: [] for h in horizons}
+        self.ssim = {h: [] for h in horizons}
+        self.copy_psnr = {h: [] for h in horizons}
+        self.copy_ssim = {h: [] for h in horizons}
+        self.ceil_psnr, self.ceil_ssim = [], []
+        self.r_err = self.r_n = 0.0
+
+    def update(self, b: dict, tok: torch.Tensor) -> None:
+        C, H, eng = self.C, self.horizons[-1], self.engine
+        frames, acts = b["frames"], b["actions"].to(eng.device)
+        eng.reset(context=(tok[:, :C], acts[:, :C]))
+        preds, rewards = [], []
+        for s in range(H):
+            o = eng.step(acts[:, C - 1 + s])
+            preds.append(o.latents)
+            rewards.append(o.reward.cpu())
+        self.r_err += float((torch.stack(rewards, 1) - b["reward"][:, C - 1 : C - 1 + H]).abs().sum())
+        self.r_n += len(frames) * H
+        imagined = decode(eng, torch.stack([preds[h - 1] for h in self.horizons], 1))  # (B, nh, H, W, 3)
+        for j, h in enumerate(self.horizons):
+            real = frames[:, C - 1 + h]
+            self.psnr[h].append(psnr_uint8(imagined[:, j], real))
+            self.ssim[h].append(ssim_uint8(imagined[:, j], real))
+            self.copy_psnr[h].append(psnr_uint8(frames[:, C - 1], real))
+            self.copy_ssim[h].append(ssim_uint8(frames[:, C - 1], real))
+        recon = decode(eng, tok[:, C:])  # (B, H, ...)
+        self.ceil_psnr.append(psnr_uint8(recon.flatten(0, 1), frames[:, C:].flatten(0, 1)))
+        self.ceil_ssim.append(ssim_uint8(recon.flatten(0, 1), frames[:, C:].flatten(0, 1)))
+
+    def summary(self) -> dict:
+        by = lambda d: {str(h): _mean(d[h]) for h in self.horizons}  # noqa: E731
+        return {"psnr_by_horizon": by(self.psnr), "ssim_by_horizon": by(self.ssim),
+                "copy_last_psnr_by_horizon": by(self.copy_psnr), "copy_last_ssim_by_horizon": by(self.copy_ssim),
+                "tokenizer_ceiling_psnr": _mean(self.ceil_psnr), "tokenizer_ceiling_ssim": _mean(self.ceil_ssim),
+                "reward_mae_rollout": self.r_err / self.r_n}
+
+
+def _probe_read(probe, start: torch.Tensor, imagined: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Probe on (start frame, last imagined frame); imagined (N, steps, H, W, 3)."""
+    if getattr(probe.cfg, "frames", 2) == 4:
+        return probe.predict(start, imagined[:, -1], imagined[:, 0], imagined[:, -2] if imagined.shape[1] > 1 else start)
+    return probe.predict(start, imagined[:, -1])
+
+
+class Counterfactuals:
+    """Held-action branches from real contexts, read back by rotation, motion energy and (optionally) a probe;
+    and the same instruments on the reconstructed real continuation (how far they can be trusted)."""
+
+    NAMES = ("left", "right", "slow", "fast")
+
+    def __init__(self, engine: Imagination, context: int, steps: int, horizon: int, codec: ActionCodec,
+                 fast_mps: float, moving_mps: float, probe=None) -> None:
+        self.engine, self.C, self.steps, self.H = engine, context, steps, horizon
+        self.fast_mps, self.moving_mps, self.probe = fast_mps, moving_mps, probe
+        self.fast_action = float(codec.encode(0.0, fast_mps)[1])
+        self.turn = {"left": [], "right": []}
+        self.motion = {k: [] for k in self.NAMES}
+        self.probe_reads = {k: [] for k in self.NAMES}
+        self.speed0: list[torch.Tensor] = []
+        self.ref = {"steer": [], "speed": [], "rotation": []}
+
+    def update(self, b: dict, tok: torch.Tensor) -> None:
+        C, k, eng = self.C, self.steps, self.engine
+        acts = b["actions"].to(eng.device)
+        branches, names = steer_speed_branches(acts[:, :C], self.fast_action, straight=False)
+        cf_tok = branch_rollout(eng, tok[:, :C], acts[:, :C], branches, k)
+        start = decode(eng, tok[:, C - 1])  # the tokenizer's view of the last real frame
+        cf_frames = decode(eng, cf_tok)  # (B, V, steps, H, W, 3)
+        seq = torch.cat([start[:, None, None].expand(-1, len(names), -1, -1, -1, -1), cf_frames], 2)
+        for v, name in enumerate(names):
+            if name in self.turn:
+                self.turn[name].append(turn_deg(seq[:, v]))
+        self.speed0.append(b["speed_mps"][:, C - 1])
+        motion = (seq[:, :, 1:].float() - seq[:, :, :-1].float()).abs().mean(dim=(2, 3, 4, 5))  # (B, V)
+        for v, name in enumerate(names):
+            self.motion[name].append(motion[:, v])
+        if k <= self.H:
+            self._references(b, tok)
+        if self.probe is not None:
+            for v, name in enumerate(names):
+                p = _probe_read(self.probe, start, cf_frames[:, v])
+                self.probe_reads[name].append(p["steer_right_prob"] if name in ("left", "right") else p["faster_prob"])
+
+    def _references(self, b: dict, tok: torch.Tensor) -> None:
+        C, k = self.C, self.steps
+        real_rec = decode(self.engine, tok[:, C - 1 : C + k])  # frames C-1 .. C-1+k
+        st, sp = b["steering"][:, C - 1 : C - 1 + k], b["speed_mps"][:, C - 1]
+        held = (st.sign() == st[:, :1].sign()).all(1) & (st.mean(1).abs() >= 0.3) & (sp >= self.moving_mps)
+        if held.any():
+            t = turn_deg(real_rec[held])
+            self.ref["rotation"] += ((t > 0) == (st[held].mean(1) > 0)).float().tolist()
+        if self.probe is not None:
+            p = _probe_read(self.probe, real_rec[:, 0], real_rec[:, 1:])
+            for r in range(len(tok)):
+                ys, yf = pair_labels(b["steering"][r, C - 1 :].numpy(), b["speed_mps"][r, C - 1 :].numpy(), k,
+                                     self.probe.cfg)
+                if ys != IGNORE:
+                    self.ref["steer"].append(float((p["steer_right_prob"][r] > 0.5) == (ys == 1.0)))
+                if yf != IGNORE:
+                    self.ref["speed"].append(float((p["faster_prob"][r] > 0.5) == (yf == 1.0)))
+
+    def summary(self) -> dict:
+        if not self.turn["left"]:
+            return {}
+        tl, tr = torch.cat(self.turn["left"]), torch.cat(self.turn["right"])
+        v0 = torch.cat(self.speed0)
+        moving = v0 > self.moving_mps
+        mid = moving & (v0 < self.fast_mps - self.moving_mps)
+        steer_ok = torch.stack([tl < 0, tr > 0], 1).float()  # (N, 2)
+        res = {
+            "counterfactual_steps": self.steps,
+            "counterfactual_readout": "track rotation between consecutive decoded frames (gaia_gym.evaluation.readback), "
+                                      "summed over the steps; no learned model",
+            "counterfactual_steering_accuracy": _frac(steer_ok),
+            "counterfactual_steering_accuracy_moving": _frac(steer_ok, moving),
+            "counterfactual_contexts": len(tl),
+            "counterfactual_contexts_moving": int(moving.sum()),
+            "counterfactual_steering_paired_accuracy": _frac((tr > tl).float()),
+            "counterfactual_turn_deg": {"left": float(tl.mean()), "right": float(tr.mean())},
+            "readback_real_accuracy": float(np.mean(self.ref["rotation"])) if self.ref["rotation"] else None,
+            "readback_real_windows": len(self.ref["rotation"]),
+            "counterfactual_speed_paired_motion_accuracy": _frac(
+                (torch.cat(self.motion["fast"]) > torch.cat(self.motion["slow"])).float()),
+            "counterfactual_motion_energy": {k: float(torch.cat(v).mean()) for k, v in self.motion.items()},
+            "counterfactual_fast_mps": self.fast_mps,
+        }
+        if self.probe is None:
+            res.update({"counterfactual_speed_accuracy": None, "counterfactual_note": "no probe given (speed read-back)"})
+            return res
+        left, right = torch.cat(self.probe_reads["left"]), torch.cat(self.probe_reads["right"])
+        slow, fast = torch.cat(self.probe_reads["slow"]), torch.cat(self.probe_reads["fast"])
+        steer_ok = torch.stack([left < 0.5, right > 0.5], 1).float()
+        speed_ok = torch.stack([slow < 0.5, fast > 0.5], 1).float()
+        res.update({
+            "counterfactual_steering_accuracy_probe": _frac(steer_ok),
+            "counterfactual_steering_paired_accuracy_probe": _frac((right > left).float()),
+            "counterfactual_speed_accuracy": _frac(speed_ok),
+            "counterfactual_speed_accuracy_midrange": _frac(speed_ok, mid),
+            "counterfactual_right_prob_when_left": float(left.mean()),
+            "counterfactual_right_prob_when_right": float(right.mean()),
+            "counterfactual_faster_prob_when_slow": float(slow.mean()),
+            "counterfactual_faster_prob_when_fast": float(fast.mean()),
+            "probe_steering_accuracy_on_reconstructions": float(np.mean(self.ref["steer"])) if self.ref["steer"] else None,
+            "probe_speed_accuracy_on_reconstructions": float(np.mean(self.ref["speed"])) if self.ref["speed"] else None,
+            "probe_reference_pairs": {"steer": len(self.ref["steer"]), "speed": len(self.ref["speed"])},
+        })
+        return res
+
+
+def throughput_report(wm: WorldModel, tokenizer, fps: float, batch: int, seconds: float, bf16: bool, seed: int,
+                      real_sim_seconds: float, real_sim_frames_per_s: float | None, real_sim_processes: int | None) -> dict:
+    """Imagined steps/s at `batch` (tokens only; the `bench` measurement) and the real simulator's speed."""
+    from gaia_gym.backends.tokens import TokenBackend
+
+    frames_per_step = SIM_HZ / fps
+    res: dict = {"sim_frames_per_step": frames_per_step}
+    sps = imagined_steps_per_s(TokenBackend(wm, tokenizer), batch, seconds=seconds, bf16=bf16, seed=seed) \
+        if seconds > 0 else None
+    res[f"imagined_frames_per_s_b{batch}"] = sps
+    res["imagined_driving_s_per_s"] = None if sps is None else sps * frames_per_step / SIM_HZ
+    real = None
+    if real_sim_frames_per_s is not None:
+        real = {"real_sim_frames_per_s": float(real_sim_frames_per_s), "real_sim_source": "given"}
+    elif real_sim_seconds > 0:
+        real = {**measure_real_driving(real_sim_seconds, real_sim_processes), "real_sim_source": "measured"}
+    if real is not None:
+        res.update(real)
+        res["real_driving_s_per_s"] = real["real_sim_frames_per_s"] / SIM_HZ
+    res["imagined_vs_real_driving_ratio"] = (None if sps is None or real is None
+                                             else res["imagined_driving_s_per_s"] / res["real_driving_s_per_s"])
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# the evaluation
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_world_model(
+    wm: WorldModel,
+    tokenizer,
+    data: str | Path,
+    split: str = "val",
+    context: int = 4,
+    horizons: Sequence[int] = (1, 2, 4, 8, 16),
+    max_clips: int | None = 128,
+    batch_size: int = 16,
+    probe=None,
+    sample_temperature: float = 0.0,
+    seed: int = 0,
+    progress: bool = True,
+    *,
+    codec: ActionCodec | None = None,
+    bf16: bool = True,
+    counterfactual_steps: int = 8,
+    fast_mps: float = DEFAULT_FAST_MPS,
+    moving_mps: float = 10.0,
+    max_end_windows: int | None = 256,
+    throughput_batch: int = 64,
+    throughput_seconds: float = 4.0,
+    real_sim_seconds: float = 15.0,
+    real_sim_frames_per_s: float | None = None,
+    real_sim_processes: int | None = None,
+    grid_path: str | Path | None = None,
+) -> dict:
+    """Every world-model metric in one run (see the module docstring); returns a JSON-ready dict.
+
+    `max_clips`: clips of ``context + max(horizons)`` frames, spread evenly over the split (None: all).
+    `sample_temperature`: 0 = greedy rollouts (and counterfactuals), else sampled with `seed`.
+    `real_sim_seconds`: how long to run the real simulator for the speed ratio (0: skip it, the ratio is
+    None unless `real_sim_frames_per_s` gives a figure measured elsewhere). `throughput_seconds` 0 skips the
+    throughput measurement. `grid_path`: also write `counterfactual_grid` of the first clip there.
+    ``..._steering_accuracy_moving`` keeps the contexts whose real speed at the last context frame exceeds
+    `moving_mps`; ``..._speed_accuracy_midrange`` those between `moving_mps` and ``fast_mps - moving_mps``.
+    """
+    codec = codec or ActionCodec()
+    horizons = sorted({int(h) for h in horizons})
+    if not horizons or horizons[0] < 1:
+        raise ValueError(f"horizons must be positive, got {horizons}")
+    if context < 1:
+        raise ValueError(f"context must be >= 1, got {context}")
+    wm.eval()
+    if probe is not None:
+        probe.eval()
+    dev = next(wm.parameters()).device
+    H, C = horizons[-1], context
+    W = min(C + H, wm.cfg.context)  # teacher-forced window
+    if W < 2:
+        raise ValueError("teacher forcing needs windows of >= 2 frames")
+    clips = select_clips(data, split, C + H, max_clips)
+    if not clips:
+        raise ValueError(f"{data}: no {split!r} clip of {C + H} frames")
+
+    rollouts = make_engine(wm, tokenizer, sample_temperature, seed, bf16)  # its own generator (seed)
+    branches = make_engine(wm, tokenizer, sample_temperature, seed + 1, bf16)  # and the counterfactuals'
+    term = Termination()
+    tf = TeacherForcing(wm, W, bf16, term)
+    ol = OpenLoop(rollouts, C, horizons)
+    cf = Counterfactuals(branches, C, int(counterfactual_steps), H, codec, fast_mps, moving_mps, probe)
+
+    bar = tqdm(total=len(clips), unit="clip", desc=f"eval world model ({split})", disable=not progress)
+    for i in range(0, len(clips), batch_size):
+        b = stack_clips(clips[i : i + batch_size], codec)
+        tok = encode(rollouts, b["frames"])  # (B, L, g, g)
+        tf.update(b, tok)
+        ol.update(b, tok)
+        if cf.steps > 0:
+            cf.update(b, tok)
+        bar.update(len(tok))
+    bar.close()
+    windows = end_windows(data, split, W, max_end_windows)  # termination: windows ending where episodes end
+    for i in range(0, len(windows), batch_size):
+        b = stack_clips(windows[i : i + batch_size], codec)
+        tf.forward(b, encode(rollouts, b["frames"]))
+
+    res: dict = {"split": split, "clips": len(clips), "context": C, "horizons": horizons,
+                 "sample_temperature": sample_temperature, "precision": precision_name(dev, bf16)}
+    res.update(tf.summary())
+    res.update(ol.summary())
+    res.update(term.summary(split, len(windows)))
+    res.update(cf.summary())
+    if grid_path is not None:
+        from gaia_gym.evaluation.pictures import counterfactual_grid
+
+        first = clips[0]
+        acts0 = torch.from_numpy(codec.encode(first["steering"].numpy(), first["target_speed_mps"].numpy()))
+        counterfactual_grid(wm, tokenizer, first["frames"][:C], acts0[:C], grid_path, steps=cf.steps,
+                            fast_mps=fast_mps, codec=codec, bf16=bf16, temperature=sample_temperature, seed=seed)
+        res["counterfactual_grid"] = str(grid_path)
+    try:
+        fps = EpisodeIndex(data, split=split).fps or 12.5
+    except Exception:  # noqa: BLE001 - the split was read above; this is only the frame rate
+        fps = 12.5
+    res.update(throughput_report(wm, tokenizer, fps, throughput_batch, throughput_seconds, bf16, seed,
+                                 real_sim_seconds, real_sim_frames_per_s, real_sim_processes))
+    res.update({"device": str(dev), "torch_threads": torch.get_num_threads(), "cpu": cpu_name()})
+    return res
+
+
+__all__ = ["Counterfactuals", "OpenLoop", "TeacherForcing", "Termination", "evaluate_world_model", "throughput_report"]

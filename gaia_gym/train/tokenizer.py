@@ -1,0 +1,83 @@
+"""Training the tokenizer (`gaia-gym train tokenizer`).
+
+Training streams frames from the dataset's train split (whole clips, flattened to frames, so a batch
+mixes many tracks), with the shared training loop (bf16 autocast, channels_last, TensorBoard,
+checkpoints, resume, DDP). A sample of validation frames is reconstructed into TensorBoard as it goes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from gaia_gym.bundle import TOKENIZER_KIND
+from gaia_gym.data.loader import ClipDataset, EpisodeIndex
+from gaia_gym.evaluation.tokenizer import has_split, sample_frames
+from gaia_gym.metrics import psnr_uint8
+from gaia_gym.models.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig
+from gaia_gym.precision import autocast
+
+KIND = TOKENIZER_KIND
+
+
+def tokenizer_config(preset: str = "default", **overrides) -> TokenizerConfig:
+    if preset not in TOKENIZER_PRESETS:
+        raise ValueError(f"unknown tokenizer preset {preset!r}; choose from {', '.join(TOKENIZER_PRESETS)}")
+    return TokenizerConfig(**{**TOKENIZER_PRESETS[preset], **overrides})
+
+
+def frame_batches(data: Path, batch_size: int, clip_len: int = 4, split: str = "train"):
+    """Factory for the training loop: rank/world-size aware endless stream of frame batches.
+
+    Short clips (4 frames) from a buffer of episodes keep the stream diverse while reading each shard
+    sequentially; the batch is `batch_size` frames.
+    """
+
+    def make(rank: int, world_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+        ds = ClipDataset(data, split=split, clip_len=clip_len, fields=("frames",), buffer_episodes=16,
+                         seed=seed, shuffle=True, rank=rank, world_size=world_size)
+        per = max(1, batch_size // clip_len)
+        loader = torch.utils.data.DataLoader(ds, batch_size=per, num_workers=1, persistent_workers=True,
+                                             prefetch_factor=4)
+        while True:
+            for b in loader:
+                yield {"frames": b["frames"].flatten(0, 1)}
+
+    return make
+
+
+def train_tokenizer(
+    data: Path,
+    out: Path,
+    preset: str = "default",
+    train_cfg=None,
+    teacher: torch.nn.Module | None = None,
+    progress: bool = True,
+    **model_overrides,
+) -> dict:
+    """Train (or resume training) a tokenizer on the train split of `data` into model directory `out`."""
+    from gaia_gym.train.loop import TrainConfig, train
+
+    cfg = tokenizer_config(preset, **model_overrides)
+    train_cfg = train_cfg or TrainConfig(steps=6000, batch_size=64, lr=1e-3, warmup_steps=200,
+                                         channels_last=True, checkpoint_minutes=5, log_every=25, image_every=500)
+    EpisodeIndex(data, split="train")  # a clear error now, not in a worker process later
+    model = Tokenizer(cfg, teacher=teacher)
+    val_frames = sample_frames(data, "val" if has_split(data, "val") else "train", 8)
+
+    def log_images(m, writer, step):
+        f = torch.from_numpy(val_frames).to(next(m.parameters()).device)
+        with autocast(f.device, train_cfg.bf16):
+            r = m.decode(m.encode(f))
+        grid = torch.cat([torch.cat(list(f), 1), torch.cat(list(r), 1)], 0)  # (2H, 8W, 3)
+        writer.add_image("val/reconstruction", grid.cpu().numpy(), step, dataformats="HWC")
+        writer.add_scalar("val/psnr_db", psnr_uint8(r, f).mean().item(), step)
+
+    return train(model, KIND, cfg, frame_batches(data, train_cfg.batch_size), train_cfg, out,
+                 log_images=log_images, progress=progress)
+
+
+__all__ = ["frame_batches", "tokenizer_config", "train_tokenizer"]
