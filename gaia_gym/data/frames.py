@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 CARRACING_NATIVE = 96  # CarRacing-v3 state_pixels size
+SIM_FPS = 50  # CarRacing-v3 simulates (and renders) 50 frames per second
 CARRACING_HUD_ROWS = 12  # bottom rows holding the HUD
 CARRACING_SIDE_COLS = 6  # columns dropped each side to make the 84x84 square
 

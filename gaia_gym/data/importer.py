@@ -283,7 +283,7 @@ def import_drive(
         raise DriveImportError(f"like must be one of {', '.join(LIKE_CHOICES)} or None, got {like!r}")
     if like == "carracing":
         from gaia_gym.config import CarRacingCollectConfig
-        from gaia_gym.sims.carracing import SIM_FPS
+        from gaia_gym.data.frames import SIM_FPS
 
         default_fps = SIM_FPS / CarRacingCollectConfig().frame_skip
         frame_fn = lambda rgb: carracing_frame(rgb, frame_size)  # noqa: E731

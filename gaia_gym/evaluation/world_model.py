@@ -288,8 +288,35 @@ def throughput_report(wm: WorldModel, tokenizer, fps: float, batch: int, seconds
 # ----------------------------------------------------------------------------------------------
 # the evaluation
 # ----------------------------------------------------------------------------------------------
+@dataclass
+class WorldModelReport:
+    """What one evaluation measured, one section per accumulator; `to_dict()` is the flat JSON record
+    (`results/world_model.json`'s keys)."""
+
+    run: dict  # split, clips, context, horizons, temperature, precision, device, threads, cpu
+    teacher_forced: dict
+    open_loop: dict
+    termination: dict
+    counterfactual: dict
+    throughput: dict
+    pictures: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out: dict = {}
+        for part in (self.run, self.teacher_forced, self.open_loop, self.termination, self.counterfactual,
+                     self.pictures, self.throughput):
+            out.update(part)
+        return out
+
+
 @torch.no_grad()
-def evaluate_world_model(
+def evaluate_world_model(*args, **kwargs) -> dict:
+    """`run_world_model_evaluation(...)` as its flat, JSON-ready record (same arguments)."""
+    return run_world_model_evaluation(*args, **kwargs).to_dict()
+
+
+@torch.no_grad()
+def run_world_model_evaluation(
     wm: WorldModel,
     tokenizer,
     data: str | Path,
@@ -315,8 +342,8 @@ def evaluate_world_model(
     real_sim_frames_per_s: float | None = None,
     real_sim_processes: int | None = None,
     grid_path: str | Path | None = None,
-) -> dict:
-    """Every world-model metric in one run (see the module docstring); returns a JSON-ready dict.
+) -> WorldModelReport:
+    """Every world-model metric in one run (see the module docstring), as a `WorldModelReport`.
 
     `max_clips`: clips of ``context + max(horizons)`` frames, spread evenly over the split (None: all).
     `sample_temperature`: 0 = greedy rollouts (and counterfactuals), else sampled with `seed`.
@@ -366,12 +393,9 @@ def evaluate_world_model(
         b = stack_clips(windows[i : i + batch_size], codec)
         tf.forward(b, encode(rollouts, b["frames"]))
 
-    res: dict = {"split": split, "clips": len(clips), "context": C, "horizons": horizons,
-                 "sample_temperature": sample_temperature, "precision": precision_name(dev, bf16)}
-    res.update(tf.summary())
-    res.update(ol.summary())
-    res.update(term.summary(split, len(windows)))
-    res.update(cf.summary())
+    run = {"split": split, "clips": len(clips), "context": C, "horizons": horizons,
+           "sample_temperature": sample_temperature, "precision": precision_name(dev, bf16)}
+    pictures = {}
     if grid_path is not None:
         from gaia_gym.evaluation.pictures import counterfactual_grid
 
@@ -379,15 +403,17 @@ def evaluate_world_model(
         acts0 = torch.from_numpy(codec.encode(first["steering"].numpy(), first["target_speed_mps"].numpy()))
         counterfactual_grid(wm, tokenizer, first["frames"][:C], acts0[:C], grid_path, steps=cf.steps,
                             fast_mps=fast_mps, codec=codec, bf16=bf16, temperature=sample_temperature, seed=seed)
-        res["counterfactual_grid"] = str(grid_path)
+        pictures["counterfactual_grid"] = str(grid_path)
     try:
         fps = EpisodeIndex(data, split=split).fps or 12.5
     except Exception:  # noqa: BLE001 - the split was read above; this is only the frame rate
         fps = 12.5
-    res.update(throughput_report(wm, tokenizer, fps, throughput_batch, throughput_seconds, bf16, seed,
-                                 real_sim_seconds, real_sim_frames_per_s, real_sim_processes))
-    res.update({"device": str(dev), "torch_threads": torch.get_num_threads(), "cpu": cpu_name()})
-    return res
+    speed = throughput_report(wm, tokenizer, fps, throughput_batch, throughput_seconds, bf16, seed,
+                              real_sim_seconds, real_sim_frames_per_s, real_sim_processes)
+    speed.update({"device": str(dev), "torch_threads": torch.get_num_threads(), "cpu": cpu_name()})
+    return WorldModelReport(run, tf.summary(), ol.summary(), term.summary(split, len(windows)), cf.summary(), speed,
+                            pictures)
 
 
-__all__ = ["Counterfactuals", "OpenLoop", "TeacherForcing", "Termination", "evaluate_world_model", "throughput_report"]
+__all__ = ["Counterfactuals", "OpenLoop", "TeacherForcing", "Termination", "WorldModelReport", "evaluate_world_model",
+           "run_world_model_evaluation", "throughput_report"]
