@@ -386,5 +386,14 @@ def iter_frames(
         yield np.ascontiguousarray(np.concatenate(pending))
 
 
-__all__ = ["EpisodeIndex", "ClipDataset", "iter_frames", "DEFAULT_FIELDS", "WorkerCorruptShardError",
+def has_split(data: Path, split: str) -> bool:
+    """Whether `data` has a readable `split`."""
+    try:
+        EpisodeIndex(data, split=split)
+        return True
+    except Exception:  # noqa: BLE001 - any reason means "not usable"
+        return False
+
+
+__all__ = ["EpisodeIndex", "ClipDataset", "has_split", "iter_frames", "DEFAULT_FIELDS", "WorkerCorruptShardError",
            "WorkerDatasetError"]

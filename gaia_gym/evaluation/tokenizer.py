@@ -131,15 +131,6 @@ def estimate_world_model_cost(tokens_per_frame: int, action_tokens: int = 2, con
     }
 
 
-def has_split(data: Path, split: str) -> bool:
-    """Whether `data` has a readable `split`."""
-    try:
-        EpisodeIndex(data, split=split)
-        return True
-    except Exception:  # noqa: BLE001 - any reason means "not usable"
-        return False
-
-
 def sample_frames(data: Path, split: str, n: int) -> np.ndarray:
     idx = EpisodeIndex(data, split=split)
     out = []
@@ -150,4 +141,4 @@ def sample_frames(data: Path, split: str, n: int) -> np.ndarray:
     return np.stack(out)
 
 
-__all__ = ["estimate_world_model_cost", "evaluate_tokenizer", "has_split", "measure_speed", "recon_grid", "sample_frames"]
+__all__ = ["estimate_world_model_cost", "evaluate_tokenizer", "measure_speed", "recon_grid", "sample_frames"]

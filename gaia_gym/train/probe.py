@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gaia_gym.checkpoint import read_model_info, save_model
-from gaia_gym.data.loader import EpisodeIndex
+from gaia_gym.data.loader import EpisodeIndex, has_split
 from gaia_gym.evaluation.probe import _head_stats, evaluate_probe
 from gaia_gym.models.probe import KIND, Probe, ProbeConfig, ProbePairs, collate_pairs, with_reconstructions
 
@@ -36,14 +36,6 @@ def pair_batches(data: Path, cfg: ProbeConfig, batch_size: int, split: str = "tr
                 yield b
 
     return make
-
-
-def _has_split(data: Path, split: str) -> bool:
-    try:
-        EpisodeIndex(data, split=split)
-        return True
-    except Exception:  # noqa: BLE001 - any reason means "not usable"
-        return False
 
 
 def train_probe(
@@ -82,7 +74,7 @@ def train_probe(
                                          log_every=25, image_every=max(1, steps // 10), bf16=bf16, seed=seed,
                                          threads=threads)
     EpisodeIndex(data, split="train")  # a clear error now, not in a worker process later
-    has_val = _has_split(data, "val")
+    has_val = has_split(data, "val")
     torch.manual_seed(seed)
     model = Probe(cfg)
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
 
 from gaia_gym.bundle import TOKENIZER_KIND
 from gaia_gym.data.loader import ClipDataset, EpisodeIndex
-from gaia_gym.evaluation.tokenizer import has_split, sample_frames
+from gaia_gym.data.loader import has_split
+from gaia_gym.evaluation.tokenizer import sample_frames
 from gaia_gym.metrics import psnr_uint8
 from gaia_gym.models.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig
 from gaia_gym.precision import autocast
