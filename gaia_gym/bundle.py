@@ -32,7 +32,7 @@ import torch
 from gaia_gym.backends import Backend
 from gaia_gym.backends.tokens import TokenBackend
 from gaia_gym.checkpoint import WEIGHTS, load_model, model_dir, read_model_info, save_model
-from gaia_gym.errors import ModelFileError
+from gaia_gym.errors import ConfigError, ModelFileError
 from gaia_gym.fileio import (atomic_replace_dir, atomic_write_bytes, atomic_write_json, current_path, exists_current,
                              read_json, recover_dir)
 from gaia_gym.models.layout import ActionCodec
@@ -196,11 +196,11 @@ class PromptBank:
 
     def __post_init__(self) -> None:
         if self.tokens.dim() != 4 or self.actions.dim() != 3 or self.tokens.shape[:2] != self.actions.shape[:2]:
-            raise ValueError(f"prompt bank shapes do not fit: tokens {tuple(self.tokens.shape)}, "
+            raise ConfigError(f"prompt bank shapes do not fit: tokens {tuple(self.tokens.shape)}, "
                              f"actions {tuple(self.actions.shape)}")
         if (self.next_tokens is None) != (self.next_actions is None) or (
                 self.next_tokens is not None and self.next_tokens.shape[:2] != self.next_actions.shape[:2]):
-            raise ValueError("prompt bank continuation: next_tokens and next_actions must come together")
+            raise ConfigError("prompt bank continuation: next_tokens and next_actions must come together")
 
     @property
     def continuation(self) -> int:
@@ -257,7 +257,7 @@ class PromptBank:
             moving = s[actions[s + context - 1, 1] > min_speed_action]
             cands.append(moving if len(moving) else s)
         if not cands:
-            raise ValueError(f"{path}: no episode has {length} steps")
+            raise ConfigError(f"{path}: no episode has {length} steps")
         eps = rng.permutation(len(cands))[:n] if len(cands) >= n else rng.integers(0, len(cands), n)
         picks = np.array([rng.choice(cands[e]) for e in eps])
         idx = picks[:, None] + np.arange(length)
@@ -282,7 +282,7 @@ class PromptBank:
     def concat(self, other: "PromptBank") -> "PromptBank":
         """Both banks' clips (continuations are dropped unless both have the same length)."""
         if other.tokens.shape[1:] != self.tokens.shape[1:] or other.actions.shape[1:] != self.actions.shape[1:]:
-            raise ValueError(f"prompt banks do not fit together: {tuple(self.tokens.shape)} and {tuple(other.tokens.shape)}")
+            raise ConfigError(f"prompt banks do not fit together: {tuple(self.tokens.shape)} and {tuple(other.tokens.shape)}")
         t, a = torch.cat([self.tokens, other.tokens]), torch.cat([self.actions, other.actions])
         if self.continuation and self.continuation == other.continuation:
             return PromptBank(t, a, torch.cat([self.next_tokens, other.next_tokens]),

@@ -51,7 +51,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from gaia_gym.errors import ModelFileError
+from gaia_gym.errors import ConfigError, ModelFileError
 from gaia_gym.fileio import PENDING, atomic_write_files, current_path, exists_current, read_current
 
 FORMAT_NAME = "gaia_gym.model"
@@ -135,7 +135,7 @@ def _header_metadata(data: bytes, path: Path) -> dict[str, str]:
         header = json.loads(data[8:8 + n])
         meta = header.get("__metadata__") if isinstance(header, dict) else None
         if meta is not None and not isinstance(meta, dict):
-            raise ValueError("__metadata__ is not an object")
+            raise ConfigError("__metadata__ is not an object")
         return dict(meta or {})
     except (struct.error, ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ModelFileError(f"corrupt weights file {path}: unreadable header ({e})") from None
@@ -213,7 +213,7 @@ def save_model(directory: str | Path, model: nn.Module, kind: str, config: Any, 
     import safetensors.torch as st
 
     if not kind or not isinstance(kind, str):
-        raise ValueError(f"model kind must be a non-empty string, got {kind!r}")
+        raise ConfigError(f"model kind must be a non-empty string, got {kind!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config_d = config_to_dict(config)
@@ -236,7 +236,7 @@ def save_model(directory: str | Path, model: nn.Module, kind: str, config: Any, 
     extra_files = dict(extra(info)) if extra is not None else {}
     for name in extra_files:
         if name in (WEIGHTS, CONFIG):
-            raise ValueError(f"save_model: extra file {name!r} would overwrite the model's own")
+            raise ConfigError(f"save_model: extra file {name!r} would overwrite the model's own")
     config_bytes = json.dumps(info, indent=1).encode()
     atomic_write_files(directory, {WEIGHTS: lambda f: f.write(data), **extra_files,
                                    CONFIG: lambda f: f.write(config_bytes)})  # config.json published last

@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv_tail = argv[1:]
     try:
         args.fn(args)
-    except (GaiaGymError, ValueError, FileNotFoundError) as e:  # every one-line error; FileNotFoundError names its file
+    except (GaiaGymError, OSError) as e:  # every one-line error; OSError (missing file, disk full...) names its file
         print(f"gaia-gym: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, TypeVar
 
+from gaia_gym.errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -55,11 +57,11 @@ PRESETS: dict[str, dict[type, dict[str, Any]]] = {
 def preset(cls: type[T], name: str = "default", **overrides: Any) -> T:
     """Build `cls` from preset `name`, then apply non-None `overrides` (e.g. from the command line)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     known = {f.name for f in fields(cls)}
     bad = [k for k in overrides if k not in known]
     if bad:
-        raise ValueError(f"{cls.__name__} has no field(s) {', '.join(bad)}")
+        raise ConfigError(f"{cls.__name__} has no field(s) {', '.join(bad)}")
     base = cls(**PRESETS[name].get(cls, {}))
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 

@@ -13,7 +13,12 @@ class GaiaGymError(Exception):
 
 
 class ConfigError(GaiaGymError, ValueError):
-    """An argument or option is out of range or of the wrong type (bad action, temperature, obs_mode...)."""
+    """An argument, option or input is out of range, of the wrong type or unreadable (bad action,
+    temperature, obs_mode, a file that is not what it should be...)."""
+
+
+class MissingFileError(GaiaGymError, FileNotFoundError):
+    """An input file or directory the user named does not exist; the message names it."""
 
 
 class DatasetError(GaiaGymError):
@@ -40,5 +45,5 @@ class ImaginationError(GaiaGymError, RuntimeError):
     """Misuse of the imagination engine (stepping before reset...)."""
 
 
-__all__ = ["ConfigError", "CorruptShardError", "DatasetError", "GaiaGymError", "ImaginationError",
+__all__ = ["ConfigError", "CorruptShardError", "DatasetError", "GaiaGymError", "ImaginationError", "MissingFileError",
            "ModelFileError", "ResumeError", "TrainingError"]

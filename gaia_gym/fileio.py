@@ -27,6 +27,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+from gaia_gym.errors import ConfigError, MissingFileError
+
 TMP_SUFFIX = ".tmp"
 PENDING = ".pending"  # DIR/.pending/: a committed `atomic_write_files` set not yet (fully) published into DIR
 ORDER = ".order"  # DIR/.pending/.order: the publish order (one name a line)
@@ -150,7 +152,7 @@ def recover_dir(target: str | Path) -> bool:
 def _check_name(name: str) -> None:
     if (not name or name != os.path.basename(name) or name in (".", "..") or name.startswith(PENDING)
             or name.endswith(TMP_SUFFIX)):
-        raise ValueError(f"atomic_write_files: {name!r} is not a plain file name this can publish")
+        raise ConfigError(f"atomic_write_files: {name!r} is not a plain file name this can publish")
 
 
 def atomic_write_files(directory: str | Path, files: dict[str, Callable]) -> None:
@@ -247,7 +249,7 @@ def read_current(directory: str | Path, name: str) -> bytes:
         except FileNotFoundError:
             if path.parent == directory and not (directory / PENDING / name).is_file():
                 break
-    raise FileNotFoundError(2, "No such file or directory", str(directory / name))
+    raise MissingFileError(2, "No such file or directory", str(directory / name))
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:
@@ -259,7 +261,7 @@ def read_json(path: str | Path, default: Any = None) -> Any:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
 
 
 def merge_json(path: str | Path, key: str, record: dict, update: bool = False) -> Path:
@@ -271,7 +273,7 @@ def merge_json(path: str | Path, key: str, record: dict, update: bool = False) -
     path = Path(path)
     old = read_json(path, {})
     if not isinstance(old, dict):
-        raise ValueError(f"{path}: holds a JSON {type(old).__name__}, not an object; cannot merge into it")
+        raise ConfigError(f"{path}: holds a JSON {type(old).__name__}, not an object; cannot merge into it")
     if key == ".":
         old.update(record)
     else:

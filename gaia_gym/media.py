@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from gaia_gym.errors import ConfigError
+
 VIDEO_SUFFIXES = (".gif", ".mp4", ".m4v", ".mov")
 
 
@@ -64,7 +66,7 @@ def write_video(path: str | Path, frames, fps: float) -> Path:
     frames = np.asarray(frames)
     suffix = path.suffix.lower()
     if suffix not in VIDEO_SUFFIXES:
-        raise ValueError(f"{path}: write a .gif or .mp4")
+        raise ConfigError(f"{path}: write a .gif or .mp4")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from gaia_gym.imagination import EngineState, Imagination
+from gaia_gym.errors import ConfigError
 
 RewardFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -57,18 +58,18 @@ class PlannerConfig:
 
     def __post_init__(self) -> None:
         if self.method not in ("cem", "mppi"):
-            raise ValueError(f"method must be 'cem' or 'mppi', got {self.method!r}")
+            raise ConfigError(f"method must be 'cem' or 'mppi', got {self.method!r}")
         for k in ("candidates", "horizon", "samples", "iterations", "elites", "execute"):
             if int(getattr(self, k)) < 1:
-                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+                raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
         if self.execute > self.horizon:
-            raise ValueError(f"execute ({self.execute}) must not exceed horizon ({self.horizon})")
+            raise ConfigError(f"execute ({self.execute}) must not exceed horizon ({self.horizon})")
         if self.elites > self.candidates:
-            raise ValueError(f"elites ({self.elites}) must not exceed candidates ({self.candidates})")
+            raise ConfigError(f"elites ({self.elites}) must not exceed candidates ({self.candidates})")
         if not all(-1 <= lo < hi <= 1 for lo, hi in zip(self.low, self.high)):
-            raise ValueError(f"action range must satisfy -1 <= low < high <= 1, got {self.low} .. {self.high}")
+            raise ConfigError(f"action range must satisfy -1 <= low < high <= 1, got {self.low} .. {self.high}")
         if self.mppi_temperature <= 0 or self.init_std <= 0:
-            raise ValueError("mppi_temperature and init_std must be > 0")
+            raise ConfigError("mppi_temperature and init_std must be > 0")
 
     @property
     def rows(self) -> int:

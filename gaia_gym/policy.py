@@ -48,6 +48,8 @@ from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
+from gaia_gym.errors import ConfigError, MissingFileError
+
 EXTRACTOR_KEYS = ("tokens", "features")
 
 
@@ -80,11 +82,11 @@ class WorldModelExtractor(BaseFeaturesExtractor):
                  embedding: torch.Tensor | None = None, patch: int | None = None, vocab: int | None = None,
                  freeze_embedding: bool = True) -> None:
         if not isinstance(observation_space, spaces.Dict):
-            raise ValueError(f"WorldModelExtractor needs a Dict observation space, got {observation_space}")
+            raise ConfigError(f"WorldModelExtractor needs a Dict observation space, got {observation_space}")
         keys = tuple(observation_space.spaces)
         extra = [k for k in keys if k not in EXTRACTOR_KEYS]
         if extra or not keys:
-            raise ValueError(f"WorldModelExtractor reads the keys 'tokens' and/or 'features', the observation has "
+            raise ConfigError(f"WorldModelExtractor reads the keys 'tokens' and/or 'features', the observation has "
                              f"{list(keys)} (use obs_mode='tokens+features')")
         self.keys = tuple(k for k in EXTRACTOR_KEYS if k in keys)
         table = None
@@ -93,14 +95,14 @@ class WorldModelExtractor(BaseFeaturesExtractor):
                 table, patch, vocab = _world_model_table(None if world_model is None else str(world_model))
             else:
                 if patch is None or vocab is None:
-                    raise ValueError("WorldModelExtractor: pass patch and vocab with embedding")
+                    raise ConfigError("WorldModelExtractor: pass patch and vocab with embedding")
                 table = torch.as_tensor(embedding).detach().float().cpu()
             grid = observation_space["tokens"].shape[-1]
             if table.dim() != 2 or table.shape[0] != patch * patch * vocab or grid % patch:
-                raise ValueError(f"the token table {tuple(table.shape)} does not fit patch {patch}, vocab {vocab}, "
+                raise ConfigError(f"the token table {tuple(table.shape)} does not fit patch {patch}, vocab {vocab}, "
                                  f"grid {grid}: is it the world model these observations come from?")
             if int(observation_space["tokens"].high.max()) >= vocab:
-                raise ValueError(f"observation tokens go up to {int(observation_space['tokens'].high.max())}, "
+                raise ConfigError(f"observation tokens go up to {int(observation_space['tokens'].high.max())}, "
                                  f"the world model's vocabulary has {vocab} codes")
         d_tok = 0 if table is None else table.shape[1]
         d_feat = int(observation_space["features"].shape[0]) if "features" in self.keys else 0
@@ -157,7 +159,7 @@ def algo_class(name: str):
 
     classes = {"ppo": PPO, "sac": SAC}
     if name not in classes:
-        raise ValueError(f"unknown algorithm {name!r}: choose from {', '.join(ALGOS)}")
+        raise ConfigError(f"unknown algorithm {name!r}: choose from {', '.join(ALGOS)}")
     return classes[name]
 
 
@@ -184,11 +186,11 @@ def load_agent(path: str | Path, env=None, device: str = "auto", world_model: st
 
     p = resolve_agent_path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such policy file (an SB3 .zip saved by agents/train_imagination.py)")
+        raise MissingFileError(f"{p}: no such policy file (an SB3 .zip saved by agents/train_imagination.py)")
     try:
         algo = agent_algo(p)
     except Exception as e:  # not a zip, or not an SB3 one
-        raise ValueError(f"{p}: not an SB3 agent zip ({type(e).__name__}: {e})") from None
+        raise ConfigError(f"{p}: not an SB3 agent zip ({type(e).__name__}: {e})") from None
     custom = None
     if world_model is not None:
         data, _, _ = load_from_zip_file(p, load_data=True, device="cpu")
@@ -217,7 +219,7 @@ class ActionRange:
         self.low, self.high = np.asarray(low, np.float32), np.asarray(high, np.float32)
         if self.low.shape != (2,) or self.high.shape != (2,) or not (self.low < self.high).all() or (
                 self.low < -1).any() or (self.high > 1).any():
-            raise ValueError(f"action range must be 2 lows below 2 highs within [-1, 1], got {low} .. {high}")
+            raise ConfigError(f"action range must be 2 lows below 2 highs within [-1, 1], got {low} .. {high}")
 
     def __call__(self, u):
         import numpy as np

@@ -121,3 +121,14 @@ def test_scripts_import_only_the_package():
                          else [])
                 bad += [f"{p.relative_to(ROOT)} imports the script {n}" for n in names if n.split(".")[0] in local]
     assert not bad, "\n".join(bad)
+
+
+def test_user_errors_are_gaia_gym_errors():
+    """Library code raises the GaiaGymError family (what the CLI catches as one line), not bare builtins."""
+    bare = []
+    for p in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and isinstance(node.exc.func, ast.Name) \
+                    and node.exc.func.id in ("ValueError", "FileNotFoundError", "Exception"):
+                bare.append(f"{p.relative_to(ROOT)}:{node.lineno} raises {node.exc.func.id}")
+    assert not bare, "\n".join(bare)

@@ -43,7 +43,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from gaia_gym.errors import CorruptShardError, DatasetError
+from gaia_gym.errors import ConfigError, CorruptShardError, DatasetError
 from gaia_gym.fileio import TMP_SUFFIX, atomic_write_bytes, atomic_write_json, clean_temp_files
 
 FORMAT_NAME = "gaia_gym.dataset"
@@ -90,18 +90,18 @@ def validate_episode(arrays: dict[str, np.ndarray], where: str = "episode") -> i
     """Check required fields, dtypes and lengths; returns T. Raises ValueError naming the problem."""
     missing = [f for f in REQUIRED_FIELDS if f not in arrays]
     if missing:
-        raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
+        raise ConfigError(f"{where}: missing field(s) {', '.join(missing)}")
     frames = arrays["frames"]
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"{where}: frames must be uint8 (T, S, S, 3), got {frames.dtype} {frames.shape}")
+        raise ConfigError(f"{where}: frames must be uint8 (T, S, S, 3), got {frames.dtype} {frames.shape}")
     T = frames.shape[0]
     if T < 1:
-        raise ValueError(f"{where}: empty episode")
+        raise ConfigError(f"{where}: empty episode")
     for f in PER_STEP_FIELDS:
         if len(arrays[f]) != T:
-            raise ValueError(f"{where}: field {f} has {len(arrays[f])} steps, frames have {T}")
+            raise ConfigError(f"{where}: field {f} has {len(arrays[f])} steps, frames have {T}")
     if arrays["last_frame"].shape != frames.shape[1:]:
-        raise ValueError(f"{where}: last_frame shape {arrays['last_frame'].shape} != frame {frames.shape[1:]}")
+        raise ConfigError(f"{where}: last_frame shape {arrays['last_frame'].shape} != frame {frames.shape[1:]}")
     return T
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from gaia_gym.errors import ConfigError
+
 CARRACING_NATIVE = 96  # CarRacing-v3 state_pixels size
 SIM_FPS = 50  # CarRacing-v3 simulates (and renders) 50 frames per second
 CARRACING_HUD_ROWS = 12  # bottom rows holding the HUD
@@ -28,7 +30,7 @@ CARRACING_SIDE_COLS = 6  # columns dropped each side to make the 84x84 square
 def carracing_frame(obs: np.ndarray, size: int = 64) -> np.ndarray:
     """CarRacing-v3 96x96x3 observation -> (size, size, 3) uint8 dataset frame (HUD cropped)."""
     if obs.ndim != 3 or obs.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 RGB frame, got shape {obs.shape}")
+        raise ConfigError(f"expected an HxWx3 RGB frame, got shape {obs.shape}")
     if obs.shape[:2] != (CARRACING_NATIVE, CARRACING_NATIVE):
         # Recordings at another resolution (e.g. the 600x400 render): scale to the native grid first,
         # so the HUD crop lands on the same pixels.

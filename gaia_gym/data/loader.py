@@ -49,7 +49,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from gaia_gym.data.format import load_episode, read_manifest
-from gaia_gym.errors import CorruptShardError, DatasetError, GaiaGymError
+from gaia_gym.errors import ConfigError, CorruptShardError, DatasetError, GaiaGymError
 
 SPLITS = ("train", "val", "all")
 DEFAULT_FIELDS = ("frames", "steering", "speed_mps", "target_speed_mps", "reward", "terminated", "truncated")
@@ -112,7 +112,7 @@ class EpisodeIndex:
 
     def __init__(self, directory: str | Path, split: str = "train") -> None:
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+            raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         self.directory = Path(directory)
         self.split = split
         self.manifest = read_manifest(self.directory)
@@ -191,17 +191,17 @@ class ClipDataset(IterableDataset):
     ) -> None:
         super().__init__()
         if clip_len < 1:
-            raise ValueError(f"clip_len must be >= 1, got {clip_len}")
+            raise ConfigError(f"clip_len must be >= 1, got {clip_len}")
         if buffer_episodes < 1:
-            raise ValueError(f"buffer_episodes must be >= 1, got {buffer_episodes}")
+            raise ConfigError(f"buffer_episodes must be >= 1, got {buffer_episodes}")
         if clips_per_episode is not None and clips_per_episode < 1:
-            raise ValueError(f"clips_per_episode must be >= 1 or None, got {clips_per_episode}")
+            raise ConfigError(f"clips_per_episode must be >= 1 or None, got {clips_per_episode}")
         if epochs is not None and epochs < 1:
-            raise ValueError(f"epochs must be >= 1 or None, got {epochs}")
+            raise ConfigError(f"epochs must be >= 1 or None, got {epochs}")
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+            raise ConfigError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if "last_frame" in fields or "meta" in fields:
-            raise ValueError("fields must be per-step arrays (not last_frame or meta)")
+            raise ConfigError("fields must be per-step arrays (not last_frame or meta)")
         self.index = EpisodeIndex(directory, split)
         self.clip_len = int(clip_len)
         self.fields = tuple(fields)
@@ -364,7 +364,7 @@ def iter_frames(
     ``max_frames`` stops after that many frames. For evaluating a frame tokenizer.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     index = EpisodeIndex(directory, split)
     pending: list[np.ndarray] = []
     have = 0

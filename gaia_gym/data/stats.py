@@ -27,6 +27,7 @@ from gaia_gym.data.format import (
     read_manifest,
     validate_episode,
 )
+from gaia_gym.errors import ConfigError
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 HIST_BINS = 10
@@ -338,7 +339,7 @@ def write_contact_sheet(directory: Path, manifest: dict, entries: list[dict], pa
     path.parent.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     if not ok:
-        raise ValueError(f"could not encode the contact sheet {path}")
+        raise ConfigError(f"could not encode the contact sheet {path}")
     atomic_write_bytes(path, lambda f: f.write(buf.tobytes()))
     return path
 

@@ -14,6 +14,7 @@ from gaia_gym.evaluation.common import (DEFAULT_FAST_MPS, EVAL_FIELDS, STEER_ROW
                                         make_engine, stack_clips, steer_speed_branches)
 from gaia_gym.media import grid_image, label_tiles, text_strip, write_gif
 from gaia_gym.models.layout import ActionCodec
+from gaia_gym.errors import ConfigError
 
 
 @torch.no_grad()
@@ -57,7 +58,7 @@ def write_rollout_gif(wm, tokenizer, data: str | Path, path: str | Path, n_futur
     ds = ClipDataset(data, split=split, clip_len=context + steps, fields=EVAL_FIELDS, shuffle=False)
     c = next((x for i, x in enumerate(ds) if i == clip), None)
     if c is None:
-        raise ValueError(f"{data}: split {split!r} has fewer than {clip + 1} clips of {context + steps} frames")
+        raise ConfigError(f"{data}: split {split!r} has fewer than {clip + 1} clips of {context + steps} frames")
     b = stack_clips([c], codec)
     frames, acts, C = b["frames"], b["actions"], context
     eng = make_engine(wm, tokenizer, temperature, seed, bf16)

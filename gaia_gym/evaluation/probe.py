@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from gaia_gym.models.probe import IGNORE, Probe, ProbePairs, collate_pairs, with_reconstructions
+from gaia_gym.errors import ConfigError
 
 
 def _head_stats(prob: np.ndarray, y: np.ndarray) -> dict:
@@ -47,7 +48,7 @@ def evaluate_probe(probe: Probe, data: str | Path, split: str = "val", max_pairs
         faster.append(b["faster"].numpy())
         ks.append(b["k"].numpy())
     if not probs:
-        raise ValueError(f"{data}: no labelled probe pairs in split {split!r}")
+        raise ConfigError(f"{data}: no labelled probe pairs in split {split!r}")
     P, S, V, K = np.concatenate(probs), np.concatenate(steer), np.concatenate(faster), np.concatenate(ks)
     if max_pairs is not None:
         P, S, V, K = P[:max_pairs], S[:max_pairs], V[:max_pairs], K[:max_pairs]

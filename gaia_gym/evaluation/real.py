@@ -33,6 +33,7 @@ import numpy as np
 from gaia_gym.envs.real import TEST_TRACKS, ZOOM_PENALTY, run_real_episode
 from gaia_gym.fileio import read_json
 from gaia_gym.policy import agent_actor
+from gaia_gym.errors import ConfigError
 
 TEST_SEEDS = tuple(range(TEST_TRACKS, TEST_TRACKS + 20))  # the final test tracks
 STEP_SECONDS = 0.08  # one env step: 4 simulator frames at 50 Hz
@@ -91,7 +92,7 @@ def scripted_episodes(seeds, max_steps: int | None = None, video: Path | None = 
     from gaia_gym.sims.carracing import CarRacingDrive, PursuitDriver, run_scripted_episode
 
     if max_steps is not None:
-        raise ValueError("--max-steps does not apply to the scripted driver (it always drives whole episodes)")
+        raise ConfigError("--max-steps does not apply to the scripted driver (it always drives whole episodes)")
     episodes = []
     for s in tqdm(list(seeds), desc="scripted", unit="track", disable=not progress):
         r = run_scripted_episode(s)
@@ -121,7 +122,7 @@ def evaluate_policy(policy: str, seeds=TEST_SEEDS, model: str | None = None, bun
     from gaia_gym.media import VIDEO_SUFFIXES, write_video
 
     if video is not None and Path(video).suffix.lower() not in VIDEO_SUFFIXES:
-        raise ValueError(f"{video}: write the video as a .gif or .mp4")  # before driving, not after
+        raise ConfigError(f"{video}: write the video as a .gif or .mp4")  # before driving, not after
     t0 = time.perf_counter()
     seeds = [int(s) for s in seeds]
     if policy == "scripted":

@@ -15,6 +15,7 @@ from gaia_gym.data.loader import EpisodeIndex, iter_frames
 from gaia_gym.metrics import code_stats, psnr_uint8, ssim_uint8
 from gaia_gym.models.tokenizer import Tokenizer
 from gaia_gym.precision import autocast, precision_name
+from gaia_gym.errors import ConfigError
 
 
 @torch.no_grad()
@@ -40,7 +41,7 @@ def evaluate_tokenizer(
     for frames in iter_frames(data, split=split, batch_size=batch_size, max_frames=max_frames):
         f = torch.from_numpy(frames).to(device)
         if f.shape[1:3] != (cfg.frame_size, cfg.frame_size):
-            raise ValueError(f"dataset frames are {f.shape[1]}x{f.shape[2]}, the tokenizer expects "
+            raise ConfigError(f"dataset frames are {f.shape[1]}x{f.shape[2]}, the tokenizer expects "
                              f"{cfg.frame_size}x{cfg.frame_size}")
         with autocast(device, bf16):
             tokens = model.encode(f)

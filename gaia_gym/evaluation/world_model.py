@@ -42,6 +42,7 @@ from gaia_gym.models.layout import ActionCodec
 from gaia_gym.models.probe import IGNORE, pair_labels
 from gaia_gym.models.world_model import WorldModel
 from gaia_gym.precision import autocast, precision_name
+from gaia_gym.errors import ConfigError
 
 
 def _mean(xs: list[torch.Tensor]) -> float:
@@ -356,9 +357,9 @@ def run_world_model_evaluation(
     codec = codec or ActionCodec()
     horizons = sorted({int(h) for h in horizons})
     if not horizons or horizons[0] < 1:
-        raise ValueError(f"horizons must be positive, got {horizons}")
+        raise ConfigError(f"horizons must be positive, got {horizons}")
     if context < 1:
-        raise ValueError(f"context must be >= 1, got {context}")
+        raise ConfigError(f"context must be >= 1, got {context}")
     wm.eval()
     if probe is not None:
         probe.eval()
@@ -366,10 +367,10 @@ def run_world_model_evaluation(
     H, C = horizons[-1], context
     W = min(C + H, wm.cfg.context)  # teacher-forced window
     if W < 2:
-        raise ValueError("teacher forcing needs windows of >= 2 frames")
+        raise ConfigError("teacher forcing needs windows of >= 2 frames")
     clips = select_clips(data, split, C + H, max_clips)
     if not clips:
-        raise ValueError(f"{data}: no {split!r} clip of {C + H} frames")
+        raise ConfigError(f"{data}: no {split!r} clip of {C + H} frames")
 
     rollouts = make_engine(wm, tokenizer, sample_temperature, seed, bf16)  # its own generator (seed)
     branches = make_engine(wm, tokenizer, sample_temperature, seed + 1, bf16)  # and the counterfactuals'

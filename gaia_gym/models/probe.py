@@ -44,6 +44,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from gaia_gym.checkpoint import load_model
 from gaia_gym.data.loader import ClipDataset
+from gaia_gym.errors import ConfigError
 
 KIND = "probe"
 PROBE_FIELDS = ("frames", "steering", "speed_mps")
@@ -65,9 +66,9 @@ class ProbeConfig:
 
     def __post_init__(self):
         if self.frames not in (2, 4):
-            raise ValueError(f"ProbeConfig.frames must be 2 or 4, got {self.frames}")
+            raise ConfigError(f"ProbeConfig.frames must be 2 or 4, got {self.frames}")
         if not self.ks or min(self.ks) < (2 if self.frames == 4 else 1):
-            raise ValueError(f"ProbeConfig.ks must be non-empty gaps >= {2 if self.frames == 4 else 1}, got {self.ks}")
+            raise ConfigError(f"ProbeConfig.ks must be non-empty gaps >= {2 if self.frames == 4 else 1}, got {self.ks}")
 
     def offsets(self, k: int) -> list[int]:
         """Frame indices (within a clip of k+1 frames) the probe reads for gap k."""
@@ -158,7 +159,7 @@ class Probe(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         B, n, H, W, C = frames.shape
         if n != self.cfg.frames or H != self.cfg.frame_size or W != self.cfg.frame_size:
-            raise ValueError(f"probe expects (B, {self.cfg.frames}, {self.cfg.frame_size}, {self.cfg.frame_size}, 3) "
+            raise ConfigError(f"probe expects (B, {self.cfg.frames}, {self.cfg.frame_size}, {self.cfg.frame_size}, 3) "
                              f"frames, got {tuple(frames.shape)}")
         x = frames.permute(0, 1, 4, 2, 3).reshape(B, n * C, H, W).float().div(127.5).sub(1.0)
         return self.head(self.conv(x)).float()
@@ -186,7 +187,7 @@ class Probe(nn.Module):
         dev = next(self.parameters()).device
         seq = [frames_a, frames_b] if self.cfg.frames == 2 else [frames_a, frames_a_next, frames_b_prev, frames_b]
         if any(f is None for f in seq):
-            raise ValueError("this probe reads 4 frames: pass frames_a_next and frames_b_prev too")
+            raise ConfigError("this probe reads 4 frames: pass frames_a_next and frames_b_prev too")
         x = torch.stack([torch.as_tensor(np.asarray(f) if not isinstance(f, torch.Tensor) else f).to(dev)
                          for f in seq], dim=1)
         p = torch.sigmoid(self(x)).cpu()

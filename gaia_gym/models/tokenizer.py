@@ -20,6 +20,7 @@ from einops import rearrange
 from torch import nn
 
 from gaia_gym.models.quantizers import FSQ, L2VQ
+from gaia_gym.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ class Decoder(nn.Module):
         super().__init__()
         ch = cfg.dec_channels
         if len(ch) != len(cfg.enc_channels):
-            raise ValueError(f"dec_channels needs {len(cfg.enc_channels)} entries (one per resolution below "
+            raise ConfigError(f"dec_channels needs {len(cfg.enc_channels)} entries (one per resolution below "
                              f"the frame's), got {ch}")
         layers: list[nn.Module] = [nn.Conv2d(in_dim, ch[0], 3, padding=1)]
         layers += [ResBlock(ch[0], norm=False) for _ in range(cfg.res_blocks)]
@@ -167,13 +168,13 @@ class Tokenizer(nn.Module):
         elif cfg.quantizer == "vq":
             self.quant = L2VQ(cfg.vq_size, cfg.vq_dim)
         else:
-            raise ValueError(f"unknown quantizer {cfg.quantizer!r} (fsq or vq)")
+            raise ConfigError(f"unknown quantizer {cfg.quantizer!r} (fsq or vq)")
         self.encoder = Encoder(cfg, self.quant.dim)
         self.decoder = Decoder(cfg, self.quant.dim)
         self.teacher = teacher
         if teacher is not None:
             if cfg.distill_weight <= 0 or cfg.distill_dim <= 0:
-                raise ValueError("a distillation teacher needs distill_weight > 0 and distill_dim > 0")
+                raise ConfigError("a distillation teacher needs distill_weight > 0 and distill_dim > 0")
             for p in teacher.parameters():
                 p.requires_grad_(False)
             teacher.eval()
@@ -208,9 +209,9 @@ class Tokenizer(nn.Module):
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, h, w) -> uint8 frames (B, H, W, 3)."""
         if tokens.dim() != 3 or tokens.shape[1:] != (self.cfg.grid, self.cfg.grid):
-            raise ValueError(f"tokens must be (B, {self.cfg.grid}, {self.cfg.grid}), got {tuple(tokens.shape)}")
+            raise ConfigError(f"tokens must be (B, {self.cfg.grid}, {self.cfg.grid}), got {tuple(tokens.shape)}")
         if tokens.min() < 0 or tokens.max() >= self.cfg.vocab_size:
-            raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size}), got {int(tokens.min())}..{int(tokens.max())}")
+            raise ConfigError(f"token ids must lie in [0, {self.cfg.vocab_size}), got {int(tokens.min())}..{int(tokens.max())}")
         zq = self.quant.embed(tokens)
         p = next(self.decoder.parameters())
         return self.to_uint8(self.decoder(zq.to(p.device)))
@@ -218,7 +219,7 @@ class Tokenizer(nn.Module):
     def _check_frames(self, frames: torch.Tensor) -> None:
         s = self.cfg.frame_size
         if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[1:] != (s, s, 3):
-            raise ValueError(f"frames must be uint8 (B, {s}, {s}, 3), got {frames.dtype} {tuple(frames.shape)}")
+            raise ConfigError(f"frames must be uint8 (B, {s}, {s}, 3), got {frames.dtype} {tuple(frames.shape)}")
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """batch["frames"]: uint8 (B, H, W, 3) (or (B, T, H, W, 3) clips, flattened)."""

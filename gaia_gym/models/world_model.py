@@ -21,6 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from gaia_gym.models.layout import TokenLayout
+from gaia_gym.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class WorldModelConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "code_levels", tuple(int(x) for x in self.code_levels))
         if self.code_levels and math.prod(self.code_levels) != self.vocab:
-            raise ValueError(f"code_levels {self.code_levels} do not multiply to the vocabulary {self.vocab}")
+            raise ConfigError(f"code_levels {self.code_levels} do not multiply to the vocabulary {self.vocab}")
 
     @property
     def head_width(self) -> int:
@@ -192,7 +193,7 @@ class KVCache:
         """Overwrite batch rows `rows` with `other`'s (len(rows) rows, same blocks and slots): resets one
         imagined env while the others keep driving."""
         if other.length != self.length or not torch.equal(other.pos, self.pos) or not torch.equal(other.kind, self.kind):
-            raise ValueError("assign_rows needs a cache over the same blocks")
+            raise ConfigError("assign_rows needs a cache over the same blocks")
         for i in range(len(self.k)):
             self.k[i][rows, :, self.start : self.end] = other.keys(i).to(self.k[i].dtype)
             self.v[i][rows, :, self.start : self.end] = other.values(i).to(self.v[i].dtype)
@@ -258,9 +259,9 @@ class WorldModel(nn.Module):
     def __init__(self, cfg: WorldModelConfig) -> None:
         super().__init__()
         if cfg.decoding not in ("parallel", "autoregressive"):
-            raise ValueError(f"decoding must be 'parallel' or 'autoregressive', got {cfg.decoding!r}")
+            raise ConfigError(f"decoding must be 'parallel' or 'autoregressive', got {cfg.decoding!r}")
         if cfg.grid % cfg.patch:
-            raise ValueError(f"patch {cfg.patch} does not divide the token grid {cfg.grid}")
+            raise ConfigError(f"patch {cfg.patch} does not divide the token grid {cfg.grid}")
         self.cfg = cfg
         self.layout = L = cfg.layout
         d, S = cfg.d_model, cfg.patch**2
@@ -505,7 +506,7 @@ class WorldModel(nn.Module):
             mem = h[:, L.memory_index]
         else:
             if guidance != 1.0:
-                raise ValueError("classifier-free guidance is implemented for parallel decoding only")
+                raise ConfigError("classifier-free guidance is implemented for parallel decoding only")
             nxt, mem = self._step_autoregressive(cache, block, tokens, actions, sample)
         cache.trim(block + 1 - self.window + 1)
         reward = self.expected_reward(mem)

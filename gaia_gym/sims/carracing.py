@@ -33,6 +33,7 @@ import gymnasium as gym
 import numpy as np
 
 from gaia_gym.data.frames import SIM_FPS, carracing_frame  # noqa: F401 (SIM_FPS re-exported)
+from gaia_gym.errors import ConfigError
 
 ZOOM_FRAMES = 50  # CarRacing's zoom-in animation lasts t < 1 s at 50 FPS
 
@@ -90,7 +91,7 @@ class CarRacingDrive:
         render_skipped: bool = False,
     ) -> None:
         if frame_skip < 1:
-            raise ValueError(f"frame_skip must be >= 1, got {frame_skip}")
+            raise ConfigError(f"frame_skip must be >= 1, got {frame_skip}")
         self.frame_skip = frame_skip
         self.frame_size = frame_size
         self.controller = controller or SpeedController()
@@ -142,7 +143,7 @@ class CarRacingDrive:
     def step(self, steering: float, target_speed_mps: float) -> DriveStep:
         """Hold `steering` and track `target_speed_mps` for `frame_skip` simulator frames."""
         if not (math.isfinite(steering) and math.isfinite(target_speed_mps)):
-            raise ValueError(f"action must be finite, got steering={steering}, speed={target_speed_mps}")
+            raise ConfigError(f"action must be finite, got steering={steering}, speed={target_speed_mps}")
         steering = float(np.clip(steering, -1.0, 1.0))
         total_r, raw_sum, n = 0.0, np.zeros(3), 0
         terminated = truncated = False

@@ -96,6 +96,7 @@ from gymnasium.envs.registration import load_env_creator
 from gaia_gym.config import HighwayCollectConfig
 from gaia_gym.data.collect import EpisodeSpec, plan_episodes, run_collection
 from gaia_gym.data.frames import resize_square
+from gaia_gym.errors import ConfigError
 
 OTHERS_FEATURES = ("presence", "x", "y", "vx", "vy", "cos_h", "sin_h")
 OTHERS_UNITS = {"presence": "0/1", "x": "m", "y": "m", "vx": "m/s", "vy": "m/s", "cos_h": "", "sin_h": ""}
@@ -142,7 +143,7 @@ def env_config(scenario: str, cfg: HighwayCollectConfig) -> dict:
     sim_hz = int(base["simulation_frequency"])
     pf = int(cfg.policy_frequency)
     if pf < 1:
-        raise ValueError(f"policy_frequency must be >= 1, got {pf}")
+        raise ConfigError(f"policy_frequency must be >= 1, got {pf}")
     # highway-env runs sim_hz // policy_frequency frames per step: keep it a whole number >= 1
     sim_hz = pf * max(1, round(sim_hz / pf))
     px = RENDER_SCALE * int(cfg.frame_size)
@@ -182,7 +183,7 @@ def _check_video_driver() -> None:
     this process (and its children) see the variable, and only when no display exists.
     """
     if os.environ.get("SDL_VIDEODRIVER") == "dummy":
-        raise ValueError("SDL_VIDEODRIVER=dummy disables highway-env's viewer (every frame would be blank); "
+        raise ConfigError("SDL_VIDEODRIVER=dummy disables highway-env's viewer (every frame would be blank); "
                          "unset it: highway-env renders offscreen without a display")
     if not any(os.environ.get(k) for k in ("SDL_VIDEODRIVER", "DISPLAY", "WAYLAND_DISPLAY")):
         os.environ["SDL_VIDEODRIVER"] = "offscreen"
@@ -431,7 +432,7 @@ class BehaviourPolicy:
 def record_highway_episode(spec: EpisodeSpec, cfg: HighwayCollectConfig) -> tuple[dict, dict]:
     """Drive scenario ``spec.extra[0]`` with seed ``spec.seed``; returns (arrays, meta) for one shard."""
     if not spec.extra:
-        raise ValueError(f"episode {spec.index}: the spec names no scenario (extra=())")
+        raise ConfigError(f"episode {spec.index}: the spec names no scenario (extra=())")
     scenario = str(spec.extra[0])
     env = make_env(scenario, cfg)
     try:
@@ -508,13 +509,13 @@ def collect_highway(cfg: HighwayCollectConfig, out_dir: Path, progress: bool = T
     size, episode length, seed... is refused with a `DatasetError` naming the differing fields.
     """
     if not cfg.scenarios:
-        raise ValueError("no scenarios to collect")
+        raise ConfigError("no scenarios to collect")
     _check_video_driver()
     for s in cfg.scenarios:  # fail before any worker starts on a misspelt id
         try:
             gym.spec(s)
         except gym.error.Error as e:
-            raise ValueError(f"unknown highway-env scenario {s!r}: {e}") from None
+            raise ConfigError(f"unknown highway-env scenario {s!r}: {e}") from None
     scen = list(cfg.scenarios)
     extras = [(scen[i % len(scen)],) for i in range(cfg.episodes)]
     specs = plan_episodes(cfg.episodes, cfg.seed, cfg.val_every, extras=extras)

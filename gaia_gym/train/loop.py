@@ -60,7 +60,7 @@ from gaia_gym.checkpoint import (
     save_model,
     unwrap_model,
 )
-from gaia_gym.errors import ResumeError, TrainingError
+from gaia_gym.errors import ConfigError, ResumeError, TrainingError
 from gaia_gym.fileio import exists_current, read_current, recover_files
 from gaia_gym.precision import autocast
 
@@ -113,7 +113,7 @@ class TrainConfig:
         ]
         for ok, msg in checks:
             if not ok:
-                raise ValueError(f"TrainConfig: {msg}")
+                raise ConfigError(f"TrainConfig: {msg}")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

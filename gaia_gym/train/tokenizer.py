@@ -19,13 +19,14 @@ from gaia_gym.evaluation.tokenizer import sample_frames
 from gaia_gym.metrics import psnr_uint8
 from gaia_gym.models.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig
 from gaia_gym.precision import autocast
+from gaia_gym.errors import ConfigError
 
 KIND = TOKENIZER_KIND
 
 
 def tokenizer_config(preset: str = "default", **overrides) -> TokenizerConfig:
     if preset not in TOKENIZER_PRESETS:
-        raise ValueError(f"unknown tokenizer preset {preset!r}; choose from {', '.join(TOKENIZER_PRESETS)}")
+        raise ConfigError(f"unknown tokenizer preset {preset!r}; choose from {', '.join(TOKENIZER_PRESETS)}")
     return TokenizerConfig(**{**TOKENIZER_PRESETS[preset], **overrides})
 
 

@@ -19,7 +19,7 @@ from gaia_gym.bundle import (PROMPTS, WORLD_MODEL_KIND, PromptBank, load_tokeniz
                              weights_sha256)
 from gaia_gym.checkpoint import read_model_info
 from gaia_gym.data.format import load_episode
-from gaia_gym.errors import DatasetError
+from gaia_gym.errors import ConfigError, DatasetError
 from gaia_gym.fileio import atomic_write_bytes
 from gaia_gym.data.loader import EpisodeIndex
 from gaia_gym.models.layout import ActionCodec
@@ -32,7 +32,7 @@ KIND = WORLD_MODEL_KIND
 
 def world_model_config(preset: str = "default", **overrides) -> WorldModelConfig:
     if preset not in WORLD_MODEL_PRESETS:
-        raise ValueError(f"unknown world-model preset {preset!r}; choose from {', '.join(WORLD_MODEL_PRESETS)}")
+        raise ConfigError(f"unknown world-model preset {preset!r}; choose from {', '.join(WORLD_MODEL_PRESETS)}")
     return WorldModelConfig(**{**WORLD_MODEL_PRESETS[preset], **overrides})
 
 
@@ -115,9 +115,9 @@ def head_levels(tokenizer_cfg, head: str) -> tuple[int, ...]:
         return ()
     if head == "digits":
         if tokenizer_cfg.quantizer != "fsq":
-            raise ValueError("the digits head needs an FSQ tokenizer; use --head codes with a VQ tokenizer")
+            raise ConfigError("the digits head needs an FSQ tokenizer; use --head codes with a VQ tokenizer")
         return tuple(tokenizer_cfg.fsq_levels)
-    raise ValueError(f"head must be 'codes' or 'digits', got {head!r}")
+    raise ConfigError(f"head must be 'codes' or 'digits', got {head!r}")
 
 
 def train_world_model(data: Path, tokenizer_dir: Path, out: Path, preset: str = "default", train_cfg=None,
@@ -130,7 +130,7 @@ def train_world_model(data: Path, tokenizer_dir: Path, out: Path, preset: str = 
     tokenizer_dir = Path(tokenizer_dir)
     tok_info = read_model_info(tokenizer_dir)
     if tok_info.get("kind") != "tokenizer":
-        raise ValueError(f"{tokenizer_dir} is a {tok_info.get('kind')} file, expected a tokenizer")
+        raise ConfigError(f"{tokenizer_dir} is a {tok_info.get('kind')} file, expected a tokenizer")
     tcfg = config_from_dict(tok_info["config"])
     cfg = world_model_config(preset, **{"grid": tcfg.grid, "vocab": tcfg.vocab_size,
                                         "code_levels": head_levels(tcfg, head), **overrides})

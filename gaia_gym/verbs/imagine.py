@@ -19,6 +19,7 @@ from gaia_gym.bundle import WorldBundle
 from gaia_gym.imagination import Imagination
 from gaia_gym.media import grid_image, text_strip
 from gaia_gym.evaluation.common import STEER_ROWS
+from gaia_gym.errors import ConfigError
 
 
 def _write_video(path: Path, frames: np.ndarray, fps: float) -> None:
@@ -34,7 +35,7 @@ def _write_video(path: Path, frames: np.ndarray, fps: float) -> None:
         frames = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), constant_values=255)
         iio.imwrite(tmp, frames, fps=fps, codec="libx264")
     else:
-        raise ValueError(f"{path}: write a .gif or .mp4")
+        raise ConfigError(f"{path}: write a .gif or .mp4")
     tmp.replace(path)
 
 
@@ -47,12 +48,12 @@ def imagine(bundle: WorldBundle, out: str | Path, prompt: int = 0, n_futures: in
     t0 = time.perf_counter()
     bank = bundle.prompts
     if not 0 <= prompt < len(bank):
-        raise ValueError(f"prompt must lie in [0, {len(bank)}): the model's prompt bank has {len(bank)} clips")
+        raise ConfigError(f"prompt must lie in [0, {len(bank)}): the model's prompt bank has {len(bank)} clips")
     if n_futures < 0 or steps < 1:
-        raise ValueError("n_futures must be >= 0 and steps >= 1")
+        raise ConfigError("n_futures must be >= 0 and steps >= 1")
     names = [f"sample {i + 1}" for i in range(n_futures)] + ([n for n, _ in STEER_ROWS] if counterfactual else [])
     if not names:
-        raise ValueError("nothing to imagine: n_futures is 0 and counterfactuals are off")
+        raise ConfigError("nothing to imagine: n_futures is 0 and counterfactuals are off")
     n = len(names)
     eng = Imagination(bundle, n=n, temperature=temperature, seed=seed, guidance=guidance)
     eng.reset(prompt=torch.full((n,), prompt, dtype=torch.long))
