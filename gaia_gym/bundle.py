@@ -185,9 +185,10 @@ def record_training_sources(out: str | Path, tokenizer_dir: str | Path, codec: A
 
 @dataclass
 class PromptBank:
-    """Real context clips: tokens (N, C, g, g) int64 and actions (N, C, A) float32 (model units), and
-    optionally what really happened next (next_tokens (N, F, g, g), next_actions (N, F, A)) so a demo can
-    show the real continuation beside the imagined ones."""
+    """Real context clips: `tokens` (N, C, *L) -- each frame's latent: int64 tokens (g, g) for the
+    discrete backend, float latents for a continuous one -- and actions (N, C, A) float32 (model units),
+    and optionally what really happened next (next_tokens (N, F, *L), next_actions (N, F, A)) so a demo
+    can show the real continuation beside the imagined ones."""
 
     tokens: torch.Tensor
     actions: torch.Tensor
@@ -195,7 +196,7 @@ class PromptBank:
     next_actions: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        if self.tokens.dim() != 4 or self.actions.dim() != 3 or self.tokens.shape[:2] != self.actions.shape[:2]:
+        if self.tokens.dim() < 3 or self.actions.dim() != 3 or self.tokens.shape[:2] != self.actions.shape[:2]:
             raise ConfigError(f"prompt bank shapes do not fit: tokens {tuple(self.tokens.shape)}, "
                              f"actions {tuple(self.actions.shape)}")
         if (self.next_tokens is None) != (self.next_actions is None) or (
@@ -214,10 +215,14 @@ class PromptBank:
         return self.tokens.shape[1]
 
     def save(self, path: str | Path) -> Path:
+        """Write the bank as one .npz, atomically (integer tokens as uint16, float latents as float32)."""
+        def store(t: torch.Tensor) -> np.ndarray:
+            return t.numpy().astype(np.float32 if t.is_floating_point() else np.uint16)
+
         buf = io.BytesIO()
-        extra = {} if self.next_tokens is None else {"next_tokens": self.next_tokens.numpy().astype(np.uint16),
+        extra = {} if self.next_tokens is None else {"next_tokens": store(self.next_tokens),
                                                       "next_actions": self.next_actions.numpy()}
-        np.savez_compressed(buf, tokens=self.tokens.numpy().astype(np.uint16), actions=self.actions.numpy(), **extra)
+        np.savez_compressed(buf, tokens=store(self.tokens), actions=self.actions.numpy(), **extra)
         atomic_write_bytes(Path(path), lambda f: f.write(buf.getvalue()))
         return Path(path)
 
@@ -225,13 +230,15 @@ class PromptBank:
     def load(cls, path: str | Path) -> "PromptBank":
         path = Path(path)
         try:
+            def latents(a: np.ndarray) -> torch.Tensor:  # uint16 tokens -> int64; float latents stay float32
+                return torch.from_numpy(a.astype(np.float32 if np.issubdtype(a.dtype, np.floating) else np.int64))
+
             with np.load(path) as z:
                 nxt = {}
                 if "next_tokens" in z:
-                    nxt = {"next_tokens": torch.from_numpy(z["next_tokens"].astype(np.int64)),
+                    nxt = {"next_tokens": latents(z["next_tokens"]),
                            "next_actions": torch.from_numpy(z["next_actions"].astype(np.float32))}
-                return cls(torch.from_numpy(z["tokens"].astype(np.int64)), torch.from_numpy(z["actions"].astype(np.float32)),
-                           **nxt)
+                return cls(latents(z["tokens"]), torch.from_numpy(z["actions"].astype(np.float32)), **nxt)
         except FileNotFoundError:
             raise ModelFileError(f"{path}: no prompt bank (run training, or `gaia-gym pretrain`, to write one)") from None
         except Exception as e:  # zip / key / shape errors: the file is not a prompt bank

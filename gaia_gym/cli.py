@@ -143,6 +143,8 @@ def cmd_train_world_model(a: argparse.Namespace) -> None:
     tc = _train_config(a, steps=4000, batch_size=16, lr=6e-4, warmup_steps=200, checkpoint_minutes=5,
                        log_every=25, image_every=0)
     overrides = {"decoding": a.decoding} if a.decoding else {}
+    if a.patch:
+        overrides["patch"] = a.patch
     r = train_world_model(Path(a.data), Path(a.tokenizer), Path(a.out), preset=a.preset, train_cfg=tc,
                           progress=not a.quiet, head=a.head, **overrides)
     m = r.get("metrics") or {}
@@ -337,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     tw.add_argument("--tokenizer", required=True, help="trained tokenizer model directory")
     tw.add_argument("--decoding", choices=["parallel", "autoregressive"],
                     help="next-frame decoding scheme (default: parallel, one pass per frame)")
+    tw.add_argument("--patch", type=int, choices=[1, 2, 4, 8],
+                    help="image tokens grouped per transformer position (default 2: 16 positions for 8x8 tokens; "
+                         "4: 4 positions, ~3x fewer tokens per step)")
     tw.add_argument("--head", choices=["digits", "codes"], default="digits",
                     help="image head: one small softmax per FSQ digit (default; cheaper to sample) or one "
                          "softmax over all codes")

@@ -257,11 +257,6 @@ class Imagination:
         return StepOutput(nxt, reward.float(), terminated, truncated, self.features, p)
 
     @torch.no_grad()
-    def rollout(self, actions: torch.Tensor) -> list[StepOutput]:
-        """Step through a sequence of actions (n, T, A); returns the T step outputs."""
-        return [self.step(actions[:, t]) for t in range(actions.shape[1])]
-
-    @torch.no_grad()
     def frames(self, latents: torch.Tensor | None = None) -> torch.Tensor:
         """Decode latents (default: the current frames) to uint8 (..., H, W, 3) on the engine's device."""
         t = self.latents if latents is None else latents

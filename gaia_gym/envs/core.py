@@ -22,7 +22,8 @@ from gaia_gym.errors import ConfigError
 from gaia_gym.imagination import Imagination
 from gaia_gym.models.world_model import DEFAULT_TOP_K
 
-OBS_KEYS = ("tokens", "frame", "features")
+OBS_KEYS = ("tokens", "frame", "features")  # a discrete-token model's keys, in observation order
+LATENT_KEYS = ("tokens", "latents")  # a frame's latent: int tokens (GAIA-1 backend) or float latents (GAIA-2)
 RewardFn = Callable[[np.ndarray, np.ndarray, np.ndarray], float]
 
 # ----------------------------------------------------------------------------------------------
@@ -92,27 +93,36 @@ def check_options(options, allowed: Sequence[str], who: str) -> dict[str, Any]:
     return dict(options)
 
 
-def parse_obs_mode(obs_mode: str) -> tuple[str, ...]:
-    """"all" or "+"-joined keys ("tokens", "tokens+features", "frame", ...) -> the keys, in OBS_KEYS order."""
-    allowed = f"'all' or '+'-joined keys from {', '.join(OBS_KEYS)} (e.g. 'tokens+features')"
+def parse_obs_mode(obs_mode: str, latent_key: str = "tokens") -> tuple[str, ...]:
+    """"all" or "+"-joined keys ("tokens", "tokens+features", "frame", ...) -> the keys, in observation
+    order (latent, frame, features). `latent_key` is the model's (its backend's `latent_key`): asking
+    for the other kind of latent is an error."""
+    keys = (latent_key, "frame", "features")
+    allowed = f"'all' or '+'-joined keys from {', '.join(keys)} (e.g. '{latent_key}+features')"
     if not isinstance(obs_mode, str):
         raise ConfigError(f"obs_mode must be a string: {allowed}; got {obs_mode!r}")
     if obs_mode.strip() == "all":
-        return OBS_KEYS
+        return keys
     parts = [p.strip() for p in obs_mode.split("+")]
-    if not parts or any(p not in OBS_KEYS for p in parts) or len(set(parts)) != len(parts):
+    wrong = [p for p in parts if p in LATENT_KEYS and p != latent_key]
+    if wrong:
+        raise ConfigError(f"obs_mode {obs_mode!r}: this model's frames are '{latent_key}', not '{wrong[0]}'")
+    if not parts or any(p not in keys for p in parts) or len(set(parts)) != len(parts):
         raise ConfigError(f"obs_mode {obs_mode!r} is not valid: use {allowed}")
-    return tuple(k for k in OBS_KEYS if k in parts)
+    return tuple(k for k in keys if k in parts)
 
 
 def observation_space(bundle: WorldBundle, keys: Sequence[str]) -> spaces.Dict:
-    """The Dict space of one env's observation for `keys` (see GaiaDriveEnv for what each key holds)."""
-    cfg = bundle.world_model.cfg
-    size = bundle.tokenizer.cfg.frame_size
+    """The Dict space of one env's observation for `keys` (see GaiaDriveEnv for what each key holds),
+    read from the model's backend (`gaia_gym.backends.Backend`), never from the model class."""
+    be = bundle.backend
+    lo, hi = be.latent_range
+    dtype = np.int64 if not be.latent_dtype.is_floating_point else np.float32
+    size = be.frame_size
     every = {
-        "tokens": spaces.Box(0, cfg.vocab - 1, (cfg.grid, cfg.grid), np.int64),
+        be.latent_key: spaces.Box(lo, hi, tuple(be.latent_shape), dtype),
         "frame": spaces.Box(0, 255, (size, size, 3), np.uint8),
-        "features": spaces.Box(-np.inf, np.inf, (cfg.d_model,), np.float32),
+        "features": spaces.Box(-np.inf, np.inf, (be.feature_dim,), np.float32),
     }
     return spaces.Dict({k: every[k] for k in keys})
 
@@ -158,7 +168,8 @@ class ImaginedBatch:
                  guidance: float = 1.0, device: str | torch.device = "cpu", bundle: WorldBundle | None = None,
                  end_threshold: float = 0.5, bf16: bool = True) -> None:
         n = check_count(n)
-        self.keys = parse_obs_mode(obs_mode)
+        named = [k for k in LATENT_KEYS if isinstance(obs_mode, str) and k in obs_mode.split("+")]
+        parse_obs_mode(obs_mode, named[0] if named else "tokens")  # a malformed obs_mode fails before the model loads
         if horizon is not None and (isinstance(horizon, (bool, np.bool_)) or not isinstance(horizon, numbers.Real)
                                     or not math.isfinite(horizon) or int(horizon) != horizon or horizon < 1):
             raise ConfigError(f"horizon must be a positive integer or None (never truncate), got {horizon!r}")
@@ -167,6 +178,8 @@ class ImaginedBatch:
         temperature, top_k, guidance, end_threshold = check_sampling(temperature, top_k, guidance, end_threshold)
         single_thread_after_fork()
         self.bundle = bundle if bundle is not None else load_bundle(model, device)
+        self.latent_key = self.bundle.backend.latent_key
+        self.keys = parse_obs_mode(obs_mode, self.latent_key)  # again, now that the model's latent key is known
         self.codec = self.bundle.codec
         self.horizon = None if horizon is None else int(horizon)
         self.reward_fn = reward_fn
@@ -205,14 +218,14 @@ class ImaginedBatch:
             drawn[i] = int(p)
         return drawn
 
-    def observe(self, tokens: torch.Tensor, features: torch.Tensor) -> dict[str, np.ndarray]:
-        """Numpy observation dict (rows of `tokens` / `features`); decodes frames only if observed."""
+    def observe(self, latents: torch.Tensor, features: torch.Tensor) -> dict[str, np.ndarray]:
+        """Numpy observation dict (rows of `latents` / `features`); decodes frames only if observed."""
         obs: dict[str, np.ndarray] = {}
-        for k in self.keys:  # OBS_KEYS order
-            if k == "tokens":
-                obs[k] = to_numpy(tokens)
+        for k in self.keys:  # observation order: latent, frame, features
+            if k == self.latent_key:
+                obs[k] = to_numpy(latents)
             elif k == "frame":
-                obs[k] = to_numpy(self.engine.frames(tokens))
+                obs[k] = to_numpy(self.engine.frames(latents))
             else:
                 obs[k] = to_numpy(features)
         return obs
@@ -252,7 +265,7 @@ class ImaginedBatch:
         if self.reward_fn is None:
             reward = to_numpy(out.reward).astype(np.float32, copy=False)
         else:
-            tok = obs["tokens"] if "tokens" in obs else to_numpy(out.latents)
+            tok = obs[self.latent_key] if self.latent_key in obs else to_numpy(out.latents)
             feat = obs["features"] if "features" in obs else to_numpy(out.features)
             reward = np.array([float(self.reward_fn(tok[i], a[i], feat[i])) for i in range(self.n)], np.float32)
         steering, speed = self.codec.decode(a)

@@ -40,8 +40,8 @@ class RealCarRacingEnv(gym.Env):
         from gaia_gym.bundle import load_bundle
         from gaia_gym.sims.carracing import CarRacingDrive
 
-        self.keys = parse_obs_mode(obs_mode)
         self.bundle = bundle if bundle is not None else load_bundle(model, device)
+        self.keys = parse_obs_mode(obs_mode, self.bundle.backend.latent_key)
         self.engine = Imagination(self.bundle, n=1, temperature=0.0, end_threshold=1.0, bf16=bf16)
         self.codec = self.bundle.codec
         self.drive = CarRacingDrive(frame_skip=frame_skip, frame_size=self.bundle.tokenizer.cfg.frame_size)
@@ -59,7 +59,7 @@ class RealCarRacingEnv(gym.Env):
             return self.bundle.tokenizer.encode(f)
 
     def _obs(self, tokens: torch.Tensor, features: torch.Tensor) -> dict[str, np.ndarray]:
-        every = {"tokens": lambda: to_numpy(tokens[0]), "frame": lambda: self._frame.copy(),
+        every = {self.bundle.backend.latent_key: lambda: to_numpy(tokens[0]), "frame": lambda: self._frame.copy(),
                  "features": lambda: to_numpy(features[0]).astype(np.float32)}
         return {k: every[k]() for k in self.keys}
 
