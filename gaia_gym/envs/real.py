@@ -33,6 +33,52 @@ ZOOM_PENALTY = -0.1 * ZOOM_FRAMES  # CarRacing's -0.1 per frame over the zoom-in
 
 
 class RealCarRacingEnv(gym.Env):
+    """The real CarRacing-v3, observed exactly as GaiaDrive-v0 observes imagination.
+
+    ## Description
+    For scoring agents and planners made in imagination on the real simulator: same action space, same
+    observation space and keys, with the world model's features computed over the *real* history.
+
+    ## Action Space
+    ``Box(-1, 1, (2,), float32)`` = ``[steering, speed]`` in the model's `ActionCodec` units: steering is
+    CarRacing-v3's steer command, speed a target speed (-1 = 0 m/s .. +1 = ``max_speed_mps``) that a
+    speed controller with traction control tracks at every simulator frame. Out-of-range values are
+    clipped; NaN, inf or a wrong shape raise `gaia_gym.errors.ConfigError`.
+
+    ## Observation Space
+    ``Dict`` with the keys of ``obs_mode`` ("all" = tokens (the model's latent key), frame, features):
+    the real frame (64x64 crop of the 96x96 observation, HUD removed), its tokens from the model's
+    tokenizer, and the world model's hidden features after seeing the real frames so far.
+
+    ## Rewards
+    CarRacing-v3's own: -0.1 per simulator frame and +1000/N per new track tile (summed over the 4
+    frames of a step). ``info["model_reward"]`` is the world model's reward head for the same step.
+
+    ## Starting State
+    After CarRacing's 50-frame zoom-in (its -5 reward is counted by `run_real_episode` as
+    ``ZOOM_PENALTY``), the car stands still; the world model's context is the first frame held for the
+    prompt length under "stand still" actions. The track is ``options={"track": seed}`` or drawn from
+    `np_random` among the test tracks (1,000,000 and up, never collected).
+
+    ## Episode Termination
+    The simulator's: the lap is finished or the car leaves the playfield (terminated), or 1000 simulator
+    frames, the zoom-in included (~237 steps; truncated).
+
+    ## Arguments
+    ``model`` (model directory, default the shipped one) or ``bundle``; ``obs_mode``; ``device``;
+    ``render_mode="rgb_array"`` (the frame enlarged 4x); ``frame_skip`` (simulator frames per step, 4);
+    ``bf16`` (autocast where the hardware is fast at it).
+
+    ## Version History
+    - v0: observations as GaiaDrive-v0's; the engine is stepped with the observed frames' tokens.
+
+    ```python
+    >>> from gaia_gym.envs.real import RealCarRacingEnv   # doctest: +SKIP
+    >>> env = RealCarRacingEnv(obs_mode="tokens+features")  # doctest: +SKIP
+    >>> obs, info = env.reset(options={"track": 1_000_000})  # doctest: +SKIP
+    ```
+    """
+
     metadata = {"render_modes": ["rgb_array"], "render_fps": 12}
 
     def __init__(self, model=None, obs_mode: str = "all", bundle=None, device: str | torch.device = "cpu",
