@@ -35,17 +35,13 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import random
 import signal
-import threading
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -63,12 +59,13 @@ from gaia_gym.checkpoint import (
 from gaia_gym.errors import ConfigError, ResumeError, TrainingError
 from gaia_gym.fileio import exists_current, read_current, recover_files
 from gaia_gym.precision import autocast
+from gaia_gym.train.runtime import (Batch, Dist, LossModule, Resume, SignalFlag, batch_len, config_diff, is_number, one_line,
+                                    param_groups, rng_state, seed_all, set_rng_state, setup_distributed, to_device)
 
 TRAIN_STATE = "train_state.pt"
 TB_DIR = "tb"
 STATE_VERSION = 1
 
-Batch = dict[str, Any]
 BatchFactory = Callable[[int, int, int], Iterator[Batch]]
 
 
@@ -134,168 +131,6 @@ def data_seed(seed: int, start_step: int) -> int:
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
-class _LossModule(nn.Module):
-    """Routes DDP's forward to `compute_loss`, so DDP's forward/backward hooks run as designed."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: Batch):
-        return self.model.compute_loss(batch)
-
-
-@dataclass
-class _Dist:
-    rank: int
-    world: int
-    device: torch.device
-    owns_group: bool
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _setup_distributed() -> _Dist:
-    """Device + process group: DDP when launched by torchrun with WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    if world <= 1:
-        device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-        return _Dist(0, 1, device, False)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    owns = False
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-        owns = True
-    return _Dist(dist.get_rank(), dist.get_world_size(), device, owns)
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: decay on >= 2-D weights; none on biases, norm scales (1-D) and embedding tables."""
-    embedding = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or id(p) in embedding else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
-
-
-def _to_device(batch: Batch, device: torch.device) -> Batch:
-    if not isinstance(batch, dict):
-        raise TypeError(f"batches must yield dict[str, Tensor], got {type(batch).__name__}")
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def _batch_len(batch: Batch) -> int:
-    for v in batch.values():
-        if isinstance(v, torch.Tensor) and v.ndim > 0:
-            return int(v.shape[0])
-    return 1
-
-
-def _rng_state(device: torch.device) -> dict:
-    """This process's RNG states as tensors and primitives (safe for torch.load(weights_only=True))."""
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    py_version, py_state, py_gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)), "pos": int(np_pos),
-                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
-        "python": {"version": int(py_version), "state": torch.tensor(py_state, dtype=torch.int64),
-                   "gauss": py_gauss},
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(int(x) for x in p["state"].tolist()), p["gauss"]))
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _seed_all(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-def _config_diff(old: dict, new: dict) -> str:
-    keys = sorted(set(old) | set(new))
-    diffs = [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in keys if old.get(k) != new.get(k)]
-    more = f" (+{len(diffs) - 4} more)" if len(diffs) > 4 else ""
-    return ", ".join(diffs[:4]) + more
-
-
-@dataclass
-class _Resume:
-    step: int = 0
-    elapsed_s: float = 0.0
-    samples: int = 0
-    metrics: dict | None = None
-    optimizer: dict | None = None
-    rng: list | None = None
-    loaded: bool = False  # a checkpoint was loaded (its step is the last good one)
-
-
-def _one_line(e: BaseException, limit: int = 160) -> str:
-    lines = str(e).strip().splitlines()
-    text = lines[0].strip() if lines else ""
-    text = f"{type(e).__name__}: {text}" if text else type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-class _SignalFlag:
-    """SIGINT/SIGTERM set a flag so the loop checkpoints at the next step boundary; a second one stops at once."""
-
-    def __init__(self):
-        self.signum = 0
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum:
-            raise KeyboardInterrupt
-        self.signum = signum
-        try:
-            from tqdm import tqdm
-
-            tqdm.write(f"{signal.Signals(signum).name}: checkpointing after this step (again to stop at once)")
-        except Exception:  # noqa: BLE001 - never fail inside a signal handler
-            pass
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-        return False
-
-
-# ----------------------------------------------------------------------------------------------
-# the loop
-# ----------------------------------------------------------------------------------------------
 class Trainer:
     """One training run of `model` into `out_dir` (see `train` for the arguments): state on self.
 
@@ -330,7 +165,7 @@ class Trainer:
         self.on_checkpoint = on_checkpoint
         self.progress = progress
 
-        self.ctx: _Dist | None = None
+        self.ctx: Dist | None = None
         self.opt: torch.optim.Optimizer | None = None
         self.engine: nn.Module | None = None
         self.params: list[torch.Tensor] = []
@@ -373,7 +208,7 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.cfg
-        self.ctx = _setup_distributed()
+        self.ctx = setup_distributed()
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         if self.device.type == "cuda":
@@ -394,7 +229,7 @@ class Trainer:
         self._build_optimizer(res.optimizer)
         self._restore_rng(res.rng)
 
-        engine: nn.Module = _LossModule(raw)
+        engine: nn.Module = LossModule(raw)
         if self.world > 1:
             engine = nn.parallel.DistributedDataParallel(
                 engine, device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -413,30 +248,30 @@ class Trainer:
         self._flags = torch.zeros(4, device=self.device, dtype=torch.int64)
         self._reset_window()
 
-    def read_checkpoint(self) -> _Resume:
+    def read_checkpoint(self) -> Resume:
         """Load out_dir's checkpoint into the model (if any); returns where training stands."""
         out_dir, main = self.out_dir, self.main
         cfg_path, ts_path = out_dir / CONFIG, out_dir / TRAIN_STATE
         if not exists_current(out_dir, CONFIG):
             if exists_current(out_dir, TRAIN_STATE) and main:
                 warnings.warn(f"{ts_path} has no model beside it; starting from step 0", stacklevel=5)
-            return _Resume()
+            return Resume()
         info = read_model_info(out_dir)
         if info["kind"] != self.kind:
             raise ResumeError(f"{out_dir} holds a {info['kind']} checkpoint, this run trains a {self.kind}; "
                               f"use another out_dir")
         if info["config"] != self.config_d:
             raise ResumeError(f"{cfg_path}: the model config differs from the checkpoint's "
-                              f"({_config_diff(info['config'], self.config_d)}); "
+                              f"({config_diff(info['config'], self.config_d)}); "
                               f"use a new out_dir or the stored config")
         load_weights_into(self.raw, out_dir, read_weights(out_dir, info))
         meta = info["meta"]
         step, minutes, samples = meta.get("step", 0), meta.get("minutes", 0.0), meta.get("samples", 0)
-        if not (isinstance(step, int) and _is_number(minutes) and isinstance(samples, int)) or min(step, samples) < 0:
+        if not (isinstance(step, int) and is_number(minutes) and isinstance(samples, int)) or min(step, samples) < 0:
             raise ResumeError(f"{cfg_path}: meta step/minutes/samples are not valid "
                               f"(step={step!r}, minutes={minutes!r}, samples={samples!r})")
         metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else None
-        fallback = _Resume(step=step, elapsed_s=60.0 * float(minutes), samples=samples, metrics=metrics, loaded=True)
+        fallback = Resume(step=step, elapsed_s=60.0 * float(minutes), samples=samples, metrics=metrics, loaded=True)
         try:
             data = read_current(out_dir, TRAIN_STATE)
         except FileNotFoundError:
@@ -450,7 +285,7 @@ class Trainer:
         try:
             ts = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unpickling/format failure means the same thing here
-            raise ResumeError(f"cannot read training state {ts_path} ({_one_line(e)}); {hint}") from None
+            raise ResumeError(f"cannot read training state {ts_path} ({one_line(e)}); {hint}") from None
         del data
         version = ts.get("version", 0) if isinstance(ts, dict) else None
         if not isinstance(version, int) or version > STATE_VERSION:
@@ -460,18 +295,18 @@ class Trainer:
                 warnings.warn(f"{ts_path} belongs to other weights than {out_dir / WEIGHTS}; resuming the weights "
                               f"at step {fallback.step} with a fresh optimizer", stacklevel=5)
             return fallback
-        ok = (isinstance(ts.get("step"), int) and ts["step"] >= 0 and _is_number(ts.get("elapsed_s"))
+        ok = (isinstance(ts.get("step"), int) and ts["step"] >= 0 and is_number(ts.get("elapsed_s"))
               and isinstance(ts.get("samples"), int) and isinstance(ts.get("optimizer"), dict)
               and isinstance(ts.get("rng"), (list, type(None))))
         if not ok:
             raise ResumeError(f"{ts_path} is incomplete or malformed (step, elapsed_s, samples, optimizer, "
                               f"rng); {hint}")
-        return _Resume(step=ts["step"], elapsed_s=float(ts["elapsed_s"]), samples=ts["samples"], metrics=metrics,
+        return Resume(step=ts["step"], elapsed_s=float(ts["elapsed_s"]), samples=ts["samples"], metrics=metrics,
                        optimizer=ts["optimizer"], rng=ts["rng"], loaded=True)
 
     def _build_optimizer(self, state: dict | None) -> None:
         cfg = self.cfg
-        groups = _param_groups(self.raw, cfg.weight_decay)
+        groups = param_groups(self.raw, cfg.weight_decay)
         fused = True if self.device.type == "cuda" else None
         opt = torch.optim.AdamW(groups, lr=lr_at(self.step, cfg), betas=cfg.betas, fused=fused)
         if state is not None:
@@ -479,7 +314,7 @@ class Trainer:
                 opt.load_state_dict(state)
             except (ValueError, KeyError, RuntimeError, TypeError, IndexError) as e:
                 raise ResumeError(f"{self.out_dir / TRAIN_STATE}: optimizer state does not fit this model: "
-                                  f"{_one_line(e)}") from None
+                                  f"{one_line(e)}") from None
             for g, spec in zip(opt.param_groups, groups):  # this run's hyperparameters win over the stored ones
                 g.update(weight_decay=spec["weight_decay"], betas=cfg.betas, fused=fused)
         self.opt = opt
@@ -488,12 +323,12 @@ class Trainer:
     def _restore_rng(self, rng: list | None) -> None:
         if rng is not None and len(rng) == self.world:
             try:
-                _set_rng_state(rng[self.ctx.rank], self.device)
+                set_rng_state(rng[self.ctx.rank], self.device)
                 return
             except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
-                raise ResumeError(f"{self.out_dir / TRAIN_STATE}: malformed RNG state ({_one_line(e)}); "
+                raise ResumeError(f"{self.out_dir / TRAIN_STATE}: malformed RNG state ({one_line(e)}); "
                                   f"delete it to resume the weights with a fresh optimizer") from None
-        _seed_all(self.cfg.seed + 1000 * self.ctx.rank + self.step)
+        seed_all(self.cfg.seed + 1000 * self.ctx.rank + self.step)
 
     # -- one step --------------------------------------------------------------------------------
     def train_step(self, batch: Batch) -> torch.Tensor:
@@ -503,8 +338,8 @@ class Trainer:
         lr = lr_at(self.step, cfg)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        n = _batch_len(batch)
-        batch = _to_device(batch, self.device)
+        n = batch_len(batch)
+        batch = to_device(batch, self.device)
         with autocast(self.device, cfg.bf16):
             loss, metrics = self.engine(batch)
         if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
@@ -610,7 +445,7 @@ class Trainer:
         finite = torch.stack([torch.isfinite(p.detach()).all() for p in self.params]).all() if self.params else None
         if finite is not None and not bool(finite):
             raise self._non_finite_error("weights")
-        mine = _rng_state(self.device)
+        mine = rng_state(self.device)
         if collective and self.world > 1:
             rngs: list = [None] * self.world
             dist.all_gather_object(rngs, mine)
@@ -654,7 +489,7 @@ class Trainer:
         if self.budget_s and self.elapsed0 >= self.budget_s:
             return "time"
         stopped = "steps"
-        with _SignalFlag() as sig:
+        with SignalFlag() as sig:
             it = iter(self.batches(self.ctx.rank, self.world, data_seed(cfg.seed, self.step))) \
                 if self.step < cfg.steps else None
             while it is not None and self.step < cfg.steps:
