@@ -18,7 +18,8 @@ from pathlib import Path
 
 import cv2
 
-from gaia_gym.sims.carracing import SIM_FPS, CarRacingDrive, PursuitDriver
+from gaia_gym.data.frames import SIM_FPS
+from gaia_gym.sims.carracing import CarRacingDrive, PursuitDriver
 
 
 def main() -> None:

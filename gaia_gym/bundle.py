@@ -67,9 +67,14 @@ def load_world_model(path: str | Path | None = None, device: str | torch.device 
     return model.eval()
 
 
+def _recorded_sha256(model_path: str | Path) -> str | None:
+    """The weights sha256 a model directory's config.json records (None where it records none)."""
+    return read_model_info(model_path)["weights"].get("sha256")
+
+
 def weights_sha256(model_path: str | Path) -> str:
     """The sha256 of a model directory's weights, as its config.json records it."""
-    sha = read_model_info(model_path)["weights"].get("sha256")
+    sha = _recorded_sha256(model_path)
     if not sha:
         raise ModelFileError(f"{model_path}: config.json records no weights sha256")
     return sha
@@ -147,7 +152,7 @@ def resolve_tokenizer(directory: Path, sources: Sources, override: str | Path | 
         if not exists_current(c, "config.json"):
             seen.append(f"{c} (none)")
             continue
-        sha = read_model_info(c)["weights"].get("sha256")
+        sha = _recorded_sha256(c)
         if sha == sources.tokenizer_sha256:
             return c
         seen.append(f"{c} (sha256 {str(sha)[:12]}...)")
@@ -176,7 +181,7 @@ def record_training_sources(out: str | Path, tokenizer_dir: str | Path, codec: A
     sha = weights_sha256(tokenizer_dir)
     inside = out / TOKENIZER_DIR
     recover_dir(inside)
-    if not (exists_current(inside, "config.json") and read_model_info(inside)["weights"].get("sha256") == sha):
+    if not (exists_current(inside, "config.json") and _recorded_sha256(inside) == sha):
         copy_model_dir(tokenizer_dir, inside)
     src = Sources(sha, TOKENIZER_DIR, codec, float(step_seconds), None if data is None else str(Path(data).resolve()))
     src.write(out)

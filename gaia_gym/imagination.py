@@ -81,28 +81,44 @@ class EngineState:
         return self.select(torch.full((k,), int(row), dtype=torch.long))
 
 
-def _check_settings(n, temperature, top_k, guidance, horizon, end_threshold) -> None:
-    """One-line errors for engine settings, at construction (not at the first step)."""
-    def number(name, v):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
-            raise ConfigError(f"{name} must be a finite number, got {v!r}")
-        return float(v)
+def check_count(n, name: str = "num_envs") -> int:
+    """A positive integer (Python or numpy int; not a bool, float or string) -> int; else ConfigError."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ConfigError(f"{name} must be a positive integer (1, 2, ...), got {n!r}")
+    return int(n)
 
-    def integer(v) -> bool:
-        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
-    if not integer(n) or n < 1:
-        raise ConfigError(f"n (number of rows / envs) must be a positive integer, got {n!r}")
-    if number("temperature", temperature) < 0:
-        raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
-    if not integer(top_k) or top_k < 0:
-        raise ConfigError(f"top_k must be an integer >= 0 (0 = the whole vocabulary), got {top_k!r}")
-    if number("guidance", guidance) <= 0:
-        raise ConfigError(f"guidance must be > 0 (1 = no guidance), got {guidance!r}")
-    if horizon is not None and (not integer(horizon) or horizon < 1):
+def _real(x, name: str, allowed: str, lo: float = -math.inf, hi: float = math.inf, lo_open: bool = False) -> float:
+    ok = isinstance(x, numbers.Real) and not isinstance(x, bool)
+    if not ok or not math.isfinite(float(x)) or not lo <= float(x) <= hi or (lo_open and float(x) == lo):
+        raise ConfigError(f"{name} must be {allowed}, got {x!r}")
+    return float(x)
+
+
+def check_sampling(temperature, top_k, guidance, end_threshold) -> tuple[float, int, float, float]:
+    """The engine's sampling arguments, checked before the model loads (the envs call this before a model
+    loads), as Python numbers (numpy scalars welcome): (temperature, top_k (None -> the default), guidance,
+    end_threshold)."""
+    temperature = _real(temperature, "temperature", "a finite number >= 0 (0 = always the likeliest code)", lo=0.0)
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral)
+                              or top_k < 0):
+        raise ConfigError(f"top_k must be None (the default, {DEFAULT_TOP_K}) or an integer >= 0 "
+                          f"(0 = every code), got {top_k!r}")
+    guidance = _real(guidance, "guidance", "a finite number > 0 (1 = no classifier-free guidance)", lo=0.0,
+                     lo_open=True)
+    end_threshold = _real(end_threshold, "end_threshold", "a probability in [0, 1] (1 = never terminate)",
+                          lo=0.0, hi=1.0)
+    return temperature, DEFAULT_TOP_K if top_k is None else int(top_k), guidance, end_threshold
+
+
+def _check_settings(n, temperature, top_k, guidance, horizon, end_threshold) -> tuple[int, float, int, float, float]:
+    """One-line errors for engine settings, at construction (not at the first step); the settings as
+    Python numbers (n, temperature, top_k, guidance, end_threshold)."""
+    n = check_count(n, "n (number of rows / envs)")
+    temperature, top_k, guidance, end_threshold = check_sampling(temperature, top_k, guidance, end_threshold)
+    if horizon is not None and (isinstance(horizon, bool) or not isinstance(horizon, numbers.Integral) or horizon < 1):
         raise ConfigError(f"horizon must be a positive integer or None (never truncate), got {horizon!r}")
-    if not 0.0 <= number("end_threshold", end_threshold) <= 1.0:
-        raise ConfigError(f"end_threshold must be a probability in [0, 1], got {end_threshold!r}")
+    return n, temperature, top_k, guidance, end_threshold
 
 
 class Imagination:
@@ -114,7 +130,8 @@ class Imagination:
     def __init__(self, model, n: int = 1, temperature: float = 1.0, top_k: int = DEFAULT_TOP_K,
                  guidance: float = 1.0, horizon: int | None = None, end_threshold: float = 0.5,
                  seed: int | None = None, bf16: bool = True, prompts=None) -> None:
-        _check_settings(n, temperature, top_k, guidance, horizon, end_threshold)
+        n, temperature, top_k, guidance, end_threshold = _check_settings(n, temperature, top_k, guidance, horizon,
+                                                                         end_threshold)
         backend = getattr(model, "backend", model)  # a WorldBundle carries one
         if not isinstance(backend, Backend):
             raise ConfigError(f"Imagination needs a world-model backend or a loaded model directory, got "

@@ -247,9 +247,9 @@ def drive_tracks(bundle, config: PlannerConfig, tracks, done_path=None, seed: in
                 e = plan_real_episode(env, planner, t, max_steps, video=video_path is not None and i == 0)
                 frames = e.pop("frames", None)
                 if frames:
-                    from gaia_gym.media import write_video as _write_video
+                    from gaia_gym.media import write_video
 
-                    _write_video(Path(video_path), np.stack(frames[::2]), fps=6.25)
+                    write_video(Path(video_path), np.stack(frames[::2]), fps=6.25)
                 e.pop("rewards")
                 done[str(t)] = e
                 if done_path is not None:

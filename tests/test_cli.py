@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_synthetic_dataset
+from conftest import make_dataset
 from gaia_gym.cli import main
 
 
@@ -23,7 +23,7 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def data(work) -> Path:
-    return write_synthetic_dataset(work / "data", train=(40,) * 4, val=(40,) * 2)
+    return make_dataset(work / "data", train=(40,) * 4, val=(40,) * 2)
 
 
 def run(*argv: str) -> None:

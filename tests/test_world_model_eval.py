@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from gaia_gym.data import format as fmt
+from conftest import S, make_dataset
 from gaia_gym.data.loader import ClipDataset
 from gaia_gym.metrics import psnr_uint8
 from gaia_gym.models.layout import ActionCodec
@@ -27,57 +27,6 @@ from gaia_gym.evaluation.common import branch_rollout, make_engine, roc_auc, sel
 from gaia_gym.evaluation.pictures import counterfactual_grid, write_rollout_gif
 from gaia_gym.evaluation.world_model import evaluate_world_model
 from gaia_gym.train.loop import TrainConfig
-
-S = 64
-
-
-def _episode(rng: np.random.Generator, T: int, terminated: bool) -> dict:
-    steer = np.zeros(T, np.float32)
-    speed = np.zeros(T, np.float32)
-    x, v = float(rng.uniform(24, 40)), float(rng.uniform(10, 30))
-    xs = []
-    for t in range(T):
-        if t % 4 == 0:  # a new held command every 4 steps, kept inside the frame
-            opts = [-1.0, -0.6, 0.0, 0.6, 1.0]
-            opts = [o for o in opts if (x < 44 or o <= 0) and (x > 20 or o >= 0)]
-            s_cmd = float(rng.choice(opts))
-            dv = float(rng.choice([-2.0, 0.0, 2.0]))
-        steer[t], speed[t] = s_cmd, v
-        xs.append(x)
-        x += 2.0 * s_cmd
-        v = float(np.clip(v + dv, 0.0, 40.0))
-    frames = rng.integers(20, 40, size=(T, S, S, 3), dtype=np.uint8)
-    for t in range(T):
-        xi = int(round(xs[t]))
-        frames[t, :, xi - 2 : xi + 2, 0] = 230
-        yi = int(round(8 + speed[t]))
-        frames[t, yi - 2 : yi + 2, :, 1] = 230
-    term = np.zeros(T, bool)
-    term[-1] = terminated
-    return {
-        "frames": frames,
-        "last_frame": frames[-1],
-        "steering": steer,
-        "speed_mps": speed,
-        "target_speed_mps": np.clip(speed + 2.0, 0, 100).astype(np.float32),
-        "raw_action": np.zeros((T, 3), np.float32),
-        "reward": (speed / 20.0 - 0.1).astype(np.float32),
-        "terminated": term,
-        "truncated": ~term & (np.arange(T) == T - 1),
-    }
-
-
-def make_dataset(root: Path, train=(60,) * 8, val=(80,) * 4, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    (root / fmt.EPISODES).mkdir(parents=True, exist_ok=True)
-    m = fmt.new_manifest({"source": "synthetic", "fps": 12.5, "frame_size": S})
-    for i, (T, split) in enumerate([(t, "train") for t in train] + [(t, "val") for t in val]):
-        arrays = _episode(rng, T, terminated=i % 2 == 0)
-        meta = {"source": "synthetic", "seed": i, "split": split, "fps": 12.5}
-        m["episodes"].append(fmt.write_episode(root / fmt.EPISODES / fmt.episode_filename(i), arrays, meta))
-    fmt.write_manifest(root, m)
-    return root
-
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import zipfile
 import zlib
 from pathlib import Path
@@ -44,7 +43,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from gaia_gym.errors import ConfigError, CorruptShardError, DatasetError
-from gaia_gym.fileio import TMP_SUFFIX, atomic_write_bytes, atomic_write_json, clean_temp_files
+from gaia_gym.fileio import atomic_write_bytes, atomic_write_json, clean_temp_files
 
 FORMAT_NAME = "gaia_gym.dataset"
 FORMAT_VERSION = 1

@@ -18,9 +18,8 @@ import torch
 from gymnasium import spaces
 
 from gaia_gym.bundle import WorldBundle, load_bundle
-from gaia_gym.errors import ConfigError
-from gaia_gym.imagination import Imagination
-from gaia_gym.models.world_model import DEFAULT_TOP_K
+from gaia_gym.errors import ConfigError, ImaginationError
+from gaia_gym.imagination import Imagination, check_count, check_sampling
 
 OBS_KEYS = ("tokens", "frame", "features")  # a discrete-token model's keys, in observation order
 LATENT_KEYS = ("tokens", "latents")  # a frame's latent: int tokens (GAIA-1 backend) or float latents (GAIA-2)
@@ -48,36 +47,6 @@ def single_thread_after_fork() -> None:
     threads each would oversubscribe the cores anyway."""
     if _FORKED and torch.get_num_threads() > 1:
         torch.set_num_threads(1)
-
-
-def check_count(n, name: str = "num_envs") -> int:
-    """A positive integer (Python or numpy int; not a bool, float or string) -> int; else ConfigError."""
-    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ConfigError(f"{name} must be a positive integer (1, 2, ...), got {n!r}")
-    return int(n)
-
-
-def _real(x, name: str, allowed: str, lo: float = -math.inf, hi: float = math.inf, lo_open: bool = False) -> float:
-    ok = isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
-    if not ok or not math.isfinite(float(x)) or not lo <= float(x) <= hi or (lo_open and float(x) == lo):
-        raise ConfigError(f"{name} must be {allowed}, got {x!r}")
-    return float(x)
-
-
-def check_sampling(temperature, top_k, guidance, end_threshold) -> tuple[float, int, float, float]:
-    """The engine's sampling arguments, checked before the model loads (the engine checks them too), as
-    Python numbers (numpy scalars welcome): (temperature, top_k (None -> the default), guidance,
-    end_threshold)."""
-    temperature = _real(temperature, "temperature", "a finite number >= 0 (0 = always the likeliest code)", lo=0.0)
-    if top_k is not None and (isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, numbers.Integral)
-                              or top_k < 0):
-        raise ConfigError(f"top_k must be None (the default, {DEFAULT_TOP_K}) or an integer >= 0 "
-                          f"(0 = every code), got {top_k!r}")
-    guidance = _real(guidance, "guidance", "a finite number > 0 (1 = no classifier-free guidance)", lo=0.0,
-                     lo_open=True)
-    end_threshold = _real(end_threshold, "end_threshold", "a probability in [0, 1] (1 = never terminate)",
-                          lo=0.0, hi=1.0)
-    return temperature, DEFAULT_TOP_K if top_k is None else int(top_k), guidance, end_threshold
 
 
 def check_options(options, allowed: Sequence[str], who: str) -> dict[str, Any]:
@@ -294,9 +263,11 @@ class ImaginedBatch:
         steering, speed = self.codec.decode(self.last_action[i])
         return overlay_lines(float(steering), float(speed), float(self.last_reward[i]), int(self.steps[i]))
 
-    def images(self) -> list[np.ndarray]:
-        """Annotated, enlarged RGB frames of every row (for render)."""
+    def images(self, who: str) -> list[np.ndarray]:
+        """Annotated, enlarged RGB frames of every row (for `who`'s render; before a reset: ImaginationError)."""
         from gaia_gym.envs.render import annotate
 
+        if self.engine.memory is None:
+            raise ImaginationError(f"{who}: call reset() before render()")
         frames = self.frames()
         return [annotate(frames[i], self.overlay(i)) for i in range(self.n)]

@@ -127,9 +127,7 @@ class GaiaDriveEnv(gym.Env):
         if self.render_mode is None:
             gym.logger.warn("GaiaDrive-v0: render() called without a render_mode (pass render_mode='rgb_array')")
             return None
-        if self.core.engine.memory is None:
-            raise RuntimeError("GaiaDrive-v0: call reset() before render()")
-        img = self.core.images()[0]
+        img = self.core.images("GaiaDrive-v0")[0]
         if self.render_mode == "rgb_array":
             return img
         if self._viewer is None:

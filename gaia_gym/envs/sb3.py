@@ -32,7 +32,8 @@ import torch
 from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import tile_images
 
-from gaia_gym.envs.core import ImaginedBatch, RewardFn, check_count, check_options
+from gaia_gym.envs.core import ImaginedBatch, RewardFn, check_options
+from gaia_gym.imagination import check_count
 from gaia_gym.errors import ConfigError
 from gaia_gym.models.layout import check_actions
 
@@ -134,9 +135,7 @@ class GaiaDriveVecEnv(VecEnv):
 
     # ---- rendering --------------------------------------------------------------------------------
     def get_images(self) -> list[np.ndarray]:
-        if self.core.engine.memory is None:
-            raise RuntimeError("GaiaDriveVecEnv: call reset() before render()")
-        return self.core.images()
+        return self.core.images("GaiaDriveVecEnv")
 
     def render(self, mode: str | None = None) -> np.ndarray | None:
         """The annotated frames of all rows tiled into one image ("rgb_array"), or shown ("human")."""

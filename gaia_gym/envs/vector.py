@@ -39,7 +39,8 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from gaia_gym.envs.core import ImaginedBatch, RewardFn, check_count, check_options
+from gaia_gym.envs.core import ImaginedBatch, RewardFn, check_options
+from gaia_gym.imagination import check_count
 from gaia_gym.errors import ConfigError
 from gaia_gym.models.layout import check_actions
 
@@ -139,9 +140,7 @@ class GaiaDriveVectorEnv(VectorEnv):
         """"rgb_array": a tuple of num_envs enlarged, annotated frames (as SyncVectorEnv returns)."""
         if self.render_mode is None:
             return None
-        if self.core.engine.memory is None:
-            raise RuntimeError("GaiaDriveVectorEnv: call reset() before render()")
-        return tuple(self.core.images())
+        return tuple(self.core.images("GaiaDriveVectorEnv"))
 
     def close_extras(self, **kwargs: Any) -> None:
         self._needs_reset = True

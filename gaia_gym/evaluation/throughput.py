@@ -16,9 +16,10 @@ import time
 
 import torch
 
+from gaia_gym.data.frames import SIM_FPS
 from gaia_gym.imagination import Imagination
 
-SIM_HZ = 50.0  # CarRacing-v3 simulates 50 frames per second
+SIM_HZ = float(SIM_FPS)  # CarRacing-v3's frames per second (gaia_gym.data.frames)
 
 
 def _sync(dev: torch.device) -> None:

@@ -262,14 +262,13 @@ class Counterfactuals:
         return res
 
 
-def throughput_report(wm: WorldModel, tokenizer, fps: float, batch: int, seconds: float, bf16: bool, seed: int,
+def throughput_report(backend, fps: float, batch: int, seconds: float, bf16: bool, seed: int,
                       real_sim_seconds: float, real_sim_frames_per_s: float | None, real_sim_processes: int | None) -> dict:
-    """Imagined steps/s at `batch` (tokens only; the `bench` measurement) and the real simulator's speed."""
-    from gaia_gym.backends.tokens import TokenBackend
-
+    """Imagined steps/s of `backend` at `batch` (latents only; the `bench` measurement) and the real
+    simulator's speed."""
     frames_per_step = SIM_HZ / fps
     res: dict = {"sim_frames_per_step": frames_per_step}
-    sps = imagined_steps_per_s(TokenBackend(wm, tokenizer), batch, seconds=seconds, bf16=bf16, seed=seed) \
+    sps = imagined_steps_per_s(backend, batch, seconds=seconds, bf16=bf16, seed=seed) \
         if seconds > 0 else None
     res[f"imagined_frames_per_s_b{batch}"] = sps
     res["imagined_driving_s_per_s"] = None if sps is None else sps * frames_per_step / SIM_HZ
@@ -409,7 +408,7 @@ def run_world_model_evaluation(
         fps = EpisodeIndex(data, split=split).fps or 12.5
     except Exception:  # noqa: BLE001 - the split was read above; this is only the frame rate
         fps = 12.5
-    speed = throughput_report(wm, tokenizer, fps, throughput_batch, throughput_seconds, bf16, seed,
+    speed = throughput_report(rollouts.backend, fps, throughput_batch, throughput_seconds, bf16, seed,
                               real_sim_seconds, real_sim_frames_per_s, real_sim_processes)
     speed.update({"device": str(dev), "torch_threads": torch.get_num_threads(), "cpu": cpu_name()})
     return WorldModelReport(run, tf.summary(), ol.summary(), term.summary(split, len(windows)), cf.summary(), speed,

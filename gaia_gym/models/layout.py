@@ -38,10 +38,13 @@ curvature first because real speeds span orders of magnitude; ours are already n
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from gaia_gym.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -116,10 +119,6 @@ def _real_array(x, what: str, want: str) -> np.ndarray:
     """`x` (numbers, nested sequences of numbers, a numpy array or a torch tensor) as a float64 numpy array
     (np.longdouble stays as it is); None, strings, ragged nestings, non-numbers, complex numbers and ints
     too large for a float raise a one-line ConfigError naming `what` and `want`."""
-    import numbers
-
-    from gaia_gym.errors import ConfigError
-
     bad = f"{what} must be {want}, got {_show(x)}"
     if x is None or isinstance(x, (str, bytes, dict, set)):
         raise ConfigError(bad)
@@ -156,8 +155,6 @@ def check_action(action) -> np.ndarray:
     shape, None, strings, ragged nestings, NaN/inf, ints too large for a float) raises a one-line
     `ConfigError` (a ValueError). The values are checked in float64, so a finite value beyond float32's
     range (1e39) is clipped like any other finite value outside [-1, 1]."""
-    from gaia_gym.errors import ConfigError
-
     a = _real_array(action, "action", "2 real numbers [steering, speed] in [-1, 1]")
     if a.shape != (2,):
         raise ConfigError(f"action must have shape (2,) = [steering, speed], got shape {a.shape}")
@@ -172,8 +169,6 @@ def check_actions(actions, n: int, action_dim: int = 2, device: torch.device | N
     raise a one-line `ConfigError` (a ValueError); finite values outside [-1, 1] are clipped (documented
     behaviour of every adapter), checked before the cast to float32 (so 1e39 is clipped, not inf).
     A torch tensor stays on its device (detached, never modified)."""
-    from gaia_gym.errors import ConfigError
-
     want = f"({n}, {action_dim}) real numbers [steering, speed] per env, in [-1, 1]"
     if isinstance(actions, torch.Tensor):
         t = actions.detach()

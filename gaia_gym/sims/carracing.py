@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from gaia_gym.data.frames import SIM_FPS, carracing_frame  # noqa: F401 (SIM_FPS re-exported)
+from gaia_gym.data.frames import carracing_frame
 from gaia_gym.errors import ConfigError
 
 ZOOM_FRAMES = 50  # CarRacing's zoom-in animation lasts t < 1 s at 50 FPS

@@ -32,8 +32,8 @@ from tqdm import tqdm
 from gaia_gym.config import CarRacingCollectConfig
 from gaia_gym.data import format as fmt
 from gaia_gym.data.collect import EpisodeSpec, plan_episodes, run_collection
+from gaia_gym.data.frames import SIM_FPS
 from gaia_gym.sims.carracing import (
-    SIM_FPS,
     ZOOM_FRAMES,
     CarRacingDrive,
     PursuitDriver,

@@ -88,8 +88,8 @@ def play(bundle: WorldBundle, keys: str | None = None, steps: int = 500, out: st
         pg.display.quit()
     res = {"steps": t, "return": total}
     if out is not None and video:
-        from gaia_gym.media import write_video as _write_video
+        from gaia_gym.media import write_video
 
-        _write_video(Path(out), np.stack(video), fps)
+        write_video(Path(out), np.stack(video), fps)
         res["out"] = str(out)
     return res
