@@ -55,7 +55,9 @@ class Args:
     envs: int = field(default=16, metadata={"help": "imagined episodes stepped together"})
     timesteps: int = field(default=1_000_000, metadata={"help": "total imagined steps (over all resumes)"})
     horizon: int = field(default=50, metadata={"help": "imagined episode length (steps)"})
-    obs: str = field(default="tokens+features", metadata={"help": "observation keys: tokens, features or both"})
+    obs: str | None = field(default=None, metadata={
+        "help": "observation keys: tokens (or latents, for a flow model), features or both joined by '+' "
+                "(None: the model's latents + features)"})
     freeze: bool = field(default=True, metadata={"help": "keep the world model's token table fixed"})
     minutes: float | None = field(default=None, metadata={"help": "wall-clock budget in minutes (over all resumes)"})
     out: str | None = field(default=None, metadata={"help": "output directory (None: runs/agent_ALGO)"})
@@ -339,6 +341,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
         bundle = load_bundle(args.model, device)
+        args.obs = args.obs or f"{bundle.backend.latent_key}+features"
         bank = training_prompts(args, bundle, run.out)
         venv = GaiaDriveVecEnv(num_envs=args.envs, bundle=dataclasses.replace(bundle, prompts=bank), obs_mode=args.obs,
                                horizon=args.horizon, temperature=args.temperature, end_threshold=args.end_threshold)

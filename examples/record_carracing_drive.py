@@ -1,7 +1,7 @@
 """Make a "logged drive" the way a user would have one: a video file plus a CSV log of speed and steering.
 
 Drives real CarRacing-v3 (the scripted driver, acting every simulator frame, with a gentle weave) on a
-track no collection uses, and writes what the simulator showed, its native 96x96 observations at 50 fps,
+track no collection uses (with `--weave`, `--weave-hz` and `--speed-scale` to drive unlike the collector), and writes what the simulator showed, its native 96x96 observations at 50 fps,
 to a video, with a CSV log (time_s, speed_mps, steering). Import it like any drive:
 
     python examples/record_carracing_drive.py --out drives/cr_test --seconds 15
@@ -29,6 +29,9 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--codec", default="mp4v", help="fourcc: mp4v (.mp4) or FFV1 (lossless, use --ext avi)")
     p.add_argument("--ext", default="mp4")
+    p.add_argument("--weave", type=float, default=0.15, help="amplitude of the steering weave added to the driver's")
+    p.add_argument("--weave-hz", type=float, default=0.4, help="frequency of the weave")
+    p.add_argument("--speed-scale", type=float, default=0.9, help="the driver's target speed times this")
     a = p.parse_args()
     drive = CarRacingDrive(frame_skip=1, render_skipped=True)
     driver = PursuitDriver(drive)
@@ -43,10 +46,10 @@ def main() -> None:
     for k in range(n):
         t = k / SIM_FPS
         steer, speed = driver.act()
-        steer = max(-1.0, min(1.0, steer + 0.15 * math.sin(2 * math.pi * 0.4 * t)))  # a gentle weave
+        steer = max(-1.0, min(1.0, steer + a.weave * math.sin(2 * math.pi * a.weave_hz * t)))  # a weave
         rows.append((f"{t:.3f}", f"{drive.speed_mps:.3f}", f"{steer:.4f}"))
         vw.write(cv2.cvtColor(drive.last_obs, cv2.COLOR_RGB2BGR))  # frame k is shown at time t
-        s = drive.step(steer, speed * 0.9)
+        s = drive.step(steer, speed * a.speed_scale)
         if s.terminated or s.truncated:
             break
     vw.release()

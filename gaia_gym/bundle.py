@@ -6,7 +6,11 @@
       sources.json                     # the `Sources` record: tokenizer (path + sha256), action codec, step seconds
       tokenizer/                       # the tokenizer it was trained with (training copies it in)
 
-A model directory is self-contained and movable. Its tokenizer is looked up, in order, in MODEL_DIR/tokenizer,
+Two kinds of world model live in such a directory (config.json's "kind"): "world_model" (the discrete
+GAIA-1 design: tokens from an image tokenizer) and "flow_world_model" (the continuous GAIA-2 design:
+latents from a VAE; `gaia_gym.models.flow`). `KINDS` says, per kind, how to rebuild the world model,
+which kind of tokenizer it reads ("tokenizer" or "vae"; both live in MODEL_DIR/tokenizer) and which
+backend the engine talks to. A model directory is self-contained and movable. Its tokenizer is looked up, in order, in MODEL_DIR/tokenizer,
 at the path recorded in sources.json resolved against MODEL_DIR (never against the working directory), and
 ("default") the shipped tokenizer; whichever is found must have the sha256 that sources.json records, on
 every load path (`load_bundle` is the only one). Every problem raises `ModelFileError` naming the path.
@@ -30,40 +34,89 @@ import numpy as np
 import torch
 
 from gaia_gym.backends import Backend
+from gaia_gym.backends.flow import FlowBackend
 from gaia_gym.backends.tokens import TokenBackend
 from gaia_gym.checkpoint import WEIGHTS, load_model, model_dir, read_model_info, save_model
 from gaia_gym.errors import ConfigError, ModelFileError
 from gaia_gym.fileio import (atomic_replace_dir, atomic_write_bytes, atomic_write_json, current_path, exists_current,
                              read_json, recover_dir)
 from gaia_gym.models.layout import ActionCodec
+from gaia_gym.models.flow import FlowWorldModel, build_flow_model
 from gaia_gym.models.tokenizer import Tokenizer, build_tokenizer
+from gaia_gym.models.vae import build_vae
 from gaia_gym.models.world_model import WorldModel, build_world_model
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_TOKENIZER = ASSETS / "tokenizer"
 DEFAULT_WORLD_MODEL = ASSETS / "world_model"
+DEFAULT_FLOW_WORLD_MODEL = ASSETS / "flow_world_model"
 TOKENIZER_KIND = "tokenizer"
+VAE_KIND = "vae"
 WORLD_MODEL_KIND = "world_model"
+FLOW_WORLD_MODEL_KIND = "flow_world_model"
 PROMPTS = "prompts.npz"
 SOURCES = "sources.json"
 TOKENIZER_DIR = "tokenizer"
 DEFAULT_STEP_SECONDS = 0.08  # CarRacing: 4 simulator frames at 50 Hz per imagined step
 
-# model kind (config.json "kind") -> how the engine talks to it (the backend seam)
-BACKENDS: dict[str, Callable[..., Backend]] = {WORLD_MODEL_KIND: TokenBackend}
 
 
-def load_tokenizer(path: str | Path | None = None, device: str | torch.device = "cpu") -> Tokenizer:
-    """A trained tokenizer from its model directory (default: the shipped one)."""
-    model, _cfg, _meta = load_model(DEFAULT_TOKENIZER if path is None else path, TOKENIZER_KIND, build_tokenizer,
-                                    device=device)
+@dataclass(frozen=True)
+class Kind:
+    """How a world-model kind is rebuilt and driven: its builder, its tokenizer's kind and builder, and
+    the backend (the engine's seam) over the two."""
+
+    build: Callable
+    tokenizer_kind: str
+    build_tokenizer: Callable
+    backend: Callable[..., Backend]
+    model_class: type
+
+
+# model kind (config.json "kind") -> how it loads and how the engine talks to it (the backend seam)
+KINDS: dict[str, Kind] = {
+    WORLD_MODEL_KIND: Kind(build_world_model, TOKENIZER_KIND, build_tokenizer, TokenBackend, WorldModel),
+    FLOW_WORLD_MODEL_KIND: Kind(build_flow_model, VAE_KIND, build_vae, FlowBackend, FlowWorldModel),
+}
+BACKENDS: dict[str, Callable[..., Backend]] = {k: v.backend for k, v in KINDS.items()}
+TOKENIZER_KINDS = {v.tokenizer_kind: v.build_tokenizer for v in KINDS.values()}
+
+
+def kind_of(world_model) -> str:
+    """The kind string of a world-model instance ("world_model" or "flow_world_model")."""
+    for name, k in KINDS.items():
+        if isinstance(world_model, k.model_class):
+            return name
+    raise ConfigError(f"{type(world_model).__name__} is not a gaia_gym world model")
+
+
+def make_backend(world_model, tokenizer, **options) -> Backend:
+    """The engine's backend over a world model and its tokenizer, whichever kind they are (`options`:
+    the backend's own, e.g. ``steps=4`` for a flow model)."""
+    return KINDS[kind_of(world_model)].backend(world_model, tokenizer, **options)
+
+
+def load_tokenizer(path: str | Path | None = None, device: str | torch.device = "cpu", kind: str | None = TOKENIZER_KIND):
+    """A trained tokenizer from its model directory (default: the shipped one). `kind`: "tokenizer"
+    (discrete), "vae" (continuous), or None for whichever the directory holds."""
+    path = DEFAULT_TOKENIZER if path is None else path
+    if kind is None:
+        kind = read_model_info(path)["kind"]
+        if kind not in TOKENIZER_KINDS:
+            raise ModelFileError(f"{path} holds a {kind} model, not a tokenizer (kinds: {', '.join(TOKENIZER_KINDS)})")
+    model, _cfg, _meta = load_model(path, kind, TOKENIZER_KINDS[kind], device=device)
     return model.eval()
 
 
-def load_world_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> WorldModel:
-    """A trained world model (the transformer alone) from its model directory (default: the shipped one)."""
-    model, _cfg, _meta = load_model(DEFAULT_WORLD_MODEL if path is None else path, WORLD_MODEL_KIND,
-                                    build_world_model, device=device)
+def load_world_model(path: str | Path | None = None, device: str | torch.device = "cpu", kind: str | None = WORLD_MODEL_KIND):
+    """A trained world model (the transformer alone) from its model directory (default: the shipped one);
+    `kind` None accepts either world-model kind."""
+    path = DEFAULT_WORLD_MODEL if path is None else path
+    if kind is None:
+        kind = read_model_info(path)["kind"]
+    if kind not in KINDS:
+        raise ModelFileError(f"{path} holds a {kind} model, not a world model (kinds: {', '.join(KINDS)})")
+    model, _cfg, _meta = load_model(path, kind, KINDS[kind].build, device=device)
     return model.eval()
 
 
@@ -188,6 +241,11 @@ def record_training_sources(out: str | Path, tokenizer_dir: str | Path, codec: A
     return src
 
 
+def stored_latents(a: np.ndarray) -> torch.Tensor:
+    """Stored latents -> a tensor: uint16 tokens as int64, float latents as float32."""
+    return torch.from_numpy(a.astype(np.float32 if np.issubdtype(a.dtype, np.floating) else np.int64))
+
+
 @dataclass
 class PromptBank:
     """Real context clips: `tokens` (N, C, *L) -- each frame's latent: int64 tokens (g, g) for the
@@ -235,15 +293,12 @@ class PromptBank:
     def load(cls, path: str | Path) -> "PromptBank":
         path = Path(path)
         try:
-            def latents(a: np.ndarray) -> torch.Tensor:  # uint16 tokens -> int64; float latents stay float32
-                return torch.from_numpy(a.astype(np.float32 if np.issubdtype(a.dtype, np.floating) else np.int64))
-
             with np.load(path) as z:
                 nxt = {}
                 if "next_tokens" in z:
-                    nxt = {"next_tokens": latents(z["next_tokens"]),
+                    nxt = {"next_tokens": stored_latents(z["next_tokens"]),
                            "next_actions": torch.from_numpy(z["next_actions"].astype(np.float32))}
-                return cls(latents(z["tokens"]), torch.from_numpy(z["actions"].astype(np.float32)), **nxt)
+                return cls(stored_latents(z["tokens"]), torch.from_numpy(z["actions"].astype(np.float32)), **nxt)
         except FileNotFoundError:
             raise ModelFileError(f"{path}: no prompt bank (run training, or `gaia-gym pretrain`, to write one)") from None
         except Exception as e:  # zip / key / shape errors: the file is not a prompt bank
@@ -273,7 +328,7 @@ class PromptBank:
         eps = rng.permutation(len(cands))[:n] if len(cands) >= n else rng.integers(0, len(cands), n)
         picks = np.array([rng.choice(cands[e]) for e in eps])
         idx = picks[:, None] + np.arange(length)
-        t, a = torch.from_numpy(tokens[idx].astype(np.int64)), torch.from_numpy(actions[idx].astype(np.float32))
+        t, a = stored_latents(tokens[idx]), torch.from_numpy(actions[idx].astype(np.float32))
         if not continuation:
             return cls(t, a)
         return cls(t[:, :context], a[:, :context], t[:, context:], a[:, context:])
@@ -286,8 +341,8 @@ class PromptBank:
         starts a real episode in."""
         with np.load(path) as z:
             tokens, starts = z["tokens"], z["episode_starts"]
-        first = torch.from_numpy(tokens[starts[:-1]].astype(np.int64))
-        t = first[:, None].expand(-1, context, -1, -1).contiguous()
+        first = stored_latents(tokens[starts[:-1]])
+        t = first[:, None].expand(-1, context, *first.shape[1:]).contiguous()
         a = torch.as_tensor(np.asarray(still_action, np.float32)).expand(len(first), context, -1).contiguous()
         return cls(t, a)
 
@@ -340,18 +395,23 @@ def load_bundle(model: str | Path | None = None, device: str | torch.device = "c
         raise ModelFileError(f"{given}: no such world-model directory")
     path = model_dir(given)
     kind = read_model_info(path)["kind"]
-    if kind not in BACKENDS:
-        raise ModelFileError(f"{path} holds a {kind} model, not a world model (kinds: {', '.join(BACKENDS)})")
-    wm = load_world_model(path, device=device)
+    if kind not in KINDS:
+        raise ModelFileError(f"{path} holds a {kind} model, not a world model (kinds: {', '.join(KINDS)})")
+    wm = load_world_model(path, device=device, kind=kind)
     sources = Sources.read(path)
-    tok = load_tokenizer(resolve_tokenizer(path, sources, tokenizer), device=device)
+    tok_dir = resolve_tokenizer(path, sources, tokenizer)
+    tok_kind = read_model_info(tok_dir)["kind"]
+    if tok_kind != KINDS[kind].tokenizer_kind:
+        raise ModelFileError(f"{tok_dir} holds a {tok_kind}; a {kind} reads a {KINDS[kind].tokenizer_kind}")
+    tok = load_tokenizer(tok_dir, device=device, kind=tok_kind)
     backend_cls = BACKENDS[kind]
     try:
         backend = backend_cls(wm, tok)
     except ValueError as e:
         raise ModelFileError(f"{path}: {e}") from None
     prompts = PromptBank.load(path / PROMPTS)
-    if prompts.tokens.shape[2:] != tuple(backend.latent_shape) or int(prompts.tokens.max()) > backend.latent_range[1]:
+    if prompts.tokens.shape[2:] != tuple(backend.latent_shape) or float(prompts.tokens.max()) > backend.latent_range[1] \
+            or prompts.tokens.is_floating_point() != backend.latent_dtype.is_floating_point:
         raise ModelFileError(f"{path / PROMPTS}: prompts do not fit the world model's latents {backend.latent_shape}")
     b = WorldBundle(wm, tok, prompts, sources.action_codec, path, sources.step_seconds, kind)
     b._backend = backend
@@ -366,7 +426,7 @@ def save_bundle(bundle: WorldBundle, directory: str | Path, copy_tokenizer: bool
     wm, tok = bundle.world_model, bundle.tokenizer
     save_model(d, wm, bundle.kind, wm.cfg, meta)
     if copy_tokenizer:
-        tinfo = save_model(d / TOKENIZER_DIR, tok, TOKENIZER_KIND, tok.cfg)
+        tinfo = save_model(d / TOKENIZER_DIR, tok, KINDS[bundle.kind].tokenizer_kind, tok.cfg)
         sha, where = tinfo["weights"]["sha256"], TOKENIZER_DIR
     else:
         sha, where = weights_sha256(DEFAULT_TOKENIZER), "default"
@@ -392,6 +452,23 @@ def tiny_bundle(seed: int = 0, prompts: int = 8, device: str | torch.device = "c
     return WorldBundle(wm.to(device).eval(), tok.to(device).eval(), bank, ActionCodec(), Path("<tiny>"))
 
 
-__all__ = ["BACKENDS", "DEFAULT_TOKENIZER", "DEFAULT_WORLD_MODEL", "PROMPTS", "PromptBank", "SOURCES", "Sources",
+def tiny_flow_bundle(seed: int = 0, prompts: int = 8, device: str | torch.device = "cpu") -> WorldBundle:
+    """An untrained, tiny flow bundle (4x4x4 latents, 32-wide transformer) for tests and smoke runs."""
+    from gaia_gym.models.flow import FLOW_PRESETS, FlowConfig
+    from gaia_gym.models.vae import VAE_PRESETS, VAEConfig
+
+    torch.manual_seed(seed)
+    vae = build_vae(VAEConfig(**VAE_PRESETS["tiny"]))
+    wm = build_flow_model(FlowConfig(**FLOW_PRESETS["tiny"]))
+    g = torch.Generator().manual_seed(seed)
+    C, L = wm.cfg.context, wm.cfg.latent_shape
+    bank = PromptBank(torch.randn(prompts, C, *L, generator=g), torch.rand(prompts, C, 2, generator=g) * 2 - 1,
+                      torch.randn(prompts, 8, *L, generator=g), torch.rand(prompts, 8, 2, generator=g) * 2 - 1)
+    return WorldBundle(wm.to(device).eval(), vae.to(device).eval(), bank, ActionCodec(), Path("<tiny-flow>"),
+                       kind=FLOW_WORLD_MODEL_KIND)
+
+
+__all__ = ["BACKENDS", "DEFAULT_FLOW_WORLD_MODEL", "DEFAULT_TOKENIZER", "DEFAULT_WORLD_MODEL", "FLOW_WORLD_MODEL_KIND",
+           "KINDS", "Kind", "VAE_KIND", "kind_of", "make_backend", "stored_latents", "PROMPTS", "PromptBank", "SOURCES", "Sources",
            "WorldBundle", "copy_model_dir", "load_bundle", "load_tokenizer", "load_world_model",
-           "record_training_sources", "resolve_tokenizer", "save_bundle", "tiny_bundle", "weights_sha256"]
+           "record_training_sources", "resolve_tokenizer", "save_bundle", "tiny_bundle", "tiny_flow_bundle", "weights_sha256"]

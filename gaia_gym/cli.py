@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from gaia_gym.errors import GaiaGymError
+from gaia_gym.errors import ConfigError, GaiaGymError
 from gaia_gym.fileio import merge_json, write_json
 
 
@@ -137,6 +137,18 @@ def cmd_train_tokenizer(a: argparse.Namespace) -> None:
           + ", ".join(f"{k}={v:.4g}" for k, v in (r.get("metrics") or {}).items() if k in ("psnr", "l1", "l2")))
 
 
+def cmd_train_vae(a: argparse.Namespace) -> None:
+    from gaia_gym.train.vae import train_vae
+
+    tc = _train_config(a, steps=8000, batch_size=32, lr=1e-3, warmup_steps=200, channels_last=True,
+                       checkpoint_minutes=5, log_every=25, image_every=500)
+    r = train_vae(Path(a.data), Path(a.out), preset=a.preset, train_cfg=tc, progress=not a.quiet)
+    m = r.get("metrics") or {}
+    print(f"{a.out}: VAE trained to step {r['step']} ({r['minutes']:.1f} min in total, stopped by "
+          f"{r.get('stopped', 'steps')}); last metrics: "
+          + ", ".join(f"{k}={m[k]:.4g}" for k in ("psnr", "l1", "kl", "latent_std") if k in m))
+
+
 def cmd_train_world_model(a: argparse.Namespace) -> None:
     from gaia_gym.train.world_model import train_world_model
 
@@ -150,6 +162,20 @@ def cmd_train_world_model(a: argparse.Namespace) -> None:
     m = r.get("metrics") or {}
     print(f"{a.out}: world model trained to step {r['step']} ({r['minutes']:.1f} min in total); "
           + ", ".join(f"{k}={m[k]:.4g}" for k in ("ce", "token_acc", "reward_mae") if k in m))
+
+
+def cmd_train_flow_world_model(a: argparse.Namespace) -> None:
+    from gaia_gym.train.flow import train_flow_world_model
+
+    tc = _train_config(a, steps=3000, batch_size=16, lr=5e-4, warmup_steps=100, checkpoint_minutes=5,
+                       log_every=25, image_every=0)
+    overrides = {k: v for k, v in (("shortcut_fraction", a.shortcut_fraction), ("sampling_steps", a.sampling_steps))
+                 if v is not None}
+    r = train_flow_world_model(Path(a.data), Path(a.vae), Path(a.out), preset=a.preset, train_cfg=tc,
+                               progress=not a.quiet, **overrides)
+    m = r.get("metrics") or {}
+    print(f"{a.out}: flow world model trained to step {r['step']} ({r['minutes']:.1f} min in total); "
+          + ", ".join(f"{k}={m[k]:.4g}" for k in ("flow_loss", "shortcut_loss", "reward_mae") if k in m))
 
 
 def cmd_train_probe(a: argparse.Namespace) -> None:
@@ -171,11 +197,25 @@ def cmd_eval_world_model(a: argparse.Namespace) -> None:
     wm, tok = bundle.world_model, bundle.tokenizer
     tok_path = a.tokenizer or "(the model directory's)"
     probe = load_probe(a.probe) if a.probe else None
+    opts = {}
+    if a.sampling_steps is not None or a.plain_flow:
+        if bundle.kind != "flow_world_model":
+            raise ConfigError("--sampling-steps / --plain-flow apply to a flow world model only")
+        opts = {"steps": a.sampling_steps or wm.cfg.sampling_steps, "plain": a.plain_flow}
     r = evaluate_world_model(wm, tok, Path(a.data), split=a.split, max_clips=a.max_clips, probe=probe, codec=bundle.codec,
                              sample_temperature=a.temperature, progress=not a.quiet,
-                             real_sim_seconds=a.real_seconds, throughput_seconds=a.throughput_seconds, grid_path=a.grid)
+                             real_sim_seconds=a.real_seconds, throughput_seconds=a.throughput_seconds, grid_path=a.grid,
+                             backend_options=opts)
+    if a.steps_sweep:
+        from gaia_gym.evaluation.world_model import sampling_steps_sweep
+
+        if bundle.kind != "flow_world_model":
+            raise ConfigError("--steps-sweep applies to a flow world model only")
+        r["quality_by_sampling_steps"] = sampling_steps_sweep(wm, tok, Path(a.data), a.steps_sweep, split=a.split,
+                                                              max_clips=a.max_clips, progress=not a.quiet,
+                                                              codec=bundle.codec, sample_temperature=a.temperature)
     r.update(model=str(a.model or DEFAULT_WORLD_MODEL), tokenizer=str(tok_path), data=str(a.data))
-    keys = ("val_cross_entropy", "token_accuracy", "psnr_by_horizon", "copy_last_psnr_by_horizon",
+    keys = ("val_cross_entropy", "token_accuracy", "val_flow_loss", "flicker", "quality_by_sampling_steps", "psnr_by_horizon", "copy_last_psnr_by_horizon",
             "tokenizer_ceiling_psnr", "reward_mae_teacher_forced", "termination_auc",
             "counterfactual_steering_accuracy", "counterfactual_steering_paired_accuracy", "readback_real_accuracy",
             "counterfactual_steering_accuracy_probe", "counterfactual_speed_accuracy", "imagined_frames_per_s_b64",
@@ -183,12 +223,30 @@ def cmd_eval_world_model(a: argparse.Namespace) -> None:
     for k in keys:
         if k in r:
             v = r[k]
-            print(f"  {k}: " + (json.dumps({h: round(x, 2) for h, x in v.items()}) if isinstance(v, dict)
+            print(f"  {k}: " + (json.dumps(_rounded(v)) if isinstance(v, dict)
                                else f"{v:.4g}" if isinstance(v, float) else str(v)))
     if a.gif:
         from gaia_gym.evaluation.pictures import write_rollout_gif
 
         print(f"  rollouts: {write_rollout_gif(wm, tok, Path(a.data), Path(a.gif), split=a.split, clip=a.gif_clip)}")
+    if a.json:
+        merge_json(Path(a.json), ".", r) if a.merge else write_json(Path(a.json), r)
+        print(f"wrote {a.json}")
+
+
+def _rounded(v):
+    return {h: _rounded(x) for h, x in v.items()} if isinstance(v, dict) else round(v, 2) if isinstance(v, float) else v
+
+
+def cmd_eval_vae(a: argparse.Namespace) -> None:
+    from gaia_gym.bundle import VAE_KIND, load_tokenizer
+    from gaia_gym.evaluation.vae import evaluate_vae
+
+    r = evaluate_vae(load_tokenizer(a.model, kind=VAE_KIND), Path(a.data), split=a.split, max_clips=a.max_clips,
+                     bf16=not a.no_bf16, progress=not a.quiet)
+    r.update(model=str(a.model), data=str(a.data))
+    for k, v in r.items():
+        print(f"  {k}: {v:.4g}" if isinstance(v, float) else f"  {k}: {v}")
     if a.json:
         merge_json(Path(a.json), ".", r) if a.merge else write_json(Path(a.json), r)
         print(f"wrote {a.json}")
@@ -332,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(tt, list(TOKENIZER_PRESETS))
     tt.set_defaults(fn=cmd_train_tokenizer)
 
+    from gaia_gym.models.vae import VAE_PRESETS
+
+    tv = tsub.add_parser("vae", help="frames <-> continuous latents (GAIA-2 video tokenizer)")
+    _add_train_args(tv, list(VAE_PRESETS))
+    tv.set_defaults(fn=cmd_train_vae)
+
     from gaia_gym.models.world_model import WORLD_MODEL_PRESETS
 
     tw = tsub.add_parser("world-model", help="transformer over image + action tokens (GAIA-1 world model)")
@@ -346,6 +410,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="image head: one small softmax per FSQ digit (default; cheaper to sample) or one "
                          "softmax over all codes")
     tw.set_defaults(fn=cmd_train_world_model)
+
+    from gaia_gym.models.flow import FLOW_PRESETS
+
+    tf = tsub.add_parser("flow-world-model", help="flow-matching space-time transformer over VAE latents "
+                         "(GAIA-2 world model)")
+    _add_train_args(tf, list(FLOW_PRESETS))
+    tf.add_argument("--vae", required=True, help="trained VAE model directory (gaia-gym train vae)")
+    tf.add_argument("--shortcut-fraction", type=float,
+                    help="share of each batch trained with the shortcut (few-step) target (default 0.25; 0: plain "
+                         "flow matching)")
+    tf.add_argument("--sampling-steps", type=int, help="default sampling steps per imagined frame (default 2)")
+    tf.set_defaults(fn=cmd_train_flow_world_model)
 
     tp = tsub.add_parser("probe", help="inverse-dynamics probe on real frames (reads steering/speed back)")
     tp.add_argument("--data", required=True, help="dataset directory (train split to train, val to score)")
@@ -370,6 +446,16 @@ def build_parser() -> argparse.ArgumentParser:
     et.add_argument("--no-bf16", action="store_true")
     et.add_argument("--quiet", action="store_true")
     et.set_defaults(fn=cmd_eval_tokenizer)
+    ev = esub.add_parser("vae", help="continuous tokenizer: PSNR/SSIM per frame and windowed, flicker, speed")
+    ev.add_argument("--data", required=True, help="dataset directory")
+    ev.add_argument("--model", required=True, help="VAE model directory (gaia-gym train vae)")
+    ev.add_argument("--split", default="val", choices=["val", "train", "all"])
+    ev.add_argument("--max-clips", type=int, default=64, help="clips of 16 frames, spread over the split")
+    ev.add_argument("--json", help="write the metrics here")
+    ev.add_argument("--merge", action="store_true", help="merge into an existing --json file")
+    ev.add_argument("--no-bf16", action="store_true")
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(fn=cmd_eval_vae)
     ew = esub.add_parser("world-model", help="cross-entropy, rollout PSNR vs baselines, reward/termination, "
                          "counterfactual adherence, imagination speed vs the real simulator")
     ew.add_argument("--data", required=True, help="dataset directory")
@@ -385,6 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
     ew.add_argument("--grid", help="write the counterfactual picture grid here (PNG)")
     ew.add_argument("--gif", help="write a GIF: one real context, 4 sampled futures, left/straight/right")
     ew.add_argument("--gif-clip", type=int, default=0, help="which validation clip the GIF starts from")
+    ew.add_argument("--sampling-steps", type=int, help="flow model: sampling steps per imagined frame (default: the "
+                    "model's)")
+    ew.add_argument("--plain-flow", action="store_true", help="flow model: integrate with the flow-matching step "
+                    "embedding instead of the shortcut's")
+    ew.add_argument("--steps-sweep", type=int, nargs="+", metavar="K",
+                    help="flow model: also measure open-loop PSNR at these sampling steps (shortcut and plain flow)")
     ew.add_argument("--json", help="write the metrics here")
     ew.add_argument("--merge", action="store_true")
     ew.add_argument("--quiet", action="store_true")

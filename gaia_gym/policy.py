@@ -44,13 +44,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from gaia_gym.errors import ConfigError, MissingFileError
 
-EXTRACTOR_KEYS = ("tokens", "features")
+EXTRACTOR_KEYS = ("tokens", "latents", "features")
 
 
 @functools.lru_cache(maxsize=4)
@@ -67,11 +69,28 @@ def _world_model_table(path: str | None) -> tuple[torch.Tensor, int, int]:
     return wm.tok_emb.weight.detach().cpu().clone(), wm.cfg.patch, wm.cfg.vocab
 
 
+@functools.lru_cache(maxsize=4)
+def _flow_input(path: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(input projection weight (d, C p^2), its bias (d,), spatial positions (P, d), patch) of the flow
+    world model at `path` (None: the shipped flow model)."""
+    from gaia_gym.bundle import DEFAULT_FLOW_WORLD_MODEL, FLOW_WORLD_MODEL_KIND, load_world_model
+    from gaia_gym.errors import ModelFileError
+
+    p = Path(path) if path is not None else DEFAULT_FLOW_WORLD_MODEL
+    if not p.is_dir():
+        raise ModelFileError(f"{p}: no such world-model directory")
+    wm = load_world_model(p, kind=FLOW_WORLD_MODEL_KIND)
+    return (wm.inp.weight.detach().cpu().clone(), wm.inp.bias.detach().cpu().clone(), wm.pos_emb.detach().cpu().clone(),
+            wm.cfg.patch)
+
+
 class WorldModelExtractor(BaseFeaturesExtractor):
-    """Tokens embedded with the world model's token table (mean-pooled) + LayerNorm'd hidden features.
+    """Tokens embedded with the world model's token table (mean-pooled), or float latents projected with
+    the flow world model's own input layer (mean-pooled), + LayerNorm'd hidden features.
 
     Args:
-        observation_space: a Dict space with ``tokens`` (g, g) and/or ``features`` (d,) (no other key).
+        observation_space: a Dict space with ``tokens`` (g, g) or ``latents`` (C, h, w), and/or
+            ``features`` (d,) (no other key).
         world_model: world-model directory to copy the table from (None: the shipped model); ignored
             when ``embedding`` is given.
         embedding: the table itself, (patch**2 * vocab, d) (for tests), with ``patch`` and ``vocab``.
@@ -86,8 +105,8 @@ class WorldModelExtractor(BaseFeaturesExtractor):
         keys = tuple(observation_space.spaces)
         extra = [k for k in keys if k not in EXTRACTOR_KEYS]
         if extra or not keys:
-            raise ConfigError(f"WorldModelExtractor reads the keys 'tokens' and/or 'features', the observation has "
-                             f"{list(keys)} (use obs_mode='tokens+features')")
+            raise ConfigError(f"WorldModelExtractor reads the keys 'tokens' or 'latents', and/or 'features'; the "
+                             f"observation has {list(keys)} (use obs_mode='tokens+features')")
         self.keys = tuple(k for k in EXTRACTOR_KEYS if k in keys)
         table = None
         if "tokens" in self.keys:
@@ -104,7 +123,16 @@ class WorldModelExtractor(BaseFeaturesExtractor):
             if int(observation_space["tokens"].high.max()) >= vocab:
                 raise ConfigError(f"observation tokens go up to {int(observation_space['tokens'].high.max())}, "
                                  f"the world model's vocabulary has {vocab} codes")
+        proj = None
+        if "latents" in self.keys:
+            w, b, pos, lp = _flow_input(None if world_model is None else str(world_model))
+            c, g = observation_space["latents"].shape[0], observation_space["latents"].shape[-1]
+            if w.shape[1] != c * lp * lp or pos.shape[0] != (g // lp) ** 2:
+                raise ConfigError(f"the flow model's input layer {tuple(w.shape)} does not fit latents "
+                                  f"{observation_space['latents'].shape}: is it the model these observations come from?")
+            proj = (w, b, pos, lp)
         d_tok = 0 if table is None else table.shape[1]
+        d_tok += 0 if proj is None else proj[0].shape[0]
         d_feat = int(observation_space["features"].shape[0]) if "features" in self.keys else 0
         super().__init__(observation_space, features_dim=d_tok + d_feat)
         self.freeze_embedding = bool(freeze_embedding)
@@ -114,8 +142,18 @@ class WorldModelExtractor(BaseFeaturesExtractor):
             # copy (from_pretrained shares storage): SAC's target critic is Polyak-averaged in place
             self.embedding = nn.Embedding.from_pretrained(table.clone(), freeze=self.freeze_embedding)
             self.register_buffer("offset", torch.arange(self.patch**2) * self.vocab, persistent=False)
+        if proj is not None:  # plain Parameters, not a Linear (SB3's ortho_init would re-initialise it)
+            need = not self.freeze_embedding
+            self.lat_w, self.lat_b, self.lat_pos = (nn.Parameter(t.clone(), requires_grad=need) for t in proj[:3])
+            self.lat_patch = int(proj[3])
         if d_feat:
             self.norm = nn.LayerNorm(d_feat)
+
+    def embed_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) float latents -> (B, d): the flow model's token projection, mean-pooled."""
+        p = self.lat_patch
+        t = rearrange(latents.float(), "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=p, p2=p)
+        return (F.linear(t, self.lat_w, self.lat_b) + self.lat_pos).mean(1)
 
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, g, g) token grid (any dtype: SB3 hands Box observations over as floats) -> (B, d)."""
@@ -129,6 +167,8 @@ class WorldModelExtractor(BaseFeaturesExtractor):
         out = []
         if "tokens" in self.keys:
             out.append(self.embed_tokens(observations["tokens"]))
+        if "latents" in self.keys:
+            out.append(self.embed_latents(observations["latents"]))
         if "features" in self.keys:
             out.append(self.norm(observations["features"].float()))
         return torch.cat(out, dim=-1)

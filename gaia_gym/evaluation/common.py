@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from gaia_gym.backends.tokens import TokenBackend
+from gaia_gym.bundle import make_backend
 from gaia_gym.data.format import load_episode
 from gaia_gym.data.loader import ClipDataset, EpisodeIndex
 from gaia_gym.imagination import Imagination
@@ -46,10 +46,11 @@ def roc_auc(scores, labels) -> float | None:
     return float(u / (n_pos * n_neg))
 
 
-def make_engine(wm, tokenizer, temperature: float, seed: int, bf16: bool) -> Imagination:
-    """An engine over (world model, tokenizer) for evaluation rollouts: reset from given contexts only."""
-    return Imagination(TokenBackend(wm, tokenizer), n=1, temperature=float(temperature), top_k=DEFAULT_TOP_K,
-                       end_threshold=1.0, seed=seed, bf16=bf16)
+def make_engine(wm, tokenizer, temperature: float, seed: int, bf16: bool, **backend_options) -> Imagination:
+    """An engine over (world model, tokenizer) of either kind for evaluation rollouts: reset from given
+    contexts only. `backend_options`: e.g. ``steps=4`` for a flow model."""
+    return Imagination(make_backend(wm, tokenizer, **backend_options), n=1, temperature=float(temperature),
+                       top_k=DEFAULT_TOP_K, end_threshold=1.0, seed=seed, bf16=bf16)
 
 
 @torch.no_grad()

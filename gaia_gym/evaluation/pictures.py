@@ -90,4 +90,37 @@ def write_rollout_gif(wm, tokenizer, data: str | Path, path: str | Path, n_futur
     return write_gif(out, path, fps or EpisodeIndex(data, split=split).fps or 12.5)
 
 
-__all__ = ["counterfactual_grid", "write_rollout_gif"]
+@torch.no_grad()
+def compare_models_picture(models: dict, data: str | Path, path: str | Path, split: str = "val", context: int = 4,
+                           steps: int = 8, clip: int = 0, temperature: float = 0.0, seed: int = 0,
+                           codec: ActionCodec | None = None, bf16: bool = True, scale: int = 2) -> Path:
+    """PNG (and a GIF beside it): one real context from `split`, then the real continuation above each
+    model's imagined future under the same real actions. `models`: name -> (world model, tokenizer), any
+    kind (discrete or flow). Each model encodes the real context with its own tokenizer."""
+    import imageio.v3 as iio
+
+    codec = codec or ActionCodec()
+    ds = ClipDataset(data, split=split, clip_len=context + steps, fields=EVAL_FIELDS, shuffle=False)
+    c = next((x for i, x in enumerate(ds) if i == clip), None)
+    if c is None:
+        raise ConfigError(f"{data}: split {split!r} has fewer than {clip + 1} clips of {context + steps} frames")
+    b = stack_clips([c], codec)
+    frames, acts, C = b["frames"], b["actions"], context
+    real = frames[0].numpy()
+    rows, names = [list(real[C - 1 :])], ["real"]
+    for name, (wm, tok) in models.items():
+        eng = make_engine(wm, tok, temperature, seed, bf16)
+        lat = encode(eng, frames)
+        fut = branch_rollout(eng, lat[:, :C], acts[:, :C], acts[:, C - 1 : C - 1 + steps][:, None], steps)[0, 0]
+        rows.append([decode(eng, lat[0, C - 1 : C]).numpy()[0]] + list(decode(eng, fut).numpy()))
+        names.append(name)
+    img = grid_image(rows, names, ["t"] + [f"+{i + 1}" for i in range(steps)], scale)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, img)
+    gif = [grid_image([[r[t]] for r in rows], names, ["t" if t == 0 else f"+{t}"], scale) for t in range(steps + 1)]
+    write_gif(gif, path.with_suffix(".gif"), EpisodeIndex(data, split=split).fps or 12.5)
+    return path
+
+
+__all__ = ["compare_models_picture", "counterfactual_grid", "write_rollout_gif"]

@@ -139,7 +139,8 @@ def evaluate_policy(policy: str, seeds=TEST_SEEDS, model: str | None = None, bun
             agent = load_agent(policy, device=device, world_model=model)
         bundle = bundle if bundle is not None else load_bundle(model, device)
         # the agent's observation keys, in GaiaDrive's order (gymnasium sorts a Dict space's keys)
-        obs_mode = "+".join(parse_obs_mode("+".join(agent.observation_space.spaces))) if agent is not None else "tokens"
+        key = bundle.backend.latent_key
+        obs_mode = "+".join(parse_obs_mode("+".join(agent.observation_space.spaces), key)) if agent is not None else key
         env = RealCarRacingEnv(bundle=bundle, obs_mode=obs_mode, render_mode="rgb_array")
         act = random_actor(env.action_space, seed) if agent is None else agent_actor(agent)
         try:

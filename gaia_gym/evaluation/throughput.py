@@ -49,8 +49,12 @@ def imagined_steps_per_s(model, batch: int, frames: bool = False, seconds: float
     else:
         g = torch.Generator().manual_seed(seed)
         C = max(2, eng.backend.window)
-        lo, hi = eng.backend.latent_range
-        lat = torch.randint(int(lo), int(hi) + 1, (batch, C, *eng.latent_shape), generator=g)
+        shape = (batch, C, *eng.latent_shape)
+        if eng.backend.latent_dtype.is_floating_point:  # float latents: unit-scale noise
+            lat = torch.randn(shape, generator=g)
+        else:
+            lo, hi = eng.backend.latent_range
+            lat = torch.randint(int(lo), int(hi) + 1, shape, generator=g)
         eng.reset(context=(lat, torch.rand(batch, C, eng.action_dim, generator=g) * 2 - 1))
     g = torch.Generator(device=eng.device).manual_seed(seed)
 

@@ -40,6 +40,7 @@ from gaia_gym.imagination import Imagination
 from gaia_gym.metrics import psnr_uint8, ssim_uint8
 from gaia_gym.models.layout import ActionCodec
 from gaia_gym.models.probe import IGNORE, pair_labels
+from gaia_gym.models.flow import FlowWorldModel
 from gaia_gym.models.world_model import WorldModel
 from gaia_gym.precision import autocast, precision_name
 from gaia_gym.errors import ConfigError
@@ -79,33 +80,44 @@ class Termination:
 
 
 class TeacherForcing:
-    """Next-frame cross-entropy / accuracy and reward MAE over a window of real frames."""
+    """Teacher-forced scores over a window of real frames: next-frame token cross-entropy and accuracy
+    (discrete model) or the flow-matching error at fixed flow times (flow model); reward MAE of every
+    step's reward head; the end logits for the termination AUC."""
 
-    def __init__(self, wm: WorldModel, window: int, bf16: bool, termination: Termination) -> None:
+    def __init__(self, wm, window: int, bf16: bool, termination: Termination) -> None:
         self.wm, self.W, self.bf16, self.termination = wm, window, bf16, termination
         self.dev = next(wm.parameters()).device
+        self.flow = isinstance(wm, FlowWorldModel)
         self.ce = self.correct = self.n_tok = self.r_err = self.r_n = 0.0
 
     def forward(self, b: dict, tok: torch.Tensor):
         with autocast(self.dev, self.bf16):
-            out = self.wm(tok[:, : self.W], b["actions"][:, : self.W].to(self.dev))
+            if self.flow:
+                out = self.wm.teacher_forced(tok[:, : self.W], b["actions"][:, : self.W].to(self.dev))
+            else:
+                out = self.wm(tok[:, : self.W], b["actions"][:, : self.W].to(self.dev))
         self.termination.update(out.end_logit, b["terminated"][:, : self.W])
         return out
 
     def update(self, b: dict, tok: torch.Tensor) -> None:
         out = self.forward(b, tok)
-        logits = self.wm.next_frame_logits(out).float()
-        target = self.wm.patchify(tok[:, 1 : self.W])
-        nll, ok = self.wm.image_nll(logits, target)
-        self.ce += float(nll.sum())
-        self.correct += float(ok.sum())
-        self.n_tok += target.numel()
+        if self.flow:
+            self.ce += float(out.velocity.float().sum())
+            self.n_tok += out.velocity.numel()
+        else:
+            logits = self.wm.next_frame_logits(out).float()
+            target = self.wm.patchify(tok[:, 1 : self.W])
+            nll, ok = self.wm.image_nll(logits, target)
+            self.ce += float(nll.sum())
+            self.correct += float(ok.sum())
+            self.n_tok += target.numel()
         self.r_err += float((out.reward.float().cpu() - b["reward"][:, : self.W]).abs().sum())
         self.r_n += len(tok) * self.W
 
     def summary(self) -> dict:
-        return {"teacher_forced_window": self.W, "val_cross_entropy": self.ce / self.n_tok,
-                "token_accuracy": self.correct / self.n_tok, "reward_mae_teacher_forced": self.r_err / self.r_n}
+        scores = ({"val_flow_loss": self.ce / self.n_tok} if self.flow else
+                  {"val_cross_entropy": self.ce / self.n_tok, "token_accuracy": self.correct / self.n_tok})
+        return {"teacher_forced_window": self.W, **scores, "reward_mae_teacher_forced": self.r_err / self.r_n}
 
 
 class OpenLoop:
@@ -119,6 +131,9 @@ class OpenLoop:
         self.copy_ssim = {h: [] for h in horizons}
         self.ceil_psnr, self.ceil_ssim = [], []
         self.r_err = self.r_n = 0.0
+        self.video = hasattr(engine.backend, "decode_video")  # a decoder over a window of latents (flow)
+        self.flicker: dict[str, list] = {k: [] for k in ("reconstruction_per_frame", "reconstruction_windowed",
+                                                         "imagined_per_frame", "imagined_windowed")}
 
     def update(self, b: dict, tok: torch.Tensor) -> None:
         C, H, eng = self.C, self.horizons[-1], self.engine
@@ -141,13 +156,33 @@ class OpenLoop:
         recon = decode(eng, tok[:, C:])  # (B, H, ...)
         self.ceil_psnr.append(psnr_uint8(recon.flatten(0, 1), frames[:, C:].flatten(0, 1)))
         self.ceil_ssim.append(ssim_uint8(recon.flatten(0, 1), frames[:, C:].flatten(0, 1)))
+        if self.video:
+            real = frames[:, C - 1 : C + H]
+            seq = torch.stack(preds, 1)
+            ctx = tok[:, C - 1 : C].to(seq.device)
+            for name, lat in (("reconstruction", tok[:, C - 1 : C + H]), ("imagined", torch.cat([ctx, seq], 1))):
+                self.flicker[f"{name}_per_frame"].append(flicker(decode(eng, lat), real))
+                self.flicker[f"{name}_windowed"].append(flicker(eng.backend.decode_video(lat.to(eng.device)).cpu(), real))
 
     def summary(self) -> dict:
         by = lambda d: {str(h): _mean(d[h]) for h in self.horizons}  # noqa: E731
-        return {"psnr_by_horizon": by(self.psnr), "ssim_by_horizon": by(self.ssim),
-                "copy_last_psnr_by_horizon": by(self.copy_psnr), "copy_last_ssim_by_horizon": by(self.copy_ssim),
-                "tokenizer_ceiling_psnr": _mean(self.ceil_psnr), "tokenizer_ceiling_ssim": _mean(self.ceil_ssim),
-                "reward_mae_rollout": self.r_err / self.r_n}
+        out = {"psnr_by_horizon": by(self.psnr), "ssim_by_horizon": by(self.ssim),
+               "copy_last_psnr_by_horizon": by(self.copy_psnr), "copy_last_ssim_by_horizon": by(self.copy_ssim),
+               "tokenizer_ceiling_psnr": _mean(self.ceil_psnr), "tokenizer_ceiling_ssim": _mean(self.ceil_ssim),
+               "reward_mae_rollout": self.r_err / self.r_n}
+        if self.video:
+            out["flicker"] = {k: _mean(v) for k, v in self.flicker.items()}
+            out["flicker_definition"] = ("mean |(D_t - D_t-1) - (R_t - R_t-1)| in uint8 levels over the rollout: decoded "
+                                         "frame-to-frame differences against the real ones; per_frame: each latent "
+                                         "decoded alone; windowed: with the latents before it (decode_video)")
+        return out
+
+
+def flicker(decoded: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Per-clip error of frame-to-frame differences: decoded and real uint8 (B, T, H, W, 3) -> (B,)."""
+    dd = decoded[:, 1:].float() - decoded[:, :-1].float()
+    dr = real[:, 1:].float() - real[:, :-1].float()
+    return (dd - dr).abs().flatten(1).mean(1)
 
 
 def _probe_read(probe, start: torch.Tensor, imagined: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -342,6 +377,7 @@ def run_world_model_evaluation(
     real_sim_frames_per_s: float | None = None,
     real_sim_processes: int | None = None,
     grid_path: str | Path | None = None,
+    backend_options: dict | None = None,
 ) -> WorldModelReport:
     """Every world-model metric in one run (see the module docstring), as a `WorldModelReport`.
 
@@ -352,6 +388,7 @@ def run_world_model_evaluation(
     throughput measurement. `grid_path`: also write `counterfactual_grid` of the first clip there.
     ``..._steering_accuracy_moving`` keeps the contexts whose real speed at the last context frame exceeds
     `moving_mps`; ``..._speed_accuracy_midrange`` those between `moving_mps` and ``fast_mps - moving_mps``.
+    `backend_options`: the backend's own settings, e.g. ``{"steps": 4}`` sampling steps for a flow model.
     """
     codec = codec or ActionCodec()
     horizons = sorted({int(h) for h in horizons})
@@ -371,8 +408,9 @@ def run_world_model_evaluation(
     if not clips:
         raise ConfigError(f"{data}: no {split!r} clip of {C + H} frames")
 
-    rollouts = make_engine(wm, tokenizer, sample_temperature, seed, bf16)  # its own generator (seed)
-    branches = make_engine(wm, tokenizer, sample_temperature, seed + 1, bf16)  # and the counterfactuals'
+    opts = backend_options or {}
+    rollouts = make_engine(wm, tokenizer, sample_temperature, seed, bf16, **opts)  # its own generator (seed)
+    branches = make_engine(wm, tokenizer, sample_temperature, seed + 1, bf16, **opts)  # and the counterfactuals'
     term = Termination()
     tf = TeacherForcing(wm, W, bf16, term)
     ol = OpenLoop(rollouts, C, horizons)
@@ -394,7 +432,10 @@ def run_world_model_evaluation(
         tf.forward(b, encode(rollouts, b["frames"]))
 
     run = {"split": split, "clips": len(clips), "context": C, "horizons": horizons,
-           "sample_temperature": sample_temperature, "precision": precision_name(dev, bf16)}
+           "sample_temperature": sample_temperature, "precision": precision_name(dev, bf16),
+           "backend": type(rollouts.backend).__name__}
+    if hasattr(rollouts.backend, "steps"):
+        run["sampling_steps"] = rollouts.backend.steps
     pictures = {}
     if grid_path is not None:
         from gaia_gym.evaluation.pictures import counterfactual_grid
@@ -415,5 +456,25 @@ def run_world_model_evaluation(
                             pictures)
 
 
-__all__ = ["Counterfactuals", "OpenLoop", "TeacherForcing", "Termination", "WorldModelReport", "evaluate_world_model",
+@torch.no_grad()
+def sampling_steps_sweep(wm, tokenizer, data: str | Path, steps: Sequence[int] = (1, 2, 4, 8, 16), split: str = "val",
+                         max_clips: int | None = 64, progress: bool = True, **kwargs) -> dict:
+    """Open-loop quality of a flow model against the number of sampling steps, with the shortcut step
+    embedding and with the plain flow-matching one (d = 0) at the same steps, on the same clips:
+    {"shortcut": {steps: psnr_by_horizon}, "flow_matching": {...}}. `kwargs` go to
+    `run_world_model_evaluation` (e.g. sample_temperature)."""
+    if not isinstance(wm, FlowWorldModel):
+        raise ConfigError("the sampling-steps sweep needs a flow world model")
+    out: dict = {"shortcut": {}, "flow_matching": {}}
+    for plain, key in ((False, "shortcut"), (True, "flow_matching")):
+        for k in steps:
+            r = run_world_model_evaluation(wm, tokenizer, data, split=split, max_clips=max_clips, progress=progress,
+                                           counterfactual_steps=0, throughput_seconds=0, real_sim_seconds=0,
+                                           max_end_windows=0, backend_options={"steps": int(k), "plain": plain},
+                                           **kwargs)
+            out[key][str(k)] = r.open_loop["psnr_by_horizon"]
+    return out
+
+
+__all__ = ["Counterfactuals", "sampling_steps_sweep", "OpenLoop", "TeacherForcing", "Termination", "WorldModelReport", "evaluate_world_model",
            "run_world_model_evaluation", "throughput_report"]

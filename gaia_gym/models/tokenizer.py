@@ -237,16 +237,22 @@ class Tokenizer(nn.Module):
         metrics = {"l1": l1.item(), "l2": l2.item(), "quant": float(out.quant_loss.detach()),
                    "psnr": psnr(recon.detach(), x).item()}
         if self.teacher is not None:
-            with torch.no_grad():
-                t = self.teacher((x + 1) / 2).float()
-            t = F.adaptive_avg_pool2d(t, out.z_q.shape[-2:])
-            s = self.distill_head(out.z_q.to(x.dtype)).float()
-            dl = 1 - F.cosine_similarity(s, t, dim=1).mean()
+            dl = distillation_loss(self.teacher, self.distill_head, x, out.z_q.to(x.dtype))
             loss = loss + self.cfg.distill_weight * dl
             metrics["distill"] = dl.item()
         used = torch.unique(out.tokens).numel()
         metrics["batch_code_usage"] = used / self.cfg.vocab_size
         return loss, metrics
+
+
+def distillation_loss(teacher: nn.Module, head: nn.Module, x: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+    """1 - cosine similarity between `head(latent)` and a frozen teacher's features of the frames x
+    (B, 3, H, W) in [-1, 1] (pooled to the latent grid): GAIA-1/2's feature distillation."""
+    with torch.no_grad():
+        t = teacher((x + 1) / 2).float()
+    t = F.adaptive_avg_pool2d(t, latent.shape[-2:])
+    s = head(latent).float()
+    return 1 - F.cosine_similarity(s, t, dim=1).mean()
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

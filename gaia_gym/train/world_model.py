@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from gaia_gym.bundle import (PROMPTS, WORLD_MODEL_KIND, PromptBank, load_tokenizer, record_training_sources,
-                             weights_sha256)
+                             stored_latents, weights_sha256)
 from gaia_gym.checkpoint import read_model_info
 from gaia_gym.data.format import load_episode
 from gaia_gym.errors import ConfigError, DatasetError
@@ -39,18 +39,19 @@ def world_model_config(preset: str = "default", **overrides) -> WorldModelConfig
 @torch.no_grad()
 def tokenize_split(data: Path, tokenizer_dir: Path, split: str, out: Path, codec: ActionCodec,
                    batch_size: int = 256, progress: bool = True) -> Path:
-    """Encode every frame of `split` into `out` (one .npz): tokens, model actions, reward, terminated
-    and episode boundaries. Skipped when `out` exists for the same tokenizer weights."""
+    """Encode every frame of `split` into `out` (one .npz): "tokens" (the frames' latents: uint16 token
+    grids from a discrete tokenizer, float16 latents from a VAE), model actions, reward, terminated and
+    episode boundaries. Skipped when `out` exists for the same tokenizer weights."""
     tid = weights_sha256(tokenizer_dir)
     if out.exists():
         with np.load(out) as z:
             if str(z["tokenizer_id"]) == tid:
                 return out
-    tok = load_tokenizer(tokenizer_dir)
+    tok = load_tokenizer(tokenizer_dir, kind=None)
     idx = EpisodeIndex(data, split=split)
     parts: dict[str, list] = {"tokens": [], "actions": [], "reward": [], "terminated": []}
     starts = [0]
-    bar = tqdm(total=idx.total_steps, unit="frame", desc=f"tokenize {split}", disable=not progress)
+    bar = tqdm(total=idx.total_steps, unit="frame", desc=f"encode {split}", disable=not progress)
     for path in idx.paths:
         ep = load_episode(path, fields=["frames", "steering", "target_speed_mps", "reward", "terminated"])
         f = torch.from_numpy(ep["frames"])
@@ -59,7 +60,8 @@ def tokenize_split(data: Path, tokenizer_dir: Path, split: str, out: Path, codec
             with autocast(f.device):
                 toks.append(tok.encode(f[i : i + batch_size]))
             bar.update(len(f[i : i + batch_size]))
-        parts["tokens"].append(torch.cat(toks).numpy().astype(np.uint16))
+        lat = torch.cat(toks)
+        parts["tokens"].append(lat.numpy().astype(np.float16 if lat.is_floating_point() else np.uint16))
         parts["actions"].append(codec.encode(ep["steering"], ep["target_speed_mps"]))
         parts["reward"].append(ep["reward"].astype(np.float32))
         parts["terminated"].append(ep["terminated"].astype(bool))
@@ -67,19 +69,19 @@ def tokenize_split(data: Path, tokenizer_dir: Path, split: str, out: Path, codec
     bar.close()
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
     buf = io.BytesIO()
-    np.savez(buf, **arrays, episode_starts=np.asarray(starts, np.int64), tokenizer_id=np.array(tid),
-             vocab=np.array(tok.cfg.vocab_size), grid=np.array(tok.cfg.grid))
+    np.savez(buf, **arrays, episode_starts=np.asarray(starts, np.int64), tokenizer_id=np.array(tid))
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, lambda fh: fh.write(buf.getvalue()))
     return out
 
 
 class TokenClips:
-    """In-memory token clips of one tokenized split."""
+    """In-memory clips of one encoded split (tokens or float latents; `key` names them in each batch)."""
 
-    def __init__(self, path: Path, clip_len: int) -> None:
+    def __init__(self, path: Path, clip_len: int, key: str = "tokens") -> None:
+        self.key = key
         with np.load(path) as z:
-            self.tokens = torch.from_numpy(z["tokens"].astype(np.int64))
+            self.tokens = stored_latents(z["tokens"])
             self.actions = torch.from_numpy(z["actions"])
             self.reward = torch.from_numpy(z["reward"])
             self.terminated = torch.from_numpy(z["terminated"])
@@ -95,7 +97,7 @@ class TokenClips:
 
     def batch(self, starts: torch.Tensor) -> dict[str, torch.Tensor]:
         idx = starts[:, None] + torch.arange(self.clip_len)
-        return {"tokens": self.tokens[idx], "actions": self.actions[idx], "reward": self.reward[idx],
+        return {self.key: self.tokens[idx], "actions": self.actions[idx], "reward": self.reward[idx],
                 "terminated": self.terminated[idx]}
 
     def sampler(self, batch_size: int):
