@@ -17,7 +17,6 @@ run). Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from gaia_gym.fileio import merge_json, read_json
@@ -62,11 +61,29 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in ("flow-eval", "discrete-eval", "flow-bench", "discrete-bench", "flow-model", "discrete-model"):
         p.add_argument(f"--{name}", required=True)
+    p.add_argument("--sweep-eval", help="a flow eval with --steps-sweep (if not the --flow-eval itself)")
+    p.add_argument("--plain-sweep-eval", help="the same sweep of a flow model trained without the shortcut objective")
+    p.add_argument("--flow-unseen", help="the flow model's eval on drives nobody collected (--split all)")
+    p.add_argument("--discrete-unseen", help="the discrete model's eval on the same drives")
+    p.add_argument("--flow-bench-variant", action="append", default=[], metavar="NAME=FILE",
+                   help="another bench of the flow model (e.g. one_shortcut_step=runs/bench_flow_1step.json)")
     p.add_argument("--out", required=True, help="results JSON (merged into)")
     p.add_argument("--note", default="", help="a sentence on the conditions (data, budgets, machine)")
     a = p.parse_args()
     flow = record(read_json(Path(a.flow_eval)), read_json(Path(a.flow_bench)), Path(a.flow_model))
     disc = record(read_json(Path(a.discrete_eval)), read_json(Path(a.discrete_bench)), Path(a.discrete_model))
+    if a.sweep_eval:
+        flow["quality_by_sampling_steps"] = read_json(Path(a.sweep_eval))["quality_by_sampling_steps"]
+    if a.plain_sweep_eval:
+        flow["quality_by_sampling_steps_plain_flow_model"] = read_json(Path(a.plain_sweep_eval))["quality_by_sampling_steps"]
+    for spec in a.flow_bench_variant:
+        name, _, path = spec.partition("=")
+        flow.setdefault("speed_variants", {})[name] = speed(read_json(Path(path)))
+    for rec, path in ((flow, a.flow_unseen), (disc, a.discrete_unseen)):
+        if path:
+            u = read_json(Path(path))
+            rec["unseen_drives"] = {k: u[k] for k in ("psnr_by_horizon", "copy_last_psnr_by_horizon", "tokenizer_ceiling_psnr",
+                                                      "counterfactual_steering_paired_accuracy", "clips", "split") if k in u}
     merge_json(Path(a.out), ".", {**flow, "discrete": disc, **({"note": a.note} if a.note else {})})
     print("| figure | flow (GAIA-2) | discrete (GAIA-1) |\n|---|---|---|")
     for h in flow["psnr_by_horizon"]:
@@ -75,6 +92,11 @@ def main() -> None:
               "imagined_frames_per_s_b64", "imagined_vs_real_driving_ratio"):
         print(f"| {k} | {flow.get(k, float('nan')):.3g} | {disc.get(k, float('nan')):.3g} |")
     print(f"| train minutes (tokenizer + world model) | {flow['train_minutes']} | {disc['train_minutes']} |")
+    if "unseen_drives" in flow and "unseen_drives" in disc:
+        for h in flow["unseen_drives"]["psnr_by_horizon"]:
+            f, d = flow["unseen_drives"], disc["unseen_drives"]
+            print(f"| unseen drives PSNR h{h} (copy-last {f['copy_last_psnr_by_horizon'][h]:.2f}) | "
+                  f"{f['psnr_by_horizon'][h]:.2f} | {d['psnr_by_horizon'][h]:.2f} |")
     print(f"wrote {a.out}")
 
 

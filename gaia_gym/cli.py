@@ -201,7 +201,7 @@ def cmd_eval_world_model(a: argparse.Namespace) -> None:
     if a.sampling_steps is not None or a.plain_flow:
         if bundle.kind != "flow_world_model":
             raise ConfigError("--sampling-steps / --plain-flow apply to a flow world model only")
-        opts = {"steps": a.sampling_steps or wm.cfg.sampling_steps, "plain": a.plain_flow}
+        opts = {"steps": a.sampling_steps or wm.cfg.sampling_steps, "plain": True if a.plain_flow else None}
     r = evaluate_world_model(wm, tok, Path(a.data), split=a.split, max_clips=a.max_clips, probe=probe, codec=bundle.codec,
                              sample_temperature=a.temperature, progress=not a.quiet,
                              real_sim_seconds=a.real_seconds, throughput_seconds=a.throughput_seconds, grid_path=a.grid,
@@ -248,7 +248,7 @@ def cmd_eval_vae(a: argparse.Namespace) -> None:
     for k, v in r.items():
         print(f"  {k}: {v:.4g}" if isinstance(v, float) else f"  {k}: {v}")
     if a.json:
-        merge_json(Path(a.json), ".", r) if a.merge else write_json(Path(a.json), r)
+        merge_json(Path(a.json), a.key or ".", r) if a.merge or a.key else write_json(Path(a.json), r)
         print(f"wrote {a.json}")
 
 
@@ -286,6 +286,17 @@ def _add_train_args(p: argparse.ArgumentParser, presets: list[str]) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 (default: bf16 autocast where the hardware runs it fast: CUDA, AMX or AVX-512 BF16 CPUs)")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _add_codec_eval_args(p: argparse.ArgumentParser) -> None:
+    """The arguments `eval tokenizer` and `eval vae` share."""
+    p.add_argument("--data", required=True, help="dataset directory")
+    p.add_argument("--split", default="val", choices=["val", "train", "all"],
+                   help="val: held-out tracks; all: a directory nobody trained on (e.g. an imported drive)")
+    p.add_argument("--json", help="write the metrics here")
+    p.add_argument("--merge", action="store_true", help="merge into an existing --json file")
+    p.add_argument("--no-bf16", action="store_true")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -435,26 +446,16 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a stage on held-out data; --json writes the metrics")
     esub = e.add_subparsers(dest="stage", metavar="STAGE", required=True)
     et = esub.add_parser("tokenizer", help="PSNR, SSIM, code usage, compression, encode/decode speed")
-    et.add_argument("--data", required=True, help="dataset directory")
     et.add_argument("--model", help="tokenizer model directory (default: the shipped tokenizer)")
-    et.add_argument("--split", default="val", choices=["val", "train", "all"],
-                    help="val: held-out tracks; all: a directory nobody trained on (e.g. an imported drive)")
     et.add_argument("--max-frames", type=int, help="evaluate at most this many frames")
-    et.add_argument("--json", help="write the metrics here")
-    et.add_argument("--merge", action="store_true", help="merge into an existing --json file")
     et.add_argument("--recon", help="also write a PNG of real frames over their reconstructions")
-    et.add_argument("--no-bf16", action="store_true")
-    et.add_argument("--quiet", action="store_true")
+    _add_codec_eval_args(et)
     et.set_defaults(fn=cmd_eval_tokenizer)
     ev = esub.add_parser("vae", help="continuous tokenizer: PSNR/SSIM per frame and windowed, flicker, speed")
-    ev.add_argument("--data", required=True, help="dataset directory")
     ev.add_argument("--model", required=True, help="VAE model directory (gaia-gym train vae)")
-    ev.add_argument("--split", default="val", choices=["val", "train", "all"])
     ev.add_argument("--max-clips", type=int, default=64, help="clips of 16 frames, spread over the split")
-    ev.add_argument("--json", help="write the metrics here")
-    ev.add_argument("--merge", action="store_true", help="merge into an existing --json file")
-    ev.add_argument("--no-bf16", action="store_true")
-    ev.add_argument("--quiet", action="store_true")
+    ev.add_argument("--key", help="merge the record under this key of --json (dotted to nest)")
+    _add_codec_eval_args(ev)
     ev.set_defaults(fn=cmd_eval_vae)
     ew = esub.add_parser("world-model", help="cross-entropy, rollout PSNR vs baselines, reward/termination, "
                          "counterfactual adherence, imagination speed vs the real simulator")

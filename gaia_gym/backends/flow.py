@@ -8,7 +8,8 @@ the clean context frames' keys/values as memory.
 Conventions are the discrete backend's (block t = frame t with a_t; `step(memory, t, frame t, a_t)`
 returns frame t+1). Sampling: the sampler draws the starting noise, scaled by the temperature (0: zero
 noise, a deterministic prediction; with one step it is the model's mean prediction of the next frame);
-`top_k` has no meaning here and is ignored. Latents have unit global scale (the VAE's normalisation);
+`top_k` has no meaning here and is ignored. `steps` and `plain` default to the model's config
+(`sampling_steps`, `sampling_embedding`). Latents have unit global scale (the VAE's normalisation);
 generated ones are clipped to +-LATENT_BOUND, the observation space's bounds. `steps` (1, 2, 4, ...) trades speed for quality; `plain=True`
 integrates with the flow-matching step embedding instead of the shortcut's (the comparison of
 `gaia-gym eval world-model --sampling-steps`).
@@ -45,7 +46,7 @@ class FlowBackend:
     latent_dtype = torch.float32
     latent_range = (-LATENT_BOUND, LATENT_BOUND)  # latents have unit global scale; generated ones are clipped here
 
-    def __init__(self, world_model: FlowWorldModel, vae: VAE, steps: int | None = None, plain: bool = False) -> None:
+    def __init__(self, world_model: FlowWorldModel, vae: VAE, steps: int | None = None, plain: bool | None = None) -> None:
         wc, vc = world_model.cfg, vae.cfg
         if tuple(vc.latent_shape) != tuple(wc.latent_shape):
             raise ConfigError(f"the VAE's latents {vc.latent_shape} do not fit the flow world model's {wc.latent_shape}")
@@ -57,7 +58,7 @@ class FlowBackend:
         self.frame_size = vc.frame_size
         self.window = wc.context
         self.steps = check_steps(wc.sampling_steps if steps is None else steps, wc)
-        self.plain = bool(plain)
+        self.plain = (wc.sampling_embedding == "flow") if plain is None else bool(plain)
 
     @property
     def device(self) -> torch.device:

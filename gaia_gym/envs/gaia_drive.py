@@ -7,6 +7,7 @@ on one engine) and `GaiaDriveVecEnv` (Stable-Baselines3) for the batched adapter
 
     import gymnasium as gym, gaia_gym
     env = gym.make("GaiaDrive-v0", obs_mode="tokens+features")
+    env = gym.make("GaiaDrive-v0", model="gaia_gym/assets/flow_world_model")   # the continuous (GAIA-2) model
     obs, info = env.reset(seed=0)
     obs, reward, terminated, truncated, info = env.step([0.0, 0.2])   # straight, ~60 m/s target
 """
@@ -40,7 +41,11 @@ class GaiaDriveEnv(gym.Env):
     **Observation** ``Dict`` with the keys chosen by ``obs_mode`` ("all" = all three, or "+"-joined keys
     such as "tokens", "tokens+features", "frame"):
 
-    - ``tokens``: ``Box(0, vocab-1, (g, g), int64)``: the tokenizer codes of the current imagined frame;
+    - ``tokens``: ``Box(0, vocab-1, (g, g), int64)``: the tokenizer codes of the current imagined frame
+      (a discrete, GAIA-1 model);
+    - ``latents`` in place of ``tokens`` for a flow (GAIA-2) model: ``Box(-20, 20, (C, h, w), float32)``,
+      the VAE latents of the current imagined frame in units of the latent space's global std (the
+      shipped flow model: (64, 4, 4));
     - ``frame``: ``Box(0, 255, (H, W, 3), uint8)``: the decoded RGB frame (decoded only when observed or
       rendered);
     - ``features``: ``Box(-inf, inf, (d,), float32)``: the world model's hidden state observed with the

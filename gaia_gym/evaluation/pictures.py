@@ -17,6 +17,17 @@ from gaia_gym.models.layout import ActionCodec
 from gaia_gym.errors import ConfigError
 
 
+def real_clip(data: str | Path, split: str, length: int, clip: int, codec: ActionCodec | None = None):
+    """The `clip`-th non-overlapping clip of `length` steps of `split`: (frames uint8 (1, L, H, W, 3),
+    model actions (1, L, 2))."""
+    ds = ClipDataset(data, split=split, clip_len=length, fields=EVAL_FIELDS, shuffle=False)
+    c = next((x for i, x in enumerate(ds) if i == clip), None)
+    if c is None:
+        raise ConfigError(f"{data}: split {split!r} has fewer than {clip + 1} clips of {length} frames")
+    b = stack_clips([c], codec or ActionCodec())
+    return b["frames"], b["actions"]
+
+
 @torch.no_grad()
 def counterfactual_grid(wm, tokenizer, context_frames, context_actions, path: str | Path, steps: int = 8,
                         fast_mps: float = DEFAULT_FAST_MPS, codec: ActionCodec | None = None, bf16: bool = True,
@@ -54,13 +65,7 @@ def write_rollout_gif(wm, tokenizer, data: str | Path, path: str | Path, n_futur
     then the real continuation beside `n_futures` futures sampled at `temperature` (seeds seed, seed+1,
     ...) under the same real actions; below, the left / straight / right counterfactual (steering held,
     the context's last target speed). Context frames are shown through the tokenizer in the model panels."""
-    codec = codec or ActionCodec()
-    ds = ClipDataset(data, split=split, clip_len=context + steps, fields=EVAL_FIELDS, shuffle=False)
-    c = next((x for i, x in enumerate(ds) if i == clip), None)
-    if c is None:
-        raise ConfigError(f"{data}: split {split!r} has fewer than {clip + 1} clips of {context + steps} frames")
-    b = stack_clips([c], codec)
-    frames, acts, C = b["frames"], b["actions"], context
+    (frames, acts), C = real_clip(data, split, context + steps, clip, codec), context
     eng = make_engine(wm, tokenizer, temperature, seed, bf16)
     tok = encode(eng, frames)
     real_branch = acts[:, C - 1 : C - 1 + steps][:, None]  # (1, 1, steps, A)
@@ -99,13 +104,7 @@ def compare_models_picture(models: dict, data: str | Path, path: str | Path, spl
     kind (discrete or flow). Each model encodes the real context with its own tokenizer."""
     import imageio.v3 as iio
 
-    codec = codec or ActionCodec()
-    ds = ClipDataset(data, split=split, clip_len=context + steps, fields=EVAL_FIELDS, shuffle=False)
-    c = next((x for i, x in enumerate(ds) if i == clip), None)
-    if c is None:
-        raise ConfigError(f"{data}: split {split!r} has fewer than {clip + 1} clips of {context + steps} frames")
-    b = stack_clips([c], codec)
-    frames, acts, C = b["frames"], b["actions"], context
+    (frames, acts), C = real_clip(data, split, context + steps, clip, codec), context
     real = frames[0].numpy()
     rows, names = [list(real[C - 1 :])], ["real"]
     for name, (wm, tok) in models.items():
@@ -123,4 +122,4 @@ def compare_models_picture(models: dict, data: str | Path, path: str | Path, spl
     return path
 
 
-__all__ = ["compare_models_picture", "counterfactual_grid", "write_rollout_gif"]
+__all__ = ["compare_models_picture", "counterfactual_grid", "real_clip", "write_rollout_gif"]

@@ -61,6 +61,7 @@ class FlowConfig:
     shortcut_levels: int = 7  # step sizes 1, 1/2, ..., 1/64 (their half steps down to 1/128 ~ flow matching)
     tau_modes: tuple[float, ...] = (0.8, 0.5, 1.4, 0.2, -3.0, 1.0)  # (p, mu, sigma) x 2: bimodal logit-normal
     sampling_steps: int = 2  # default steps per imagined frame (1, 2, 4, ... <= 2^(levels-1))
+    sampling_embedding: str = "shortcut"  # default step-size embedding when sampling: "shortcut" (d = 1/steps) or "flow" (d = 0)
     reward_bins: int = 41
     reward_range: float = 5.0
     reward_weight: float = 1.0
@@ -79,6 +80,8 @@ class FlowConfig:
         if not 0 <= self.shortcut_fraction < 1:
             raise ConfigError(f"shortcut_fraction must be in [0, 1), got {self.shortcut_fraction}")
         check_steps(self.sampling_steps, self)
+        if self.sampling_embedding not in ("shortcut", "flow"):
+            raise ConfigError(f"sampling_embedding must be 'shortcut' or 'flow', got {self.sampling_embedding!r}")
 
     @property
     def tokens_per_frame(self) -> int:

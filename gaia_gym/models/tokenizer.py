@@ -172,13 +172,7 @@ class Tokenizer(nn.Module):
         self.encoder = Encoder(cfg, self.quant.dim)
         self.decoder = Decoder(cfg, self.quant.dim)
         self.teacher = teacher
-        if teacher is not None:
-            if cfg.distill_weight <= 0 or cfg.distill_dim <= 0:
-                raise ConfigError("a distillation teacher needs distill_weight > 0 and distill_dim > 0")
-            for p in teacher.parameters():
-                p.requires_grad_(False)
-            teacher.eval()
-        self.distill_head = nn.Conv2d(self.quant.dim, cfg.distill_dim, 1) if cfg.distill_dim > 0 else None
+        self.distill_head = distillation_head(teacher, cfg, self.quant.dim)
 
     # ---- conversions ---------------------------------------------------------------------------
     @staticmethod
@@ -243,6 +237,18 @@ class Tokenizer(nn.Module):
         used = torch.unique(out.tokens).numel()
         metrics["batch_code_usage"] = used / self.cfg.vocab_size
         return loss, metrics
+
+
+def distillation_head(teacher: nn.Module | None, cfg, latent_dim: int) -> nn.Module | None:
+    """Freeze a feature teacher (checking the config asks for distillation) and return the 1x1 conv that
+    maps latents (latent_dim channels) to its features, or None when `cfg.distill_dim` is 0."""
+    if teacher is not None:
+        if cfg.distill_weight <= 0 or cfg.distill_dim <= 0:
+            raise ConfigError("a distillation teacher needs distill_weight > 0 and distill_dim > 0")
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        teacher.eval()
+    return nn.Conv2d(latent_dim, cfg.distill_dim, 1) if cfg.distill_dim > 0 else None
 
 
 def distillation_loss(teacher: nn.Module, head: nn.Module, x: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:

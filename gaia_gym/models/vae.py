@@ -32,7 +32,7 @@ from einops import rearrange
 from torch import nn
 
 from gaia_gym.errors import ConfigError
-from gaia_gym.models.tokenizer import Decoder, Encoder, Tokenizer, distillation_loss, psnr
+from gaia_gym.models.tokenizer import Decoder, Encoder, Tokenizer, distillation_head, distillation_loss, psnr
 
 
 @dataclass(frozen=True)
@@ -94,13 +94,7 @@ class VAE(nn.Module):
         self.decoder = Decoder(cfg, C * cfg.decode_window)
         self.register_buffer("latent_std", torch.ones(()))
         self.teacher = teacher
-        if teacher is not None:
-            if cfg.distill_weight <= 0 or cfg.distill_dim <= 0:
-                raise ConfigError("a distillation teacher needs distill_weight > 0 and distill_dim > 0")
-            for p in teacher.parameters():
-                p.requires_grad_(False)
-            teacher.eval()
-        self.distill_head = nn.Conv2d(C, cfg.distill_dim, 1) if cfg.distill_dim > 0 else None
+        self.distill_head = distillation_head(teacher, cfg, C)
 
     to_input = staticmethod(Tokenizer.to_input)
     to_uint8 = staticmethod(Tokenizer.to_uint8)

@@ -67,18 +67,24 @@ def train_tokenizer(
                                          channels_last=True, checkpoint_minutes=5, log_every=25, image_every=500)
     EpisodeIndex(data, split="train")  # a clear error now, not in a worker process later
     model = Tokenizer(cfg, teacher=teacher)
-    val_frames = sample_frames(data, "val" if has_split(data, "val") else "train", 8)
+    return train(model, KIND, cfg, frame_batches(data, train_cfg.batch_size), train_cfg, out,
+                 log_images=reconstruction_logger(data, train_cfg.bf16), progress=progress)
+
+
+def reconstruction_logger(data: Path, bf16: bool, n: int = 8):
+    """`log_images` for a frame codec (anything with encode/decode of uint8 frames): n validation frames
+    over their reconstructions, and their PSNR, into TensorBoard."""
+    val_frames = sample_frames(data, "val" if has_split(data, "val") else "train", n)
 
     def log_images(m, writer, step):
         f = torch.from_numpy(val_frames).to(next(m.parameters()).device)
-        with autocast(f.device, train_cfg.bf16):
+        with autocast(f.device, bf16):
             r = m.decode(m.encode(f))
-        grid = torch.cat([torch.cat(list(f), 1), torch.cat(list(r), 1)], 0)  # (2H, 8W, 3)
+        grid = torch.cat([torch.cat(list(f), 1), torch.cat(list(r), 1)], 0)  # (2H, nW, 3)
         writer.add_image("val/reconstruction", grid.cpu().numpy(), step, dataformats="HWC")
         writer.add_scalar("val/psnr_db", psnr_uint8(r, f).mean().item(), step)
 
-    return train(model, KIND, cfg, frame_batches(data, train_cfg.batch_size), train_cfg, out,
-                 log_images=log_images, progress=progress)
+    return log_images
 
 
-__all__ = ["frame_batches", "tokenizer_config", "train_tokenizer"]
+__all__ = ["frame_batches", "reconstruction_logger", "tokenizer_config", "train_tokenizer"]

@@ -13,12 +13,10 @@ from typing import Iterator
 
 import torch
 
-from gaia_gym.data.loader import ClipDataset, EpisodeIndex, has_split
+from gaia_gym.data.loader import ClipDataset, EpisodeIndex
 from gaia_gym.errors import ConfigError
-from gaia_gym.evaluation.tokenizer import sample_frames
-from gaia_gym.metrics import psnr_uint8
 from gaia_gym.models.vae import VAE, VAE_PRESETS, VAEConfig
-from gaia_gym.precision import autocast
+from gaia_gym.train.tokenizer import reconstruction_logger
 
 KIND = "vae"
 
@@ -54,18 +52,8 @@ def train_vae(data: Path, out: Path, preset: str = "default", train_cfg=None, te
                                          checkpoint_minutes=5, log_every=25, image_every=500)
     EpisodeIndex(data, split="train")  # a clear error now, not in a worker process later
     model = VAE(cfg, teacher=teacher)
-    val_frames = sample_frames(data, "val" if has_split(data, "val") else "train", 8)
-
-    def log_images(m, writer, step):
-        f = torch.from_numpy(val_frames).to(next(m.parameters()).device)
-        with autocast(f.device, train_cfg.bf16):
-            r = m.decode(m.encode(f))
-        grid = torch.cat([torch.cat(list(f), 1), torch.cat(list(r), 1)], 0)
-        writer.add_image("val/reconstruction", grid.cpu().numpy(), step, dataformats="HWC")
-        writer.add_scalar("val/psnr_db", psnr_uint8(r, f).mean().item(), step)
-
     return train(model, KIND, cfg, clip_batches(data, train_cfg.batch_size, cfg.decode_window), train_cfg, out,
-                 log_images=log_images, progress=progress)
+                 log_images=reconstruction_logger(data, train_cfg.bf16), progress=progress)
 
 
 __all__ = ["KIND", "clip_batches", "train_vae", "vae_config"]
