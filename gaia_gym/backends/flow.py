@@ -68,7 +68,7 @@ class FlowBackend:
         return FlowSampler(temperature, generator)
 
     def start(self, latents: torch.Tensor, actions: torch.Tensor, start_block: int) -> tuple[FlowMemory, torch.Tensor]:
-        memory = FlowMemory()
+        memory = FlowMemory(capacity=self.world_model.window + 10)  # compacted once every ~9 steps
         feats = self.world_model.prefill(memory, latents.float(), actions.float(), start_block=start_block)
         return memory, feats
 

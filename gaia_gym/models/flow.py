@@ -140,51 +140,88 @@ def timestep_features(t: torch.Tensor, dim: int) -> torch.Tensor:
 # memory: the clean frames' keys/values per layer
 # ----------------------------------------------------------------------------------------------
 class FlowMemory:
-    """Keys/values of the clean context frames for every layer's temporal attention: tensors
-    (B, P, H, T, hd) and the frames' block indices `pos` (T,). Implements the engine's `Memory`."""
+    """Keys/values of the clean context frames for every layer's temporal attention, in preallocated
+    buffers (B, P, H, capacity, hd); the live frames occupy ``[start, end)`` and `pos` (T,) holds their
+    block indices. A pass writes its frames' keys after `end` and attends over the buffer in place (no
+    copy of the window); `commit` keeps the clean ones, `trim` (the sliding window) only moves `start`,
+    and a full buffer is compacted (once every few steps) or grown. Implements the engine's `Memory`."""
 
-    def __init__(self, k: list[torch.Tensor] | None = None, v: list[torch.Tensor] | None = None,
-                 pos: torch.Tensor | None = None) -> None:
-        self.k, self.v = k or [], v or []
-        self.pos = pos
+    def __init__(self, capacity: int = 0) -> None:
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        self.start = self.end = 0
+        self.pos: torch.Tensor | None = None
+        self.capacity = int(capacity)
 
     @property
     def length(self) -> int:
-        return 0 if self.pos is None else len(self.pos)
+        return self.end - self.start
 
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+    def keys(self, layer: int) -> torch.Tensor:
+        return self.k[layer][:, :, :, self.start : self.end]
+
+    def values(self, layer: int) -> torch.Tensor:
+        return self.v[layer][:, :, :, self.start : self.end]
+
+    def reserve(self, m: int) -> None:
+        """Room for m more frames after `end` (compacting or growing the buffers)."""
+        if not self.k or self.end + m <= self.k[0].shape[3]:
+            return
+        n, cap = self.length, self.k[0].shape[3]
+        if n + m > cap:
+            cap = 2 * (n + m)
+        for bufs in (self.k, self.v):
+            for i, b in enumerate(bufs):
+                new = b.new_empty(*b.shape[:3], cap, b.shape[4])
+                new[:, :, :, :n] = b[:, :, :, self.start : self.end]
+                bufs[i] = new
+        self.start, self.end = 0, n
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Put the frames' keys/values (B, P, H, F, hd) after the live ones (`reserve` first); returns views
+        of the live frames followed by them, (B, P, H, T + F, hd)."""
+        F = k.shape[3]
         if len(self.k) <= layer:
-            self.k.append(k)
-            self.v.append(v)
-        else:
-            self.k[layer] = torch.cat([self.k[layer], k], 3)
-            self.v[layer] = torch.cat([self.v[layer], v], 3)
+            cap = max(self.capacity, self.end + 2 * F)
+            self.k.append(k.new_empty(*k.shape[:3], cap, k.shape[4]))
+            self.v.append(v.new_empty(*v.shape[:3], cap, v.shape[4]))
+        self.k[layer][:, :, :, self.end : self.end + F] = k
+        self.v[layer][:, :, :, self.end : self.end + F] = v
+        return self.k[layer][:, :, :, self.start : self.end + F], self.v[layer][:, :, :, self.start : self.end + F]
 
-    def extend_pos(self, pos: torch.Tensor) -> None:
+    def commit(self, pos: torch.Tensor) -> None:
+        """Keep the first len(pos) frames just written (the clean ones), at block indices `pos`."""
+        self.end += len(pos)
         self.pos = pos if self.pos is None else torch.cat([self.pos, pos])
 
     def trim(self, keep: int) -> None:
         """Keep the last `keep` frames (the sliding window)."""
         if self.length > keep:
             cut = self.length - keep
-            self.k = [t[:, :, :, cut:] for t in self.k]
-            self.v = [t[:, :, :, cut:] for t in self.v]
+            self.start += cut
             self.pos = self.pos[cut:]
 
     def clone(self) -> "FlowMemory":
-        return FlowMemory([t.clone() for t in self.k], [t.clone() for t in self.v], self.pos)
+        return self.select(slice(None))
 
-    def select(self, index: torch.Tensor) -> "FlowMemory":
-        return FlowMemory([t[index].contiguous() for t in self.k], [t[index].contiguous() for t in self.v], self.pos)
+    def select(self, index) -> "FlowMemory":
+        """The rows `index` (a tensor, or a slice) as a new memory (copies of the live frames)."""
+        m = FlowMemory(self.k[0].shape[3] if self.k else self.capacity)
+        m.k = [self.keys(i)[index].clone(memory_format=torch.contiguous_format) for i in range(len(self.k))]
+        m.v = [self.values(i)[index].clone(memory_format=torch.contiguous_format) for i in range(len(self.v))]
+        m.start, m.end, m.pos = 0, self.length, self.pos
+        return m
+
+    def adopt(self, other: "FlowMemory") -> None:
+        """Become `other` (its buffers, not copies)."""
+        self.k, self.v, self.start, self.end, self.pos = other.k, other.v, other.start, other.end, other.pos
 
     def assign_rows(self, rows: torch.Tensor, other: "FlowMemory") -> None:
         if other.length != self.length or (self.pos is not None and not torch.equal(other.pos, self.pos)):
             raise ConfigError("assign_rows needs a memory over the same frames")
         for i in range(len(self.k)):
-            self.k[i] = self.k[i].clone()  # tensors may be shared with a snapshot
-            self.v[i] = self.v[i].clone()
-            self.k[i][rows] = other.k[i].to(self.k[i].dtype)
-            self.v[i][rows] = other.v[i].to(self.v[i].dtype)
+            self.k[i][rows, :, :, self.start : self.end] = other.keys(i).to(self.k[i].dtype)
+            self.v[i][rows, :, :, self.start : self.end] = other.values(i).to(self.v[i].dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,10 +261,11 @@ class FlowBlock(nn.Module):
         nn.init.zeros_(self.mod.weight)
         nn.init.zeros_(self.mod.bias)
 
-    def forward(self, x, cond, q_pos, mask, past: tuple[torch.Tensor, torch.Tensor] | None, n_clean: int):
+    def forward(self, x, cond, q_pos, mask, memory: FlowMemory | None = None, layer: int = 0):
         """x (B, F, P, d) frames, cond (B, F, d); q_pos (F,) the frames' positions (the cached keys carry
-        their rotations already); mask (F, Tp + F) bool; past: cached (k, v) (B, P, H, Tp, hd) or None.
-        Returns (x, (k, v) of the first `n_clean` frames (B, P, H, n_clean, hd))."""
+        their rotations already); mask (F, T + F) bool over [memory's frames, x's frames]. With `memory`,
+        x's keys/values are written after its live frames (`FlowMemory.write`) and attention runs over
+        both in place."""
         B, Fr, P, d = x.shape
         m = self.mod(F.silu(cond))[:, :, None]  # (B, F, 1, 9d)
         s1, c1, g1, s2, c2, g2, s3, c3, g3 = m.chunk(9, dim=-1)
@@ -236,19 +274,18 @@ class FlowBlock(nn.Module):
         q, k, v = self.spatial.qkv_heads(h.reshape(B * Fr, P, d))
         y = self.spatial.out(F.scaled_dot_product_attention(q, k, v))
         x = x + g1 * y.view(B, Fr, P, d)
-        # temporal: each token position over frames (the cache first)
+        # temporal: each token position over frames (the memory's first)
         h = self.norm(x) * (1 + c2) + s2
         q, k, v = self.temporal.qkv_heads(rearrange(h, "b f p d -> (b p) f d"))
         q, k = rope(q, q_pos), rope(k, q_pos)
-        new = (rearrange(k[:, :, :n_clean], "(b p) h f e -> b p h f e", b=B),
-               rearrange(v[:, :, :n_clean], "(b p) h f e -> b p h f e", b=B))
-        if past is not None:
-            pk, pv = (rearrange(t, "b p h f e -> (b p) h f e") for t in past)
-            k, v = torch.cat([pk.to(k.dtype), k], 2), torch.cat([pv.to(v.dtype), v], 2)
+        if memory is not None:
+            k, v = memory.write(layer, *(rearrange(t, "(b p) h f e -> b p h f e", b=B) for t in (k, v)))
+            k, v = k.flatten(0, 1), v.flatten(0, 1)  # views (B*P, H, T + F, hd)
+            q = q.to(k.dtype)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         x = x + g2 * rearrange(self.temporal.out(y), "(b p) f d -> b f p d", b=B)
         h = self.norm(x) * (1 + c3) + s3
-        return x + g3 * self.mlp(h), new
+        return x + g3 * self.mlp(h)
 
 
 @dataclass
@@ -338,13 +375,12 @@ class FlowWorldModel(nn.Module):
         past_pos = memory.pos if memory is not None and memory.length else torch.zeros(0, dtype=torch.long, device=dev)
         mask = self.temporal_mask(past_pos, clean_pos, noisy_pos)
         q_pos = torch.cat([clean_pos, noisy_pos])
+        if memory is not None:
+            memory.reserve(x.shape[1])
         for i, blk in enumerate(self.blocks):
-            past = (memory.k[i], memory.v[i]) if memory is not None and memory.length else None
-            x, new = blk(x, cond, q_pos, mask, past, Tc)
-            if write and Tc:
-                memory.append(i, *new)
+            x = blk(x, cond, q_pos, mask, memory, i)
         if write and Tc:
-            memory.extend_pos(clean_pos)
+            memory.commit(clean_pos)
         out = FlowOutput(None, None, None, None)
         if Tc:
             feats = self.feat_norm(x[:, :Tc].mean(2).float())
@@ -514,8 +550,7 @@ class FlowWorldModel(nn.Module):
             x = x + d * v
         if cfg_on:
             x, feats, reward, end = x[:B], feats[:B], reward[:B], end[:B]
-            kept = mem.select(torch.arange(B, device=dev))
-            memory.k, memory.v, memory.pos = kept.k, kept.v, kept.pos
+            memory.adopt(mem.select(torch.arange(B, device=dev)))
         return x, feats, reward, end
 
 
