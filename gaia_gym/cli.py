@@ -198,9 +198,9 @@ def cmd_eval_world_model(a: argparse.Namespace) -> None:
     tok_path = a.tokenizer or "(the model directory's)"
     probe = load_probe(a.probe) if a.probe else None
     opts = {}
+    if (a.sampling_steps is not None or a.plain_flow or a.steps_sweep) and bundle.kind != "flow_world_model":
+        raise ConfigError("--sampling-steps / --plain-flow / --steps-sweep apply to a flow world model only")
     if a.sampling_steps is not None or a.plain_flow:
-        if bundle.kind != "flow_world_model":
-            raise ConfigError("--sampling-steps / --plain-flow apply to a flow world model only")
         opts = {"steps": a.sampling_steps or wm.cfg.sampling_steps, "plain": True if a.plain_flow else None}
     r = evaluate_world_model(wm, tok, Path(a.data), split=a.split, max_clips=a.max_clips, probe=probe, codec=bundle.codec,
                              sample_temperature=a.temperature, progress=not a.quiet,
@@ -209,13 +209,12 @@ def cmd_eval_world_model(a: argparse.Namespace) -> None:
     if a.steps_sweep:
         from gaia_gym.evaluation.world_model import sampling_steps_sweep
 
-        if bundle.kind != "flow_world_model":
-            raise ConfigError("--steps-sweep applies to a flow world model only")
         r["quality_by_sampling_steps"] = sampling_steps_sweep(wm, tok, Path(a.data), a.steps_sweep, split=a.split,
                                                               max_clips=a.max_clips, progress=not a.quiet,
                                                               codec=bundle.codec, sample_temperature=a.temperature)
     r.update(model=str(a.model or DEFAULT_WORLD_MODEL), tokenizer=str(tok_path), data=str(a.data))
-    keys = ("val_cross_entropy", "token_accuracy", "val_flow_loss", "flicker", "quality_by_sampling_steps", "psnr_by_horizon", "copy_last_psnr_by_horizon",
+    keys = ("val_cross_entropy", "token_accuracy", "val_flow_loss", "flicker", "quality_by_sampling_steps",
+            "psnr_by_horizon", "copy_last_psnr_by_horizon",
             "tokenizer_ceiling_psnr", "reward_mae_teacher_forced", "termination_auc",
             "counterfactual_steering_accuracy", "counterfactual_steering_paired_accuracy", "readback_real_accuracy",
             "counterfactual_steering_accuracy_probe", "counterfactual_speed_accuracy", "imagined_frames_per_s_b64",

@@ -237,6 +237,12 @@ def test_train_and_eval_verbs_on_tiny_presets(tmp_path):
     r = json.loads(out.read_text())
     assert set(r["quality_by_sampling_steps"]) == {"shortcut", "flow_matching"}
     assert "val_flow_loss" in r and "flicker" in r and "psnr_by_horizon" in r
+    # flow-only options on a discrete model: a one-line error before any work
+    from gaia_gym.bundle import save_bundle, tiny_bundle
+
+    disc = save_bundle(tiny_bundle(), tmp_path / "disc")
+    assert main(["eval", "world-model", "--data", str(data), "--model", str(disc), "--steps-sweep", "1",
+                 "--quiet"]) == 2
     assert main(["eval", "vae", "--data", str(data), "--model", str(tmp_path / "vae"), "--max-clips", "2", "--quiet",
                  "--json", str(tmp_path / "vae.json")]) == 0
     assert "flicker_windowed" in json.loads((tmp_path / "vae.json").read_text())
