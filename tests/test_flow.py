@@ -286,3 +286,23 @@ def test_shipped_flow_model_loads_and_imagines():
     # is (greedy, one step); an untrained or mis-loaded model is not
     real, last = b.prompts.next_tokens[:8, 0], b.prompts.tokens[:8, -1]
     assert float((out.latents - real).pow(2).mean()) < float((last - real).pow(2).mean())
+
+
+def test_memory_compaction_and_growth_change_nothing(flow_bundle):
+    """A memory forced to compact and grow (capacity 1) gives the same rollout as a roomy one."""
+    wm, cfg = flow_bundle.world_model, flow_bundle.world_model.cfg
+    g = torch.Generator().manual_seed(0)
+    lat = torch.randn(2, 3, *cfg.latent_shape, generator=g)
+    act = torch.rand(2, 12, 2, generator=g) * 2 - 1
+    noise = torch.randn(12, 2, *cfg.latent_shape, generator=g)
+    outs = []
+    for cap in (1, 64):
+        mem = FlowMemory(capacity=cap)
+        wm.prefill(mem, lat, act[:, :3])
+        cur, seq = lat[:, -1], []
+        for t in range(10):
+            cur, _f, _r, _e = wm.step(mem, 2 + t, cur, act[:, 2 + t], noise[t], steps=2)
+            seq.append(cur)
+        assert mem.length == wm.window
+        outs.append(torch.stack(seq))
+    assert torch.equal(outs[0], outs[1])
