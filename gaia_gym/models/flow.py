@@ -103,9 +103,9 @@ FLOW_PRESETS = {
 }
 
 
-def check_steps(steps, cfg: FlowConfig) -> int:
-    """A number of sampling steps the model was trained for: a power of two <= 2^(shortcut_levels-1)
-    (more steps than that run as plain flow-matching steps)."""
+def check_steps(steps, cfg: FlowConfig | None = None) -> int:
+    """A number of sampling steps (a positive int). Powers of two up to 2^(shortcut_levels-1) sample with
+    their shortcut step embedding; other counts run as flow-matching steps (see `step_index`)."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"sampling steps must be a positive integer, got {steps!r}")
     return steps
