@@ -78,7 +78,6 @@ KINDS: dict[str, Kind] = {
     WORLD_MODEL_KIND: Kind(build_world_model, TOKENIZER_KIND, build_tokenizer, TokenBackend, WorldModel),
     FLOW_WORLD_MODEL_KIND: Kind(build_flow_model, VAE_KIND, build_vae, FlowBackend, FlowWorldModel),
 }
-BACKENDS: dict[str, Callable[..., Backend]] = {k: v.backend for k, v in KINDS.items()}
 TOKENIZER_KINDS = {v.tokenizer_kind: v.build_tokenizer for v in KINDS.values()}
 
 
@@ -376,7 +375,7 @@ class WorldBundle:
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            self._backend = BACKENDS[self.kind](self.world_model, self.tokenizer)
+            self._backend = KINDS[self.kind].backend(self.world_model, self.tokenizer)
         return self._backend
 
     @property
@@ -404,7 +403,7 @@ def load_bundle(model: str | Path | None = None, device: str | torch.device = "c
     if tok_kind != KINDS[kind].tokenizer_kind:
         raise ModelFileError(f"{tok_dir} holds a {tok_kind}; a {kind} reads a {KINDS[kind].tokenizer_kind}")
     tok = load_tokenizer(tok_dir, device=device, kind=tok_kind)
-    backend_cls = BACKENDS[kind]
+    backend_cls = KINDS[kind].backend
     try:
         backend = backend_cls(wm, tok)
     except ValueError as e:
@@ -468,7 +467,7 @@ def tiny_flow_bundle(seed: int = 0, prompts: int = 8, device: str | torch.device
                        kind=FLOW_WORLD_MODEL_KIND)
 
 
-__all__ = ["BACKENDS", "DEFAULT_FLOW_WORLD_MODEL", "DEFAULT_TOKENIZER", "DEFAULT_WORLD_MODEL", "FLOW_WORLD_MODEL_KIND",
+__all__ = ["DEFAULT_FLOW_WORLD_MODEL", "DEFAULT_TOKENIZER", "DEFAULT_WORLD_MODEL", "FLOW_WORLD_MODEL_KIND",
            "KINDS", "Kind", "VAE_KIND", "kind_of", "make_backend", "stored_latents", "PROMPTS", "PromptBank", "SOURCES", "Sources",
            "WorldBundle", "copy_model_dir", "load_bundle", "load_tokenizer", "load_world_model",
            "record_training_sources", "resolve_tokenizer", "save_bundle", "tiny_bundle", "tiny_flow_bundle", "weights_sha256"]

@@ -84,3 +84,19 @@ def make_dataset(root: Path, train=(60,) * 8, val=(80,) * 4, seed: int = 0) -> P
         m["episodes"].append(fmt.write_episode(root / fmt.EPISODES / fmt.episode_filename(i), arrays, meta))
     fmt.write_manifest(root, m)
     return root
+
+
+def fit(model, batch: dict, steps: int, lr: float) -> tuple[dict, dict]:
+    """`steps` Adam steps of `model.compute_loss` on one batch (its trainable parameters): the metrics of
+    the first and of the last step."""
+    import torch
+
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr)
+    first = met = None
+    for _ in range(steps):
+        loss, met = model.compute_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = met if first is None else first
+    return first, met

@@ -12,7 +12,7 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from conftest import make_dataset
+from conftest import fit, make_dataset
 from gaia_gym.backends.flow import FlowBackend
 from gaia_gym.bundle import load_bundle, save_bundle, tiny_flow_bundle
 from gaia_gym.errors import ConfigError, ModelFileError
@@ -56,14 +56,7 @@ def test_flow_and_shortcut_losses_fall():
     m = FlowWorldModel(cfg).train()
     batch = _batch(cfg)
     batch["latents"] = batch["latents"][:, :1].expand_as(batch["latents"]).contiguous()  # a still scene: learnable
-    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-    first = None
-    for _ in range(60):
-        loss, met = m.compute_loss(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        first = met if first is None else first
+    first, met = fit(m, batch, steps=60, lr=3e-3)
     assert "shortcut_loss" in met
     assert met["flow_loss"] < 0.7 * first["flow_loss"]
     assert met["reward_loss"] < first["reward_loss"]

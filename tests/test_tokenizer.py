@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import fit
 from gaia_gym.checkpoint import load_model, save_model
 
 from gaia_gym.errors import ModelFileError
@@ -153,16 +154,8 @@ def test_distillation_term_trains_towards_teacher():
     torch.manual_seed(0)
     cfg = tokenizer_config("tiny", distill_weight=1.0, distill_dim=12)
     t = Tokenizer(cfg, teacher=_Teacher())
-    opt = torch.optim.Adam([p for p in t.parameters() if p.requires_grad], 3e-3)
-    batch = {"frames": _frames(16)}
-    first = None
-    for _ in range(40):
-        loss, m = t.compute_loss(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        first = first if first is not None else m["distill"]
-    assert m["distill"] < first
+    first, m = fit(t, {"frames": _frames(16)}, steps=40, lr=3e-3)
+    assert m["distill"] < first["distill"]
     assert not any(p.requires_grad for p in t.teacher.parameters())
     with pytest.raises(ValueError, match="distill"):
         Tokenizer(tokenizer_config("tiny"), teacher=_Teacher())

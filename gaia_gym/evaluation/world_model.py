@@ -80,43 +80,33 @@ class Termination:
 
 
 class TeacherForcing:
-    """Teacher-forced scores over a window of real frames: next-frame token cross-entropy and accuracy
-    (discrete model) or the flow-matching error at fixed flow times (flow model); reward MAE of every
-    step's reward head; the end logits for the termination AUC."""
+    """Teacher-forced scores over a window of real frames, as the world model defines them
+    (`teacher_forced`: token cross-entropy and accuracy for the discrete model, the flow-matching error at
+    fixed flow times for the flow model); reward MAE of every step's reward head; the end logits for the
+    termination AUC."""
 
     def __init__(self, wm, window: int, bf16: bool, termination: Termination) -> None:
         self.wm, self.W, self.bf16, self.termination = wm, window, bf16, termination
         self.dev = next(wm.parameters()).device
-        self.flow = isinstance(wm, FlowWorldModel)
-        self.ce = self.correct = self.n_tok = self.r_err = self.r_n = 0.0
+        self.sums: dict[str, float] = {}
+        self.count = self.r_err = self.r_n = 0.0
 
     def forward(self, b: dict, tok: torch.Tensor):
         with autocast(self.dev, self.bf16):
-            if self.flow:
-                out = self.wm.teacher_forced(tok[:, : self.W], b["actions"][:, : self.W].to(self.dev))
-            else:
-                out = self.wm(tok[:, : self.W], b["actions"][:, : self.W].to(self.dev))
+            out = self.wm.teacher_forced(tok[:, : self.W], b["actions"][:, : self.W].to(self.dev))
         self.termination.update(out.end_logit, b["terminated"][:, : self.W])
         return out
 
     def update(self, b: dict, tok: torch.Tensor) -> None:
         out = self.forward(b, tok)
-        if self.flow:
-            self.ce += float(out.velocity.float().sum())
-            self.n_tok += out.velocity.numel()
-        else:
-            logits = self.wm.next_frame_logits(out).float()
-            target = self.wm.patchify(tok[:, 1 : self.W])
-            nll, ok = self.wm.image_nll(logits, target)
-            self.ce += float(nll.sum())
-            self.correct += float(ok.sum())
-            self.n_tok += target.numel()
+        for k, v in out.sums.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += out.count
         self.r_err += float((out.reward.float().cpu() - b["reward"][:, : self.W]).abs().sum())
         self.r_n += len(tok) * self.W
 
     def summary(self) -> dict:
-        scores = ({"val_flow_loss": self.ce / self.n_tok} if self.flow else
-                  {"val_cross_entropy": self.ce / self.n_tok, "token_accuracy": self.correct / self.n_tok})
+        scores = {k: v / self.count for k, v in self.sums.items()}
         return {"teacher_forced_window": self.W, **scores, "reward_mae_teacher_forced": self.r_err / self.r_n}
 
 

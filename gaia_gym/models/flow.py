@@ -40,7 +40,7 @@ from einops import rearrange
 from torch import nn
 
 from gaia_gym.errors import ConfigError
-from gaia_gym.models.world_model import rope, symexp, symlog, two_hot
+from gaia_gym.models.world_model import TeacherForced, rope, symexp, symlog, two_hot
 
 
 @dataclass(frozen=True)
@@ -399,11 +399,13 @@ class FlowWorldModel(nn.Module):
         return symexp((self.reward_logits(feats).softmax(-1) * self.bins).sum(-1))
 
     # ---- training ---------------------------------------------------------------------------------
-    def _velocity(self, clean, clean_cond, noisy, tau, step, noisy_actions, null_noisy):
-        B, T = noisy.shape[:2]
-        pos = torch.arange(T, device=noisy.device)
-        cond = self.condition(tau, step, noisy_actions, null_noisy)
-        return self.run(clean, clean_cond, pos, noisy, cond, pos)
+    @staticmethod
+    def noisy_actions(actions: torch.Tensor, null: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The noised copy of frame j carries a_{j-1}: actions (B, T, A) and their drop mask (B, T) shifted
+        by one frame, with the null action before the first frame."""
+        prev = torch.cat([torch.zeros_like(actions[:, :1]), actions[:, :-1]], 1)
+        prev_null = torch.cat([torch.ones_like(null[:, :1]), null[:, :-1]], 1)
+        return prev, prev_null
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """batch: latents (B, T, C, h, w), actions (B, T, A), reward (B, T), terminated (B, T)."""
@@ -412,9 +414,7 @@ class FlowWorldModel(nn.Module):
         B, T = x.shape[:2]
         dev = x.device
         null = torch.rand(B, T, device=dev) < cfg.action_dropout if self.training else torch.zeros(B, T, dtype=torch.bool, device=dev)
-        # the noised copy of frame j carries a_{j-1} (the null action before the first frame)
-        prev_actions = torch.cat([torch.zeros_like(actions[:, :1]), actions[:, :-1]], 1)
-        prev_null = torch.cat([torch.ones_like(null[:, :1]), null[:, :-1]], 1)
+        prev_actions, prev_null = self.noisy_actions(actions, null)
         pos = torch.arange(T, device=dev)
         ones = torch.ones(B, T, device=dev)
         zeros = torch.zeros(B, T, dtype=torch.long, device=dev)
@@ -432,13 +432,19 @@ class FlowWorldModel(nn.Module):
             tau[:n_sc] = grid * dsz
             step[:n_sc] = k + 1
             half_idx = torch.where(k + 1 < cfg.shortcut_levels, k + 2, torch.zeros_like(k))  # finest half -> flow
-            with torch.no_grad():
+            with torch.no_grad():  # the target: two half steps of the model itself
                 xs = tau[:n_sc, :, None, None, None] * x[:n_sc] + (1 - tau[:n_sc, :, None, None, None]) * eps[:n_sc]
                 half = (dsz / 2)[:, :, None, None, None]
-                cc = clean_cond[:n_sc]
-                v1 = self._velocity(x[:n_sc], cc, xs, tau[:n_sc], half_idx, prev_actions[:n_sc], prev_null[:n_sc]).velocity
-                v2 = self._velocity(x[:n_sc], cc, xs + half * v1, tau[:n_sc] + dsz / 2, half_idx, prev_actions[:n_sc],
-                                    prev_null[:n_sc]).velocity
+                ctx = FlowMemory()  # the clean stream once: both half steps attend to its keys/values
+                self.run(x[:n_sc], clean_cond[:n_sc], pos, None, None, pos[:0], memory=ctx, write=True)
+                acts, acts_null = prev_actions[:n_sc], prev_null[:n_sc]
+
+                def velocity(xn, t):
+                    return self.run(None, None, pos[:0], xn, self.condition(t, half_idx, acts, acts_null), pos,
+                                    memory=ctx).velocity
+
+                v1 = velocity(xs, tau[:n_sc])
+                v2 = velocity(xs + half * v1, tau[:n_sc] + dsz / 2)
                 target = target.clone()
                 target[:n_sc] = (v1 + v2) / 2
         xt = tau[:, :, None, None, None] * x + (1 - tau[:, :, None, None, None]) * eps
@@ -458,26 +464,24 @@ class FlowWorldModel(nn.Module):
         return total, metrics
 
     @torch.no_grad()
-    def teacher_forced(self, latents: torch.Tensor, actions: torch.Tensor, seed: int = 0) -> FlowOutput:
+    def teacher_forced(self, latents: torch.Tensor, actions: torch.Tensor, seed: int = 0) -> TeacherForced:
         """Evaluation: one pass over real clips (B, T, C, h, w) with every frame's noised copy at a fixed
-        flow time (0.1, 0.3, 0.5, 0.7, 0.9 in turn) and seeded noise; `velocity` holds the per-frame
-        flow-matching error (B, T) (plain flow step embedding), plus the clean stream's reward/end."""
+        flow time (0.1, 0.3, 0.5, 0.7, 0.9 in turn) and seeded noise: the flow-matching error per frame
+        (plain flow step embedding) summed as "val_flow_loss", and the clean stream's reward/end."""
         B, T = latents.shape[:2]
         dev = latents.device
         x, actions = latents.float(), actions.float()
         g = torch.Generator(device=dev).manual_seed(seed)
         eps = torch.randn(x.shape, generator=g, device=dev)
         tau = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9], device=dev).repeat(T)[:T].expand(B, T)
-        prev = torch.cat([torch.zeros_like(actions[:, :1]), actions[:, :-1]], 1)
-        prev_null = torch.zeros(B, T, dtype=torch.bool, device=dev)
-        prev_null[:, 0] = True
+        prev, prev_null = self.noisy_actions(actions, torch.zeros(B, T, dtype=torch.bool, device=dev))
         zeros = torch.zeros(B, T, dtype=torch.long, device=dev)
         pos = torch.arange(T, device=dev)
         xt = tau[:, :, None, None, None] * x + (1 - tau[:, :, None, None, None]) * eps
         out = self.run(x, self.condition(torch.ones(B, T, device=dev), zeros, actions, None), pos,
                        xt, self.condition(tau, zeros, prev, prev_null), pos)
-        out.velocity = (out.velocity - (x - eps)).pow(2).flatten(2).mean(-1)
-        return out
+        err = (out.velocity - (x - eps)).pow(2).flatten(2).mean(-1)  # (B, T)
+        return TeacherForced({"val_flow_loss": float(err.sum())}, err.numel(), out.reward, out.end_logit)
 
     # ---- generation -------------------------------------------------------------------------------
     @property

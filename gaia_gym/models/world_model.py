@@ -243,6 +243,18 @@ class Block(nn.Module):
 
 
 @dataclass
+class TeacherForced:
+    """A world model's scores on real clips fed whole (what `teacher_forced` returns, for either kind):
+    `sums` of per-element scores over `count` elements (e.g. {"val_cross_entropy": ..., "token_accuracy":
+    ...}), the reward (B, T) and end logits (B, T) of every step."""
+
+    sums: dict[str, float]
+    count: int
+    reward: torch.Tensor
+    end_logit: torch.Tensor
+
+
+@dataclass
 class WorldModelOutput:
     """Outputs for the blocks that were run."""
 
@@ -439,6 +451,16 @@ class WorldModel(nn.Module):
         return loss, {"ce": ce.item(), "token_acc": acc.item(), "reward_loss": r_loss.item(),
                       "end_loss": e_loss.item(),
                       "reward_mae": (out.reward - batch["reward"].float()).abs().mean().item()}
+
+    @torch.no_grad()
+    def teacher_forced(self, tokens: torch.Tensor, actions: torch.Tensor) -> TeacherForced:
+        """Evaluation on real clips (tokens (B, T, g, g), actions (B, T, A)), no action dropout: next-frame
+        negative log-likelihood and argmax accuracy summed over frames 1..T-1, and every block's reward
+        and end logit."""
+        out = self.forward(tokens, actions)
+        nll, ok = self.image_nll(self.next_frame_logits(out).float(), self.patchify(tokens[:, 1:]))
+        return TeacherForced({"val_cross_entropy": float(nll.sum()), "token_accuracy": float(ok.sum())}, nll.numel(),
+                             out.reward, out.end_logit)
 
     def next_frame_logits(self, out: WorldModelOutput) -> torch.Tensor:
         """Teacher-forced logits for frames 1..T-1 from a forward over blocks 0..T-1: (B, T-1, P, S, V)."""
