@@ -12,7 +12,7 @@ unprofiled loop, with frames decoded (`--frames`) or not.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -86,6 +86,8 @@ def main(argv=None) -> dict:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--frames", action="store_true", help="decode frames every step too")
+    p.add_argument("--int8", action="store_true", help="the world model's Linear layers in int8")
+    p.add_argument("--label", help="the JSON key to merge the profile under (default: tokens / frames)")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
     from gaia_gym.bundle import load_bundle
@@ -93,8 +95,10 @@ def main(argv=None) -> dict:
     from gaia_gym.precision import precision_name
 
     bundle = load_bundle(a.model)
-    out = {"cpu": cpu_name(), "torch_threads": torch.get_num_threads(), "precision": precision_name(bundle.device),
-           "torch": torch.__version__, "command": "python benchmarks/profile_step.py " + " ".join(argv or []),
+    if a.int8:
+        bundle = bundle.with_backend(int8=True)
+    out = {"model": str(bundle.path), "int8": a.int8, "cpu": cpu_name(), "torch_threads": torch.get_num_threads(), "precision": precision_name(bundle.device),
+           "torch": torch.__version__, "command": "python benchmarks/profile_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
            "runs": []}
     for b in a.batches:
         r = profile(bundle, b, a.steps, a.frames)
@@ -106,7 +110,7 @@ def main(argv=None) -> dict:
     if a.json:
         from gaia_gym.fileio import merge_json
 
-        merge_json(a.json, "frames" if a.frames else "tokens", out)
+        merge_json(a.json, a.label or ("frames" if a.frames else "tokens"), out)
     return out
 
 

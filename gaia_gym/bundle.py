@@ -26,7 +26,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -381,6 +381,35 @@ class WorldBundle:
     @property
     def device(self) -> torch.device:
         return next(self.world_model.parameters()).device
+
+    def with_backend(self, **options) -> "WorldBundle":
+        """This bundle (components and prompts shared) with a backend built with the backend's own
+        `options`, e.g. ``int8=True`` (int8 Linear layers, CPU) or ``steps=4`` (a flow model)."""
+        b = replace(self)
+        b._backend = KINDS[self.kind].backend(self.world_model, self.tokenizer, **options)
+        return b
+
+
+    def with_decoder(self, tokenizer) -> "WorldBundle":
+        """This bundle with another tokenizer that reads the same codes: its encoder and quantizer must be
+        this one's (e.g. a narrower decoder from `gaia-gym train decoder`), so the world model, the
+        prompt bank and every recorded token stay valid. ModelFileError otherwise."""
+        mine, theirs = self.tokenizer, tokenizer
+        same = type(mine) is type(theirs) and all(
+            _same_weights(getattr(mine, part, None), getattr(theirs, part, None)) for part in ("encoder", "quant"))
+        if not same:
+            raise ModelFileError("that tokenizer does not encode frames as this model's does (its encoder or "
+                                 "quantizer differs); train it with `gaia-gym train decoder --tokenizer` from this "
+                                 "model's tokenizer")
+        return replace(self, tokenizer=tokenizer.to(self.device).eval())
+
+
+def _same_weights(a: torch.nn.Module | None, b: torch.nn.Module | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu())
+                                          for k in sa)
 
 
 def load_bundle(model: str | Path | None = None, device: str | torch.device = "cpu",

@@ -137,6 +137,17 @@ def cmd_train_tokenizer(a: argparse.Namespace) -> None:
           + ", ".join(f"{k}={v:.4g}" for k, v in (r.get("metrics") or {}).items() if k in ("psnr", "l1", "l2")))
 
 
+def cmd_train_decoder(a: argparse.Namespace) -> None:
+    from gaia_gym.train.tokenizer import train_decoder
+
+    tc = _train_config(a, steps=4000, batch_size=64, lr=1e-3, warmup_steps=100, channels_last=True,
+                       checkpoint_minutes=5, log_every=25, image_every=500)
+    r = train_decoder(Path(a.data), Path(a.tokenizer), Path(a.out), a.channels, train_cfg=tc, progress=not a.quiet)
+    print(f"{a.out}: decoder trained to step {r['step']} ({r['minutes']:.1f} min in total, stopped by "
+          f"{r.get('stopped', 'steps')}); last metrics: "
+          + ", ".join(f"{k}={v:.4g}" for k, v in (r.get("metrics") or {}).items() if k in ("psnr", "l1", "l2")))
+
+
 def cmd_train_vae(a: argparse.Namespace) -> None:
     from gaia_gym.train.vae import train_vae
 
@@ -157,6 +168,8 @@ def cmd_train_world_model(a: argparse.Namespace) -> None:
     overrides = {"decoding": a.decoding} if a.decoding else {}
     if a.patch:
         overrides["patch"] = a.patch
+    if a.embedding:
+        overrides["embedding"] = a.embedding
     r = train_world_model(Path(a.data), Path(a.tokenizer), Path(a.out), preset=a.preset, train_cfg=tc,
                           progress=not a.quiet, head=a.head, **overrides)
     m = r.get("metrics") or {}
@@ -195,6 +208,10 @@ def cmd_eval_world_model(a: argparse.Namespace) -> None:
 
     bundle = load_bundle(a.model, tokenizer=a.tokenizer)  # the tokenizer's sha256 is checked here
     wm, tok = bundle.world_model, bundle.tokenizer
+    if a.int8:  # every figure from the int8 model: teacher forcing, rollouts, counterfactuals
+        from gaia_gym.precision import int8_linears
+
+        wm = int8_linears(wm)
     tok_path = a.tokenizer or "(the model directory's)"
     probe = load_probe(a.probe) if a.probe else None
     opts = {}
@@ -212,7 +229,7 @@ def cmd_eval_world_model(a: argparse.Namespace) -> None:
         r["quality_by_sampling_steps"] = sampling_steps_sweep(wm, tok, Path(a.data), a.steps_sweep, split=a.split,
                                                               max_clips=a.max_clips, progress=not a.quiet,
                                                               codec=bundle.codec, sample_temperature=a.temperature)
-    r.update(model=str(a.model or DEFAULT_WORLD_MODEL), tokenizer=str(tok_path), data=str(a.data))
+    r.update(model=str(a.model or DEFAULT_WORLD_MODEL), tokenizer=str(tok_path), data=str(a.data), int8=bool(a.int8))
     keys = ("val_cross_entropy", "token_accuracy", "val_flow_loss", "flicker", "quality_by_sampling_steps",
             "psnr_by_horizon", "copy_last_psnr_by_horizon",
             "tokenizer_ceiling_psnr", "reward_mae_teacher_forced", "termination_auc",
@@ -400,6 +417,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(tt, list(TOKENIZER_PRESETS))
     tt.set_defaults(fn=cmd_train_tokenizer)
 
+    td = tsub.add_parser("decoder", help="a new (e.g. narrower, faster) decoder for a trained tokenizer",
+                         description="Train a new decoder for a tokenizer: its encoder and codes are kept (frozen), "
+                                     "so the result reads the tokens of every world model trained on it.")
+    _add_train_args(td, ["default"])
+    td.add_argument("--tokenizer", default="gaia_gym/assets/tokenizer", help="the tokenizer whose codes to decode")
+    td.add_argument("--channels", type=int, nargs="+", required=True,
+                    help="decoder widths per resolution, token grid upwards (the shipped decoder: 128 64 32)")
+    td.set_defaults(fn=cmd_train_decoder)
+
     from gaia_gym.models.vae import VAE_PRESETS
 
     tv = tsub.add_parser("vae", help="frames <-> continuous latents (GAIA-2 video tokenizer)")
@@ -416,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     tw.add_argument("--patch", type=int, choices=[1, 2, 4, 8],
                     help="image tokens grouped per transformer position (default 2: 16 positions for 8x8 tokens; "
                          "4: 4 positions, ~3x fewer tokens per step)")
+    tw.add_argument("--embedding", choices=["codes", "digits"],
+                    help="image input embedding: one vector per code (default) or the sum of one per FSQ digit "
+                         "(far fewer parameters at --patch 4)")
     tw.add_argument("--head", choices=["digits", "codes"], default="digits",
                     help="image head: one small softmax per FSQ digit (default; cheaper to sample) or one "
                          "softmax over all codes")
@@ -453,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = esub.add_parser("vae", help="continuous tokenizer: PSNR/SSIM per frame and windowed, flicker, speed")
     ev.add_argument("--model", required=True, help="VAE model directory (gaia-gym train vae)")
     ev.add_argument("--max-clips", type=int, default=64, help="clips of 16 frames, spread over the split")
+    ev.add_argument("--int8", action="store_true", help="evaluate the model with its Linear layers in int8 (CPU)")
     ev.add_argument("--key", help="merge the record under this key of --json (dotted to nest)")
     _add_codec_eval_args(ev)
     ev.set_defaults(fn=cmd_eval_vae)

@@ -33,7 +33,10 @@ def cmd_bench(a: argparse.Namespace) -> None:
     from gaia_gym.fileio import write_json
     from gaia_gym.verbs.bench import run_bench, summary_line
 
-    r = run_bench(_bundle(a), batch_sizes=tuple(a.batch_sizes), seconds=a.seconds, real_seconds=a.real_seconds,
+    bundle = _bundle(a)
+    if a.int8:
+        bundle = bundle.with_backend(int8=True)
+    r = run_bench(bundle, batch_sizes=tuple(a.batch_sizes), seconds=a.seconds, real_seconds=a.real_seconds,
                   progress=not a.quiet)
     r["command"] = "gaia-gym bench " + " ".join(a.argv_tail)
     print(summary_line(r))
@@ -56,6 +59,25 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
 
     r = pretrain(Path(a.work), export=Path(a.export) if a.export else None, preset=a.preset, progress=not a.quiet)
     print(json.dumps(r, indent=1))
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    from gaia_gym.bundle import load_tokenizer, save_bundle
+    from gaia_gym.errors import ConfigError
+
+    bundle = _bundle(a)
+    if a.decoder:
+        bundle = bundle.with_decoder(load_tokenizer(a.decoder, kind=None))
+    out = Path(a.out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} exists and is not empty; export writes a new model directory")
+    from gaia_gym.checkpoint import read_model_info
+
+    meta = {**read_model_info(bundle.path).get("meta", {}), "exported_from": str(bundle.path)}
+    if a.decoder:
+        meta["decoder_from"] = str(a.decoder)
+    save_bundle(bundle, out, meta=meta)
+    print(f"wrote {out} (world model of {bundle.path}" + (f", decoder of {a.decoder}" if a.decoder else "") + ")")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -90,9 +112,20 @@ def add_parsers(sub) -> None:
     b.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64, 256])
     b.add_argument("--seconds", type=float, default=4.0, help="timed seconds per measurement")
     b.add_argument("--real-seconds", type=float, default=15.0, help="seconds of the real simulator measurement")
+    b.add_argument("--int8", action="store_true",
+                   help="the world model's Linear layers in int8 (CPU; faster, lower precision: docs/performance.md)")
     b.add_argument("--json", help="write the figures here (e.g. results/bench.json)")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(fn=cmd_bench)
+
+    ex = sub.add_parser("export", help="write a self-contained model directory, optionally with another decoder",
+                        description="Copy a world-model directory (weights, prompts, sources, tokenizer) to --out; "
+                                    "--decoder swaps in a tokenizer that reads the same codes (from "
+                                    "`gaia-gym train decoder`), e.g. a narrower, faster one.")
+    _model_args(ex)
+    ex.add_argument("--decoder", help="tokenizer directory with this model's encoder and another decoder")
+    ex.add_argument("--out", required=True, help="the new model directory")
+    ex.set_defaults(fn=cmd_export)
 
     pl = sub.add_parser("play", help="drive inside the world model with the keyboard",
                         description="Arrow keys: left/right steer, up/down change the target speed; Esc quits. "

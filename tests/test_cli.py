@@ -108,3 +108,19 @@ def test_import_a_drive(work, monkeypatch, tmp_path):
     log.write_text("time_s,speed_mps,steering\n" + "".join(f"{i / 12.5:.3f},{i % 10},0.1\n" for i in range(30)))
     monkeypatch.chdir(tmp_path)
     run("import", video, "--log", log, "--out", tmp_path / "mine")
+
+
+def test_fast_model_pipeline_train_decoder_world_model_export_bench(data, work, monkeypatch, tmp_path):
+    """The faster model's commands (docs/performance.md): a narrower decoder for a tokenizer, a patch-4 world
+    model with the digit embedding on its codes, both exported into one directory, benched in int8."""
+    monkeypatch.chdir(tmp_path)
+    run("train", "tokenizer", "--data", data, "--out", "tok", "--preset", "tiny", "--steps", "2", "--quiet")
+    run("train", "decoder", "--data", data, "--tokenizer", "tok", "--out", "dec", "--channels", "8", "8", "4",
+        "--steps", "2", "--quiet")
+    run("train", "world-model", "--data", data, "--tokenizer", "tok", "--out", "wm", "--preset", "tiny",
+        "--patch", "4", "--embedding", "digits", "--steps", "2", "--quiet")
+    run("export", "--model", "wm", "--decoder", "dec", "--out", "fast")
+    run("bench", "--model", "fast", "--int8", "--batch-sizes", "2", "--seconds", "0.05", "--real-seconds", "0.5",
+        "--json", "bench.json", "--quiet")
+    r = json.loads(Path("bench.json").read_text())
+    assert r["int8"] and r["decoder"] == [8, 8, 4] and r["tokens_per_step"] == (8 // 4) ** 2 + 2  # 8x8 tokens in 4x4 patches + 2 actions

@@ -22,6 +22,7 @@ import torch
 from gaia_gym.errors import ConfigError
 from gaia_gym.models.flow import FlowMemory, FlowWorldModel, check_steps
 from gaia_gym.models.vae import VAE
+from gaia_gym.precision import int8_linears
 
 
 LATENT_BOUND = 20.0  # |latent| in units of the VAE's global latent std
@@ -46,11 +47,13 @@ class FlowBackend:
     latent_dtype = torch.float32
     latent_range = (-LATENT_BOUND, LATENT_BOUND)  # latents have unit global scale; generated ones are clipped here
 
-    def __init__(self, world_model: FlowWorldModel, vae: VAE, steps: int | None = None, plain: bool | None = None) -> None:
+    def __init__(self, world_model: FlowWorldModel, vae: VAE, steps: int | None = None, plain: bool | None = None,
+                 int8: bool = False) -> None:
         wc, vc = world_model.cfg, vae.cfg
         if tuple(vc.latent_shape) != tuple(wc.latent_shape):
             raise ConfigError(f"the VAE's latents {vc.latent_shape} do not fit the flow world model's {wc.latent_shape}")
-        self.world_model = world_model.eval()
+        self.world_model = int8_linears(world_model) if int8 else world_model.eval()
+        self.int8 = bool(int8)
         self.tokenizer = vae.eval()
         self.latent_shape = tuple(wc.latent_shape)
         self.feature_dim = wc.d_model

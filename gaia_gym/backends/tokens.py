@@ -2,6 +2,7 @@
 transformer over image + action tokens, a KV cache as memory.
 
     backend = TokenBackend(world_model, tokenizer)     # built from the two components
+    backend = TokenBackend(world_model, tokenizer, int8=True)  # Linear layers in int8 (CPU, opt-in)
     memory, features = backend.start(tokens (n, C, g, g), actions (n, C, 2), start_block=0)
     nxt, features, reward, end_logit = backend.step(memory, C - 1, tokens[:, -1], actions[:, -1], sampler)
 
@@ -17,6 +18,7 @@ import torch
 from gaia_gym.errors import ConfigError
 from gaia_gym.models.tokenizer import Tokenizer
 from gaia_gym.models.world_model import KVCache, WorldModel, make_sampler
+from gaia_gym.precision import int8_linears
 
 
 def _skip_sampling(logits: torch.Tensor) -> torch.Tensor:
@@ -28,12 +30,13 @@ class TokenBackend:
 
     latent_key = "tokens"
 
-    def __init__(self, world_model: WorldModel, tokenizer: Tokenizer) -> None:
+    def __init__(self, world_model: WorldModel, tokenizer: Tokenizer, int8: bool = False) -> None:
         tc, wc = tokenizer.cfg, world_model.cfg
         if tc.grid != wc.grid or tc.vocab_size != wc.vocab:
             raise ConfigError(f"the tokenizer ({tc.grid}x{tc.grid} tokens, {tc.vocab_size} codes) does not fit the "
                               f"world model ({wc.grid}x{wc.grid}, {wc.vocab} codes)")
-        self.world_model = world_model.eval()
+        self.world_model = int8_linears(world_model) if int8 else world_model.eval()
+        self.int8 = bool(int8)
         self.tokenizer = tokenizer.eval()
         self.latent_shape = (wc.grid, wc.grid)
         self.latent_dtype = torch.int64

@@ -135,7 +135,7 @@ class ImaginedBatch:
     def __init__(self, n: int = 1, model=None, obs_mode: str = "all", horizon: int | None = 250,
                  reward_fn: RewardFn | None = None, temperature: float = 1.0, top_k: int | None = None,
                  guidance: float = 1.0, device: str | torch.device = "cpu", bundle: WorldBundle | None = None,
-                 end_threshold: float = 0.5, bf16: bool = True) -> None:
+                 end_threshold: float = 0.5, bf16: bool = True, int8: bool = False) -> None:
         n = check_count(n)
         named = [k for k in LATENT_KEYS if isinstance(obs_mode, str) and k in obs_mode.split("+")]
         parse_obs_mode(obs_mode, named[0] if named else "tokens")  # a malformed obs_mode fails before the model loads
@@ -147,6 +147,8 @@ class ImaginedBatch:
         temperature, top_k, guidance, end_threshold = check_sampling(temperature, top_k, guidance, end_threshold)
         single_thread_after_fork()
         self.bundle = bundle if bundle is not None else load_bundle(model, device)
+        if int8:  # the world model's Linear layers in int8 (CPU; docs/performance.md)
+            self.bundle = self.bundle.with_backend(int8=True)
         self.latent_key = self.bundle.backend.latent_key
         self.keys = parse_obs_mode(obs_mode, self.latent_key)  # again, now that the model's latent key is known
         self.codec = self.bundle.codec

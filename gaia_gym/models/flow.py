@@ -328,7 +328,7 @@ class FlowWorldModel(nn.Module):
         """(B, T, C, h, w) -> (B, T, P, d) embedded tokens."""
         p = self.cfg.patch
         t = rearrange(latents, "b t c (h p1) (w p2) -> b t (h w) (c p1 p2)", p1=p, p2=p)
-        return self.inp(t.to(self.inp.weight.dtype)) + self.pos_emb
+        return self.inp(t.to(self.pos_emb.dtype)) + self.pos_emb
 
     def untokens(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, P, C p^2) -> (B, T, C, h, w)."""

@@ -48,11 +48,19 @@ class WorldModelConfig:
     # = one small softmax per FSQ digit (factorized: 23 logits instead of 1000 per token; neighbouring
     # digit values decode to similar pixels, and sampling costs a few draws instead of a top-k)
     code_levels: tuple[int, ...] = ()
+    # image input embedding: "codes" = one vector per (sub-position, code) (patch^2 x vocab rows); "digits" =
+    # the sum of one vector per (sub-position, FSQ digit value) (patch^2 x sum(code_levels) rows: 368 instead
+    # of 16,000 at patch 4), so codes that share digits share parameters (needs code_levels)
+    embedding: str = "codes"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "code_levels", tuple(int(x) for x in self.code_levels))
         if self.code_levels and math.prod(self.code_levels) != self.vocab:
             raise ConfigError(f"code_levels {self.code_levels} do not multiply to the vocabulary {self.vocab}")
+        if self.embedding not in ("codes", "digits"):
+            raise ConfigError(f"embedding must be 'codes' or 'digits', got {self.embedding!r}")
+        if self.embedding == "digits" and not self.code_levels:
+            raise ConfigError("the digits embedding needs code_levels (an FSQ tokenizer's levels)")
 
     @property
     def head_width(self) -> int:
@@ -278,7 +286,8 @@ class WorldModel(nn.Module):
         self.layout = L = cfg.layout
         d, S = cfg.d_model, cfg.patch**2
         self.S = S
-        self.tok_emb = nn.Embedding(S * cfg.vocab, d)  # one table per sub-position of a patch
+        per_sub = sum(cfg.code_levels) if cfg.embedding == "digits" else cfg.vocab
+        self.tok_emb = nn.Embedding(S * per_sub, d)  # one table per sub-position of a patch
         self.pos_emb = nn.Parameter(torch.zeros(L.block, d))  # position inside the block
         self.act_w = nn.Parameter(torch.randn(cfg.action_dim, d) * 0.02)
         self.act_b = nn.Parameter(torch.zeros(cfg.action_dim, d))
@@ -320,7 +329,16 @@ class WorldModel(nn.Module):
         return rearrange(x, "b t (h w) (p1 p2) -> b t (h p1) (w p2)", h=g // p, p1=p, p2=p)
 
     def embed_image(self, patched: torch.Tensor) -> torch.Tensor:
-        """(B, T, P, S) tokens -> (B, T, P, d): the sum of the patch's sub-token embeddings."""
+        """(..., S) tokens of a patch -> (..., d): the sum of the patch's sub-token embeddings (per code, or
+        per FSQ digit of each code: see `WorldModelConfig.embedding`)."""
+        if self.cfg.embedding == "digits":
+            lv = self._levels
+            digit_off = torch.cumsum(torch.cat([lv.new_zeros(1), lv[:-1]]), 0)  # (nd,)
+            sub_off = torch.arange(self.S, device=patched.device) * int(lv.sum())  # (S,)
+            idx = self.to_digits(patched) + digit_off + sub_off[:, None]  # (..., S, nd)
+            lead = patched.shape[:-1]
+            return F.embedding_bag(idx.reshape(-1, idx.shape[-2] * idx.shape[-1]), self.tok_emb.weight,
+                                   mode="sum").view(*lead, -1)
         offset = torch.arange(self.S, device=patched.device) * self.cfg.vocab
         return self.tok_emb(patched + offset).sum(-2)
 
@@ -550,8 +568,7 @@ class WorldModel(nn.Module):
             ids = self.sample_ids(self.image_logits(src).float(), sample)  # (B, S)
             out.append(ids)
             if p < L.image_tokens - 1:  # feed position p of frame block+1
-                offset = torch.arange(self.S, device=dev) * self.cfg.vocab
-                xe = self.tok_emb(ids + offset).sum(-2) + self.pos_emb[L.image_slice][p]
+                xe = self.embed_image(ids) + self.pos_emb[L.image_slice][p]
                 src = self._feed(cache, xe[:, None], block + 1, torch.tensor([L.image_slice.start + p], device=dev))[:, 0]
         return torch.stack(out, dim=1), mem
 

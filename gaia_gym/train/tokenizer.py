@@ -7,6 +7,7 @@ checkpoints, resume, DDP). A sample of validation frames is reconstructed into T
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -87,4 +88,39 @@ def reconstruction_logger(data: Path, bf16: bool, n: int = 8):
     return log_images
 
 
-__all__ = ["frame_batches", "reconstruction_logger", "tokenizer_config", "train_tokenizer"]
+def decoder_student(teacher: Tokenizer, channels) -> Tokenizer:
+    """A tokenizer with `teacher`'s encoder and quantizer (copied, frozen: the same frames give the same
+    tokens, so world models trained on the teacher's tokens read it unchanged) and a new decoder of
+    widths `channels` (one per resolution, token grid upwards), to be trained."""
+    channels = tuple(int(c) for c in channels)
+    if len(channels) != len(teacher.cfg.dec_channels) or min(channels, default=0) < 1:
+        raise ConfigError(f"--channels needs {len(teacher.cfg.dec_channels)} positive widths (one per resolution "
+                          f"below the frame's, like the teacher's {list(teacher.cfg.dec_channels)}), got {list(channels)}")
+    cfg = replace(teacher.cfg, dec_channels=channels, distill_weight=0.0, distill_dim=0)
+    student = Tokenizer(cfg)
+    student.encoder.load_state_dict(teacher.encoder.state_dict())
+    student.quant.load_state_dict(teacher.quant.state_dict())
+    for p in (*student.encoder.parameters(), *student.quant.parameters()):
+        p.requires_grad_(False)
+    return student
+
+
+def train_decoder(data: Path, tokenizer: Path, out: Path, channels, train_cfg=None, progress: bool = True) -> dict:
+    """Train (or resume) a new decoder for the tokenizer in `tokenizer` on the train split of `data`
+    (`gaia-gym train decoder`): its encoder and codes stay the teacher's, so the result is a drop-in
+    tokenizer directory for any world model trained on the teacher's tokens, e.g. a narrower decoder
+    that decodes frames faster (docs/performance.md measures the trade)."""
+    from gaia_gym.bundle import load_tokenizer
+    from gaia_gym.train.loop import TrainConfig, train
+
+    teacher = load_tokenizer(tokenizer)
+    train_cfg = train_cfg or TrainConfig(steps=4000, batch_size=64, lr=1e-3, warmup_steps=100, channels_last=True,
+                                         checkpoint_minutes=5, log_every=25, image_every=500)
+    EpisodeIndex(data, split="train")
+    model = decoder_student(teacher, channels)
+    return train(model, KIND, model.cfg, frame_batches(data, train_cfg.batch_size), train_cfg, out,
+                 log_images=reconstruction_logger(data, train_cfg.bf16), progress=progress)
+
+
+__all__ = ["decoder_student", "frame_batches", "reconstruction_logger", "tokenizer_config", "train_decoder",
+           "train_tokenizer"]

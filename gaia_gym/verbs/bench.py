@@ -59,6 +59,17 @@ def summary_line(r: dict, batch: int = HEADLINE_BATCH) -> str:
             f"frames {fmt(r.get(f'frames_b{b}_vs_real'), '.1f', 'x')}")
 
 
+def tokens_per_step(bundle: WorldBundle) -> int | None:
+    """Transformer positions per imagined step (image positions + action tokens), where the model says."""
+    layout = getattr(bundle.world_model, "layout", None)
+    return None if layout is None else int(layout.block)
+
+
+def decoder_widths(bundle: WorldBundle) -> list[int] | None:
+    widths = getattr(bundle.tokenizer.cfg, "dec_channels", None)
+    return None if widths is None else [int(c) for c in widths]
+
+
 def run_bench(bundle: WorldBundle, batch_sizes=(1, 16, 64, 256), seconds: float = 4.0, real_seconds: float = 15.0,
               real_processes: int | None = None, progress: bool = True) -> dict:
     procs = real_processes or os.cpu_count() or 1
@@ -67,7 +78,9 @@ def run_bench(bundle: WorldBundle, batch_sizes=(1, 16, 64, 256), seconds: float 
     real_drive = ratio(real_fps, SIM_HZ)  # None where the simulator gave no figure
     out = {"device": str(bundle.device), "torch_threads": torch.get_num_threads(),
            "precision": precision_name(bundle.device), "cpu": cpu_name(), "bf16_fast": bf16_is_fast(bundle.device),
-           "model": str(bundle.path), "step_seconds": bundle.step_seconds,
+           "model": str(bundle.path), "int8": bool(getattr(bundle.backend, "int8", False)),
+           "tokens_per_step": tokens_per_step(bundle), "decoder": decoder_widths(bundle),
+           "step_seconds": bundle.step_seconds,
            "real_sim_frames_per_s": real_fps, "real_sim_processes": procs,
            "real_driving_s_per_s": real_drive, "batches": {}}
     for b in batch_sizes:
