@@ -50,6 +50,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_TOKENIZER = ASSETS / "tokenizer"
 DEFAULT_WORLD_MODEL = ASSETS / "world_model"
 DEFAULT_FLOW_WORLD_MODEL = ASSETS / "flow_world_model"
+FAST_WORLD_MODEL = ASSETS / "world_model_fast"  # 4x4 patches, digit embedding, narrow decoder (docs/performance.md)
 TOKENIZER_KIND = "tokenizer"
 VAE_KIND = "vae"
 WORLD_MODEL_KIND = "world_model"
@@ -496,7 +497,7 @@ def tiny_flow_bundle(seed: int = 0, prompts: int = 8, device: str | torch.device
                        kind=FLOW_WORLD_MODEL_KIND)
 
 
-__all__ = ["DEFAULT_FLOW_WORLD_MODEL", "DEFAULT_TOKENIZER", "DEFAULT_WORLD_MODEL", "FLOW_WORLD_MODEL_KIND",
+__all__ = ["DEFAULT_FLOW_WORLD_MODEL", "DEFAULT_TOKENIZER", "DEFAULT_WORLD_MODEL", "FAST_WORLD_MODEL", "FLOW_WORLD_MODEL_KIND",
            "KINDS", "Kind", "VAE_KIND", "kind_of", "make_backend", "stored_latents", "PROMPTS", "PromptBank", "SOURCES", "Sources",
            "WorldBundle", "copy_model_dir", "load_bundle", "load_tokenizer", "load_world_model",
            "record_training_sources", "resolve_tokenizer", "save_bundle", "tiny_bundle", "tiny_flow_bundle", "weights_sha256"]

@@ -482,7 +482,6 @@ def build_parser() -> argparse.ArgumentParser:
     ev = esub.add_parser("vae", help="continuous tokenizer: PSNR/SSIM per frame and windowed, flicker, speed")
     ev.add_argument("--model", required=True, help="VAE model directory (gaia-gym train vae)")
     ev.add_argument("--max-clips", type=int, default=64, help="clips of 16 frames, spread over the split")
-    ev.add_argument("--int8", action="store_true", help="evaluate the model with its Linear layers in int8 (CPU)")
     ev.add_argument("--key", help="merge the record under this key of --json (dotted to nest)")
     _add_codec_eval_args(ev)
     ev.set_defaults(fn=cmd_eval_vae)
@@ -510,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     ew.add_argument("--json", help="write the metrics here")
     ew.add_argument("--merge", action="store_true")
     ew.add_argument("--quiet", action="store_true")
+    ew.add_argument("--int8", action="store_true", help="evaluate the model with its Linear layers in int8 (CPU)")
     ew.set_defaults(fn=cmd_eval_world_model)
 
     from gaia_gym.cli_world import add_parsers

@@ -124,3 +124,11 @@ def test_fast_model_pipeline_train_decoder_world_model_export_bench(data, work, 
         "--json", "bench.json", "--quiet")
     r = json.loads(Path("bench.json").read_text())
     assert r["int8"] and r["decoder"] == [8, 8, 4] and r["tokens_per_step"] == (8 // 4) ** 2 + 2  # 8x8 tokens in 4x4 patches + 2 actions
+
+
+def test_eval_world_model_int8(data, work, monkeypatch, tmp_path, model_dir):
+    monkeypatch.chdir(tmp_path)
+    run("eval", "world-model", "--data", data, "--model", model_dir, "--int8", "--max-clips", "2",
+        "--real-seconds", "0", "--throughput-seconds", "0", "--json", tmp_path / "q.json", "--quiet")
+    r = json.loads((tmp_path / "q.json").read_text())
+    assert r["int8"] is True and np.isfinite(r["val_cross_entropy"])

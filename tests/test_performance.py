@@ -150,3 +150,31 @@ def test_export_swaps_in_a_decoder_that_reads_the_same_codes(tmp_path, model_dir
         b.with_decoder(other)
     assert main(["export", "--model", str(model_dir), "--out", str(tmp_path / "fast")]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_shipped_fast_model_loads_imagines_and_passes_the_env_checkers():
+    import warnings
+
+    import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env
+
+    from gaia_gym.bundle import DEFAULT_TOKENIZER, FAST_WORLD_MODEL
+
+    b = load_bundle(FAST_WORLD_MODEL)
+    assert b.world_model.layout.block == 6 and b.world_model.cfg.embedding == "digits"
+    assert b.tokenizer.cfg.dec_channels == (64, 32, 16)
+    frames = torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8)
+    assert torch.equal(b.tokenizer.encode(frames), load_tokenizer(DEFAULT_TOKENIZER).encode(frames))
+    for q in (False, True):
+        eng = Imagination(b.with_backend(int8=q), n=8, seed=0, temperature=0.0)
+        eng.reset(prompt=torch.arange(8))
+        out = eng.step(b.prompts.actions[:8, -1])  # the real action after the context
+        # a trained model: its next frame is closer to the real continuation than the last real frame is
+        real = eng.frames(b.prompts.next_tokens[:8, 0]).float()
+        last = eng.frames(b.prompts.tokens[:8, -1]).float()
+        assert float((eng.frames(out.latents).float() - real).pow(2).mean()) < float((last - real).pow(2).mean())
+    env = gym.make("GaiaDrive-v0", model=str(FAST_WORLD_MODEL), int8=True, render_mode="rgb_array")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(infinity|-infinity).*")
+        check_env(env.unwrapped)
+    env.close()

@@ -102,12 +102,18 @@ def two_hot(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # transformer pieces
 # ----------------------------------------------------------------------------------------------
-def rope(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding of x (B, H, N, hd) at temporal positions pos (N,)."""
-    hd = x.shape[-1]
-    freqs = 1.0 / (1000.0 ** (torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd))
+def rope_tables(pos: torch.Tensor, hd: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (N, hd/2) float32 of the rotary angles at temporal positions pos (N,)."""
+    freqs = 1.0 / (1000.0 ** (torch.arange(0, hd, 2, device=pos.device, dtype=torch.float32) / hd))
     ang = pos.float()[:, None] * freqs[None]  # (N, hd/2)
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    return ang.cos(), ang.sin()
+
+
+def rope(x: torch.Tensor, pos: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotary embedding of x (B, H, N, hd) at temporal positions pos (N,), or with the `rope_tables` of
+    those positions (computed once per pass and shared by every layer, q and k: the same floats)."""
+    cos, sin = rope_tables(pos, x.shape[-1]) if isinstance(pos, torch.Tensor) else pos
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
 
@@ -388,8 +394,9 @@ class WorldModel(nn.Module):
             mask = None  # e.g. a parallel step over a full window: SDPA's unmasked path is faster
         if cache is not None:
             cache.reserve(len(blocks))
+        rot = rope_tables(blocks, self.cfg.d_model // self.cfg.n_heads)
         for i, blk in enumerate(self.blocks):
-            x = blk(x, blocks, mask, cache, i)
+            x = blk(x, rot, mask, cache, i)
         if cache is not None:
             cache.commit(blocks, slots)
         return self.ln_f(x)
