@@ -178,3 +178,13 @@ def test_shipped_fast_model_loads_imagines_and_passes_the_env_checkers():
         warnings.filterwarnings("ignore", message=".*(infinity|-infinity).*")
         check_env(env.unwrapped)
     env.close()
+
+
+def test_rope_tables_give_the_same_floats_and_int8_refuses_a_non_cpu_model():
+    from gaia_gym.models.world_model import rope, rope_tables
+
+    x = torch.randn(2, 4, 12, 16)
+    pos = torch.arange(3, 15)
+    assert torch.equal(rope(x, pos), rope(x, rope_tables(pos, 16)))
+    with pytest.raises(ConfigError, match="CPU only"):
+        int8_linears(nn.Linear(4, 4, device="meta"))
