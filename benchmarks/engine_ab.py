@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from dataclasses import replace
 from pathlib import Path
 
 from gaia_gym.bundle import load_bundle, load_tokenizer
@@ -51,10 +50,7 @@ def parse_variant(text: str):
 def build(model: str, int8: bool, decoder: str | None):
     b = load_bundle(model)
     if decoder is not None:
-        tok = load_tokenizer(decoder)
-        if tok.cfg.grid != b.tokenizer.cfg.grid or tok.cfg.vocab_size != b.tokenizer.cfg.vocab_size:
-            raise ConfigError(f"{decoder}: its codes do not fit {model}'s tokenizer")
-        b = replace(b, tokenizer=tok)
+        b = b.with_decoder(load_tokenizer(decoder))
     return b.with_backend(int8=int8) if int8 else b.with_backend()
 
 

@@ -396,8 +396,9 @@ class WorldBundle:
         this one's (e.g. a narrower decoder from `gaia-gym train decoder`), so the world model, the
         prompt bank and every recorded token stay valid. ModelFileError otherwise."""
         mine, theirs = self.tokenizer, tokenizer
+        parts = getattr(type(mine), "CODE_PARTS", ("encoder",))
         same = type(mine) is type(theirs) and all(
-            _same_weights(getattr(mine, part, None), getattr(theirs, part, None)) for part in ("encoder", "quant"))
+            _same_weights(getattr(mine, part, None), getattr(theirs, part, None)) for part in parts)
         if not same:
             raise ModelFileError("that tokenizer does not encode frames as this model's does (its encoder or "
                                  "quantizer differs); train it with `gaia-gym train decoder --tokenizer` from this "

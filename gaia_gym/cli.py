@@ -132,7 +132,11 @@ def cmd_train_tokenizer(a: argparse.Namespace) -> None:
     tc = _train_config(a, steps=6000, batch_size=64, lr=1e-3, warmup_steps=200, channels_last=True,
                        checkpoint_minutes=5, log_every=25, image_every=500)
     r = train_tokenizer(Path(a.data), Path(a.out), preset=a.preset, train_cfg=tc, progress=not a.quiet)
-    print(f"{a.out}: tokenizer trained to step {r['step']} ({r['minutes']:.1f} min in total, stopped by "
+    _print_codec_run(a.out, "tokenizer", r)
+
+
+def _print_codec_run(out, what: str, r: dict) -> None:
+    print(f"{out}: {what} trained to step {r['step']} ({r['minutes']:.1f} min in total, stopped by "
           f"{r.get('stopped', 'steps')}); last metrics: "
           + ", ".join(f"{k}={v:.4g}" for k, v in (r.get("metrics") or {}).items() if k in ("psnr", "l1", "l2")))
 
@@ -142,10 +146,9 @@ def cmd_train_decoder(a: argparse.Namespace) -> None:
 
     tc = _train_config(a, steps=4000, batch_size=64, lr=1e-3, warmup_steps=100, channels_last=True,
                        checkpoint_minutes=5, log_every=25, image_every=500)
-    r = train_decoder(Path(a.data), Path(a.tokenizer), Path(a.out), a.channels, train_cfg=tc, progress=not a.quiet)
-    print(f"{a.out}: decoder trained to step {r['step']} ({r['minutes']:.1f} min in total, stopped by "
-          f"{r.get('stopped', 'steps')}); last metrics: "
-          + ", ".join(f"{k}={v:.4g}" for k, v in (r.get("metrics") or {}).items() if k in ("psnr", "l1", "l2")))
+    r = train_decoder(Path(a.data), Path(a.tokenizer) if a.tokenizer else None, Path(a.out), a.channels, train_cfg=tc,
+                      progress=not a.quiet)
+    _print_codec_run(a.out, "decoder", r)
 
 
 def cmd_train_vae(a: argparse.Namespace) -> None:
@@ -421,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Train a new decoder for a tokenizer: its encoder and codes are kept (frozen), "
                                      "so the result reads the tokens of every world model trained on it.")
     _add_train_args(td, ["default"])
-    td.add_argument("--tokenizer", default="gaia_gym/assets/tokenizer", help="the tokenizer whose codes to decode")
+    td.add_argument("--tokenizer", help="the tokenizer whose codes to decode (default: the shipped one)")
     td.add_argument("--channels", type=int, nargs="+", required=True,
                     help="decoder widths per resolution, token grid upwards (the shipped decoder: 128 64 32)")
     td.set_defaults(fn=cmd_train_decoder)

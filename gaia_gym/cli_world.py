@@ -63,6 +63,7 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
 
 def cmd_export(a: argparse.Namespace) -> None:
     from gaia_gym.bundle import load_tokenizer, save_bundle
+    from gaia_gym.checkpoint import read_model_info
     from gaia_gym.errors import ConfigError
 
     bundle = _bundle(a)
@@ -71,8 +72,6 @@ def cmd_export(a: argparse.Namespace) -> None:
     out = Path(a.out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists and is not empty; export writes a new model directory")
-    from gaia_gym.checkpoint import read_model_info
-
     meta = {**read_model_info(bundle.path).get("meta", {}), "exported_from": str(bundle.path)}
     if a.decoder:
         meta["decoder_from"] = str(a.decoder)

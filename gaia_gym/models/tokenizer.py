@@ -160,6 +160,8 @@ class Tokenizer(nn.Module):
     """Frames <-> tokens. Optional `teacher`: a frozen module mapping (B, 3, H, W) in [0, 1] to
     (B, C, h', w') features, distilled into the quantized latent (GAIA-1's DINO distillation)."""
 
+    CODE_PARTS = ("encoder", "quant")  # what maps frames to codes: two tokenizers with these equal read the same
+
     def __init__(self, cfg: TokenizerConfig, teacher: nn.Module | None = None) -> None:
         super().__init__()
         self.cfg = cfg

@@ -13,7 +13,7 @@ stay valid when the context window slides: long rollouts keep a bounded cost.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -306,6 +306,10 @@ class WorldModel(nn.Module):
             self.register_buffer("_levels", lv, persistent=False)
             self.register_buffer("_basis", torch.cumprod(torch.cat([torch.ones(1, dtype=lv.dtype), lv[:-1]]), 0),
                                  persistent=False)
+            if cfg.embedding == "digits":  # row of digit i = value v at sub-position s: s*sum(levels) + offset_i + v
+                digit_off = torch.cumsum(torch.cat([lv.new_zeros(1), lv[:-1]]), 0)  # (nd,)
+                self.register_buffer("_digit_rows", torch.arange(S)[:, None] * int(lv.sum()) + digit_off,
+                                     persistent=False)  # (S, nd)
         self.reward_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, cfg.reward_bins))
         self.end_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
         self.register_buffer("bins", torch.linspace(-cfg.reward_range, cfg.reward_range, cfg.reward_bins),
@@ -338,10 +342,7 @@ class WorldModel(nn.Module):
         """(..., S) tokens of a patch -> (..., d): the sum of the patch's sub-token embeddings (per code, or
         per FSQ digit of each code: see `WorldModelConfig.embedding`)."""
         if self.cfg.embedding == "digits":
-            lv = self._levels
-            digit_off = torch.cumsum(torch.cat([lv.new_zeros(1), lv[:-1]]), 0)  # (nd,)
-            sub_off = torch.arange(self.S, device=patched.device) * int(lv.sum())  # (S,)
-            idx = self.to_digits(patched) + digit_off + sub_off[:, None]  # (..., S, nd)
+            idx = self.to_digits(patched) + self._digit_rows  # (..., S, nd) rows of the digit table
             lead = patched.shape[:-1]
             return F.embedding_bag(idx.reshape(-1, idx.shape[-2] * idx.shape[-1]), self.tok_emb.weight,
                                    mode="sum").view(*lead, -1)

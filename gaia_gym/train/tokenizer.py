@@ -98,15 +98,14 @@ def decoder_student(teacher: Tokenizer, channels) -> Tokenizer:
                           f"below the frame's, like the teacher's {list(teacher.cfg.dec_channels)}), got {list(channels)}")
     cfg = replace(teacher.cfg, dec_channels=channels, distill_weight=0.0, distill_dim=0)
     student = Tokenizer(cfg)
-    student.encoder.load_state_dict(teacher.encoder.state_dict())
-    student.quant.load_state_dict(teacher.quant.state_dict())
-    for p in (*student.encoder.parameters(), *student.quant.parameters()):
-        p.requires_grad_(False)
+    for part in Tokenizer.CODE_PARTS:
+        getattr(student, part).load_state_dict(getattr(teacher, part).state_dict())
+        getattr(student, part).requires_grad_(False)
     return student
 
 
-def train_decoder(data: Path, tokenizer: Path, out: Path, channels, train_cfg=None, progress: bool = True) -> dict:
-    """Train (or resume) a new decoder for the tokenizer in `tokenizer` on the train split of `data`
+def train_decoder(data: Path, tokenizer: Path | None, out: Path, channels, train_cfg=None, progress: bool = True) -> dict:
+    """Train (or resume) a new decoder for the tokenizer in `tokenizer` (None: the shipped one) on the train split of `data`
     (`gaia-gym train decoder`): its encoder and codes stay the teacher's, so the result is a drop-in
     tokenizer directory for any world model trained on the teacher's tokens, e.g. a narrower decoder
     that decodes frames faster (docs/performance.md measures the trade)."""
