@@ -28,7 +28,7 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ DEFAULT_TOKENIZER = ASSETS / "tokenizer"
 DEFAULT_WORLD_MODEL = ASSETS / "world_model"
 DEFAULT_FLOW_WORLD_MODEL = ASSETS / "flow_world_model"
 FAST_WORLD_MODEL = ASSETS / "world_model_fast"  # 4x4 patches, digit embedding, narrow decoder (docs/performance.md)
+RIG_WORLD_MODEL = ASSETS / "world_model_rig"  # a 4-camera rig over the fast model's design (docs/multiview.md)
 TOKENIZER_KIND = "tokenizer"
 VAE_KIND = "vae"
 WORLD_MODEL_KIND = "world_model"
@@ -390,6 +391,33 @@ class WorldBundle:
         b._backend = KINDS[self.kind].backend(self.world_model, self.tokenizer, **options)
         return b
 
+    def with_cameras(self, cameras) -> "WorldBundle":
+        """A camera-rig bundle over a sub-rig of its cameras: names (a comma-separated string or a list, in
+        any order, e.g. "front,rear"), or (name, yaw_deg, anchor_x, anchor_y) tuples / `sims.rig.Camera`s of
+        the rig's cameras with other poses. The same weights (`WorldModel.for_cameras`); the prompt bank keeps
+        those cameras' views. ConfigError for a model without a rig or a camera it does not have."""
+        cfg = self.world_model.cfg
+        if not cfg.cameras:
+            raise ConfigError("this world model has no camera rig (it was trained on one camera)")
+        if isinstance(cameras, str):
+            cameras = [c.strip() for c in cameras.split(",") if c.strip()]
+        have = {c[0]: c for c in cfg.cameras}
+        rows = []
+        for c in cameras:
+            if isinstance(c, str):
+                c = have.get(c, (c,))
+            elif hasattr(c, "yaw_deg"):
+                c = (c.name, c.yaw_deg, c.anchor_x, c.anchor_y)
+            if c[0] not in have:
+                raise ConfigError(f"camera {c[0]!r} is not in this model's rig ({', '.join(have)})")
+            rows.append(tuple(c))
+        if not rows:
+            raise ConfigError("with_cameras needs at least one camera")
+        idx = [cfg.camera_names.index(r[0]) for r in rows]
+        p = self.prompts
+        bank = PromptBank(p.tokens[:, :, idx], p.actions, None if p.next_tokens is None else p.next_tokens[:, :, idx],
+                          p.next_actions)
+        return replace(self, world_model=self.world_model.for_cameras(tuple(rows)).eval(), prompts=bank)
 
     def with_decoder(self, tokenizer) -> "WorldBundle":
         """This bundle with another tokenizer that reads the same codes: its encoder and quantizer must be
@@ -465,20 +493,23 @@ def save_bundle(bundle: WorldBundle, directory: str | Path, copy_tokenizer: bool
     return d
 
 
-def tiny_bundle(seed: int = 0, prompts: int = 8, device: str | torch.device = "cpu") -> WorldBundle:
+def tiny_bundle(seed: int = 0, prompts: int = 8, device: str | torch.device = "cpu", cameras: Sequence[str] = ()) -> WorldBundle:
     """An untrained, tiny bundle (4x4 tokens, 16 codes, 32-wide transformer) for tests and smoke runs:
-    it exercises every code path in milliseconds; its imagination is noise."""
+    it exercises every code path in milliseconds; its imagination is noise. `cameras`: names of
+    `gaia_gym.sims.rig.CAMERAS` for a camera-rig model (frames (V, 64, 64, 3), tokens (V, 4, 4))."""
     from gaia_gym.models.tokenizer import TokenizerConfig
     from gaia_gym.models.world_model import WORLD_MODEL_PRESETS, WorldModelConfig
+    from gaia_gym.sims.rig import cameras_from_names
 
     torch.manual_seed(seed)
     tok = build_tokenizer(TokenizerConfig(enc_channels=(8, 8, 8, 8), dec_channels=(8, 8, 8, 8), fsq_levels=(4, 4)))
-    wm = build_world_model(WorldModelConfig(**{**WORLD_MODEL_PRESETS["tiny"], "code_levels": (4, 4)}))
+    rig = tuple((c.name, c.yaw_deg, c.anchor_x, c.anchor_y) for c in cameras_from_names(list(cameras)))
+    wm = build_world_model(WorldModelConfig(**{**WORLD_MODEL_PRESETS["tiny"], "code_levels": (4, 4), "cameras": rig}))
     g = torch.Generator().manual_seed(seed)
-    C = wm.cfg.context
-    bank = PromptBank(torch.randint(0, 16, (prompts, C, 4, 4), generator=g),
+    C, L = wm.cfg.context, ((len(rig),) if rig else ()) + (4, 4)
+    bank = PromptBank(torch.randint(0, 16, (prompts, C, *L), generator=g),
                       torch.rand(prompts, C, 2, generator=g) * 2 - 1,
-                      torch.randint(0, 16, (prompts, 8, 4, 4), generator=g), torch.rand(prompts, 8, 2, generator=g) * 2 - 1)
+                      torch.randint(0, 16, (prompts, 8, *L), generator=g), torch.rand(prompts, 8, 2, generator=g) * 2 - 1)
     return WorldBundle(wm.to(device).eval(), tok.to(device).eval(), bank, ActionCodec(), Path("<tiny>"))
 
 
@@ -498,7 +529,7 @@ def tiny_flow_bundle(seed: int = 0, prompts: int = 8, device: str | torch.device
                        kind=FLOW_WORLD_MODEL_KIND)
 
 
-__all__ = ["DEFAULT_FLOW_WORLD_MODEL", "DEFAULT_TOKENIZER", "DEFAULT_WORLD_MODEL", "FAST_WORLD_MODEL", "FLOW_WORLD_MODEL_KIND",
+__all__ = ["DEFAULT_FLOW_WORLD_MODEL", "DEFAULT_TOKENIZER", "DEFAULT_WORLD_MODEL", "FAST_WORLD_MODEL", "RIG_WORLD_MODEL", "FLOW_WORLD_MODEL_KIND",
            "KINDS", "Kind", "VAE_KIND", "kind_of", "make_backend", "stored_latents", "PROMPTS", "PromptBank", "SOURCES", "Sources",
            "WorldBundle", "copy_model_dir", "load_bundle", "load_tokenizer", "load_world_model",
            "record_training_sources", "resolve_tokenizer", "save_bundle", "tiny_bundle", "tiny_flow_bundle", "weights_sha256"]

@@ -31,7 +31,8 @@ def cmd_collect_carracing(a: argparse.Namespace) -> None:
     from gaia_gym.sims.carracing_collect import collect_carracing
 
     cfg = preset(CarRacingCollectConfig, a.preset, episodes=a.episodes, seed=a.seed, workers=a.workers,
-                 frame_size=a.frame_size, frame_skip=a.frame_skip, max_steps=a.max_steps)
+                 frame_size=a.frame_size, frame_skip=a.frame_skip, max_steps=a.max_steps,
+                 cameras=tuple(c.strip() for c in a.cameras.split(",")) if a.cameras else None)
     m = collect_carracing(cfg, Path(a.out), progress=not a.quiet)
     print(f"{a.out}: {m['num_episodes']} episodes, {m['num_steps']} steps "
           f"(train {sum(e['steps'] for e in m['episodes'] if e['split'] == 'train')}, "
@@ -147,7 +148,7 @@ def cmd_train_decoder(a: argparse.Namespace) -> None:
     tc = _train_config(a, steps=4000, batch_size=64, lr=1e-3, warmup_steps=100, channels_last=True,
                        checkpoint_minutes=5, log_every=25, image_every=500)
     r = train_decoder(Path(a.data), Path(a.tokenizer) if a.tokenizer else None, Path(a.out), a.channels, train_cfg=tc,
-                      progress=not a.quiet)
+                      progress=not a.quiet, views=a.views)
     _print_codec_run(a.out, "decoder", r)
 
 
@@ -173,8 +174,12 @@ def cmd_train_world_model(a: argparse.Namespace) -> None:
         overrides["patch"] = a.patch
     if a.embedding:
         overrides["embedding"] = a.embedding
+    if a.view_dropout is not None:
+        overrides["view_dropout"] = a.view_dropout
+    cams = tuple(c.strip() for c in a.cameras.split(",") if c.strip()) if a.cameras else ()
     r = train_world_model(Path(a.data), Path(a.tokenizer), Path(a.out), preset=a.preset, train_cfg=tc,
-                          progress=not a.quiet, head=a.head, **overrides)
+                          progress=not a.quiet, head=a.head, cameras=cams, init=Path(a.init) if a.init else None,
+                          **overrides)
     m = r.get("metrics") or {}
     print(f"{a.out}: world model trained to step {r['step']} ({r['minutes']:.1f} min in total); "
           + ", ".join(f"{k}={m[k]:.4g}" for k in ("ce", "token_acc", "reward_mae") if k in m))
@@ -343,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--frame-size", type=int, help="dataset frame side in pixels (default 64)")
     cr.add_argument("--frame-skip", type=int, help="simulator frames per recorded step (default 4)")
     cr.add_argument("--max-steps", type=int, help="cap on recorded steps per episode (0: none)")
+    cr.add_argument("--cameras", help="a camera rig, comma-separated from front,left,rear,right (front first), "
+                    "e.g. front,left,rear,right: every shard gains `views` (T, V, S, S, 3); default: front only")
     cr.add_argument("--quiet", action="store_true", help="no progress bar")
     cr.set_defaults(fn=cmd_collect_carracing)
 
@@ -427,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     td.add_argument("--tokenizer", help="the tokenizer whose codes to decode (default: the shipped one)")
     td.add_argument("--channels", type=int, nargs="+", required=True,
                     help="decoder widths per resolution, token grid upwards (the shipped decoder: 128 64 32)")
+    td.add_argument("--views", action="store_true", help="train on every camera of a rig dataset (its `views`), "
+                    "e.g. to fine-tune a decoder for a rig model (widths equal to the tokenizer's: its decoder is the start)")
     td.set_defaults(fn=cmd_train_decoder)
 
     from gaia_gym.models.vae import VAE_PRESETS
@@ -451,6 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
     tw.add_argument("--head", choices=["digits", "codes"], default="digits",
                     help="image head: one small softmax per FSQ digit (default; cheaper to sample) or one "
                          "softmax over all codes")
+    tw.add_argument("--cameras", help="a rig dataset's cameras to imagine jointly, comma-separated (e.g. "
+                    "front,left,rear,right); default: the single front camera")
+    tw.add_argument("--view-dropout", type=float,
+                    help="share of training clips in which a random subset of the rig's views is hidden (default 0)")
+    tw.add_argument("--init", help="world-model directory to start from (tensors of matching name and shape, e.g. "
+                    "a single-camera model for a rig model); ignored when OUT already holds a checkpoint")
     tw.set_defaults(fn=cmd_train_world_model)
 
     from gaia_gym.models.flow import FLOW_PRESETS
@@ -515,7 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
     ew.add_argument("--int8", action="store_true", help="evaluate the model with its Linear layers in int8 (CPU)")
     ew.set_defaults(fn=cmd_eval_world_model)
 
-    from gaia_gym.cli_world import add_parsers
+    from gaia_gym.cli_world import add_eval_parsers, add_parsers
+
+    add_eval_parsers(esub)
 
     add_parsers(sub)
     return p

@@ -1,4 +1,5 @@
-"""The `gaia-gym` verbs that use a trained world model: demo, imagine, bench, play, pretrain.
+"""The `gaia-gym` verbs that use a trained world model: demo, imagine, bench, play, pretrain, export, and
+`eval multiview` (the camera rig).
 
 Each is a thin shell over a library function (`gaia_gym.verbs.imagine`, `.bench`, `.pretrain`,
 `.play`); `gaia_gym.cli` adds them to the parser.
@@ -77,6 +78,72 @@ def cmd_export(a: argparse.Namespace) -> None:
         meta["decoder_from"] = str(a.decoder)
     save_bundle(bundle, out, meta=meta)
     print(f"wrote {out} (world model of {bundle.path}" + (f", decoder of {a.decoder}" if a.decoder else "") + ")")
+
+
+def cmd_eval_multiview(a: argparse.Namespace) -> None:
+    from gaia_gym.bundle import load_bundle
+    from gaia_gym.evaluation.multiview import evaluate_multiview, rig_cost
+    from gaia_gym.evaluation.throughput import cpu_name
+    from gaia_gym.fileio import merge_json
+
+    bundle = load_bundle(a.model, device=a.device)
+    single = load_bundle(a.single, device=a.device) if a.single else None
+    cmd = "gaia-gym eval " + " ".join(a.argv_tail)
+    r = {"model": str(a.model), "data": str(a.data), "cpu": cpu_name()}
+    if a.max_clips:
+        r.update(command=cmd, single_camera_model=a.single)
+        r.update(evaluate_multiview(bundle, Path(a.data), single, split=a.split, max_clips=a.max_clips,
+                                    seed=a.seed, progress=not a.quiet))
+        c = r["cross_view_consistency"]
+        for k in ("real_rig", "reconstructed_rig", "joint", "isolated", "independent"):
+            if k in c:
+                print(f"  cross-view consistency (dB), {k}: {json.dumps(c[k])}")
+        for n, v in r["per_view_psnr"].items():
+            print(f"  PSNR {n}: joint {json.dumps(v['joint'])}  copy-last {json.dumps(v['copy_last'])}")
+        for n, v in r["counterfactual_steering"]["per_view"].items():
+            print(f"  steering read back, {n}: {json.dumps(v)}")
+    if a.picture:
+        from gaia_gym.evaluation.multiview import rig_picture
+
+        print("  wrote " + " and ".join(rig_picture(bundle, Path(a.data), a.picture, single, split=a.split, clip=a.clip)))
+    if a.cost:
+        key = "cost_int8" if a.int8 else "cost"  # both can live in one results file
+        r[key] = rig_cost(bundle, view_counts=tuple(a.views), seconds=a.cost_seconds, real_seconds=a.real_seconds,
+                          int8=a.int8)
+        r[key]["command"] = cmd
+        for k, v in r[key]["per_views"].items():
+            print(f"  {k} view(s): tokens {v['tokens_vs_real']}x, frames {v['frames_vs_real']}x the real rig "
+                  f"({v['real_rig_steps_per_s']} real steps/s)")
+    if a.json:
+        merge_json(Path(a.json), ".", r)
+        print(f"wrote {a.json}")
+
+
+def add_eval_parsers(esub) -> None:
+    """`gaia-gym eval multiview` (added to the `eval` verb by gaia_gym.cli)."""
+    em = esub.add_parser("multiview", help="camera rig: cross-view consistency, per-view PSNR, steering read back "
+                         "in every view, cost per number of views",
+                         description="Evaluate a camera-rig world model on a rig dataset's held-out tracks.")
+    em.add_argument("--model", required=True, help="rig world-model directory (gaia-gym train world-model --cameras)")
+    em.add_argument("--data", required=True, help="rig dataset (gaia-gym collect carracing --cameras ...)")
+    em.add_argument("--single", help="a single-camera world model to imagine each view independently (e.g. "
+                    "gaia_gym/assets/world_model_fast); decoded by the rig model's tokenizer")
+    em.add_argument("--split", default="val", choices=["val", "train", "all"])
+    em.add_argument("--max-clips", type=int, default=64, help="clips spread over the split (0: skip the quality part)")
+    em.add_argument("--picture", help="write the real rig beside the imagined rig(s) for one held-out clip: a GIF "
+                    "here and a PNG contact sheet beside it")
+    em.add_argument("--clip", type=int, default=0, help="which held-out clip the picture shows")
+    em.add_argument("--cost", action="store_true", help="also time imagination per number of views vs the real rig")
+    em.add_argument("--views", type=int, nargs="+", default=[1, 2, 4], help="rig sizes to time (the first k cameras)")
+    em.add_argument("--cost-seconds", type=float, default=4.0)
+    em.add_argument("--real-seconds", type=float, default=10.0)
+    em.add_argument("--int8", action="store_true", help="time the world model with int8 Linear layers (recorded "
+                    "under cost_int8)")
+    em.add_argument("--device", default="cpu")
+    em.add_argument("--seed", type=int, default=0)
+    em.add_argument("--json", help="merge the record into this JSON file (e.g. results/multiview.json)")
+    em.add_argument("--quiet", action="store_true")
+    em.set_defaults(fn=cmd_eval_multiview)
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:

@@ -28,6 +28,9 @@ class CarRacingCollectConfig:
     max_steps: int = 0  # stop an episode after this many recorded steps (0 = simulator's own limit)
     clean_fraction: float = 0.15  # episodes driven by the scripted driver with only tiny noise
     compress: bool = True  # zlib shards (~10x smaller for CarRacing frames)
+    # camera rig (gaia_gym.sims.rig): () = the single front camera; e.g. ("front", "left", "rear", "right")
+    # adds `views` (T, V, S, S, 3) to every shard, views[:, 0] == frames
+    cameras: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -284,9 +284,11 @@ class Imagination:
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """Encode uint8 frames (..., H, W, 3) to latents (..., *L) on the engine's device."""
+        """Encode uint8 frames (..., *frame_shape) (a rig: (..., V, H, W, 3)) to latents (..., *L) on the
+        engine's device."""
         f = torch.as_tensor(frames, device=self.device)
-        lead = f.shape[:-3]
+        nd = len(self.backend.frame_shape)
+        lead = f.shape[: f.dim() - nd]
         with autocast(self.device, self.bf16):
-            out = self.backend.encode(f.reshape(-1, *f.shape[-3:]))
+            out = self.backend.encode(f.reshape(-1, *f.shape[f.dim() - nd :]))
         return out.reshape(*lead, *out.shape[1:])

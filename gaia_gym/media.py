@@ -58,6 +58,27 @@ def label_tiles(grid: np.ndarray, row: int, names: Sequence[str], tile: int, gap
     return grid
 
 
+def rig_mosaic(frames: np.ndarray, yaws_deg: Sequence[float], gap: int = 2, upright: bool = True) -> np.ndarray:
+    """A camera rig's views (V, H, W, 3) laid out around the car: a 3x3 grid with the camera looking ahead
+    (yaw 0) at the top, left (+90) on the left, behind (180) at the bottom, right (-90) on the right and a
+    dark centre. `upright`: each view turned by its yaw so that the car points up in every tile (the rear
+    view's car at its top edge, next to the centre), so the tiles read as one map around the car. Yaws that
+    do not fall on distinct slots: the views side by side instead, as rendered."""
+    frames = np.asarray(frames)
+    V, H, W = frames.shape[:3]
+    slots = {0: (0, 1), 90: (1, 0), 180: (2, 1), 270: (1, 2)}
+    keys = [int(round((float(y) % 360) / 90.0)) % 4 * 90 for y in yaws_deg]
+    if len(yaws_deg) != V or len(set(keys)) != V:
+        return np.concatenate([np.pad(f, ((0, 0), (0, gap), (0, 0))) for f in frames], axis=1)[:, : V * (W + gap) - gap]
+    out = np.full((3 * H + 2 * gap, 3 * W + 2 * gap, 3), 24, np.uint8)
+    for f, k in zip(frames, keys):
+        r, c = slots[k]
+        if upright and H == W:
+            f = np.rot90(f, k // 90)
+        out[r * (H + gap) : r * (H + gap) + H, c * (W + gap) : c * (W + gap) + W] = f
+    return out
+
+
 def write_video(path: str | Path, frames, fps: float) -> Path:
     """Frames (T, H, W, 3) uint8 as a GIF or MP4 (by the suffix), written atomically."""
     import imageio.v3 as iio
@@ -87,7 +108,7 @@ def write_gif(frames, path: str | Path, fps: float) -> Path:
     return write_video(path, np.stack(list(frames)), fps)
 
 
-__all__ = ["grid_image", "label_tiles", "text_strip", "write_gif", "write_video"]
+__all__ = ["grid_image", "label_tiles", "rig_mosaic", "text_strip", "write_gif", "write_video"]
 
 
 # ---------------------------------------------------------------------------------------------

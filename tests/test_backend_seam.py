@@ -46,6 +46,8 @@ class ToyFlowBackend(nn.Module):
     feature_dim = 8
     action_dim = 2
     frame_size = 16
+    frame_shape = (16, 16, 3)
+    cameras = ()
     window = 4
 
     def __init__(self) -> None:

@@ -5,7 +5,7 @@ The engine (`gaia_gym.imagination`) never touches a model's internals; it asks a
     start(latents (n, C, *L), actions (n, C, A), start_block) -> (memory, features (n, d))
     step(memory, block, current (n, *L), actions (n, A), sampler | None, guidance)
         -> next latents (n, *L), features (n, d), reward (n,), end logit (n,)
-    encode(frames uint8 (n, H, W, 3)) -> latents (n, *L);   decode(latents) -> frames uint8
+    encode(frames uint8 (n, *frame_shape)) -> latents (n, *L);   decode(latents) -> frames uint8
     sampler(temperature, top_k, generator) -> an opaque sampling policy for `step`
 
 `memory` is the backend's per-row state over the context window (a KV cache for the transformers); the
@@ -47,7 +47,9 @@ class Backend(Protocol):
     latent_range: tuple[float, float]  # bounds of a latent's entries (tokens: 0 .. vocab-1)
     feature_dim: int  # width of the features observed with each frame
     action_dim: int
-    frame_size: int  # decoded frames are (frame_size, frame_size, 3) uint8
+    frame_size: int  # decoded frames are (frame_size, frame_size, 3) uint8 per camera
+    frame_shape: tuple[int, ...]  # one decoded frame: (S, S, 3), or (V, S, S, 3) for a camera rig
+    cameras: tuple  # () for one camera; a rig: (name, yaw_deg, anchor_x, anchor_y) per view
     window: int  # frames of context the model attends to
 
     @property

@@ -59,6 +59,8 @@ class FlowBackend:
         self.feature_dim = wc.d_model
         self.action_dim = wc.action_dim
         self.frame_size = vc.frame_size
+        self.frame_shape = (vc.frame_size, vc.frame_size, 3)
+        self.cameras = ()  # one camera (the rig is built on the discrete backend)
         self.window = wc.context
         self.steps = check_steps(wc.sampling_steps if steps is None else steps, wc)
         self.plain = (wc.sampling_embedding == "flow") if plain is None else bool(plain)

@@ -38,12 +38,15 @@ class TokenBackend:
         self.world_model = int8_linears(world_model) if int8 else world_model.eval()
         self.int8 = bool(int8)
         self.tokenizer = tokenizer.eval()
-        self.latent_shape = (wc.grid, wc.grid)
+        self.cameras = wc.cameras  # () or one (name, yaw_deg, anchor_x, anchor_y) per view
+        rig = (wc.views,) if wc.cameras else ()
+        self.latent_shape = (*rig, wc.grid, wc.grid)
         self.latent_dtype = torch.int64
         self.latent_range = (0, wc.vocab - 1)
         self.feature_dim = wc.d_model
         self.action_dim = wc.action_dim
         self.frame_size = tc.frame_size
+        self.frame_shape = (*rig, tc.frame_size, tc.frame_size, 3)
         self.window = wc.context
 
     @property
@@ -65,10 +68,17 @@ class TokenBackend:
         return self.world_model.step(memory, block, current, actions, sample, guidance=guidance)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.tokenizer.encode(frames)
+        """(n, *frame_shape) uint8 -> (n, *latent_shape); a rig's views are encoded one by one (shared weights)."""
+        if not self.cameras:
+            return self.tokenizer.encode(frames)
+        n = frames.shape[0]
+        return self.tokenizer.encode(frames.reshape(-1, *frames.shape[-3:])).reshape(n, *self.latent_shape)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.tokenizer.decode(latents)
+        if not self.cameras:
+            return self.tokenizer.decode(latents)
+        n = latents.shape[0]
+        return self.tokenizer.decode(latents.reshape(-1, *latents.shape[-2:])).reshape(n, *self.frame_shape)
 
 
 __all__ = ["TokenBackend"]

@@ -25,7 +25,9 @@ from it, and what that action led to)::
     truncated         (T,)  bool           time limit / end of log after step t
     meta              ()    str            JSON: source, seed, split, scenario, fps, ...
 
-plus source-specific optional arrays (e.g. ``behaviour``, ``others``). The manifest is a cache of the
+plus source-specific optional arrays (e.g. ``behaviour``, ``others``; a camera rig's ``views`` (T, V, S, S, 3)
+and ``last_views`` (V, S, S, 3), with views[:, 0] == frames and the rig's poses under the manifest's
+``cameras``: `gaia_gym.sims.rig`). The manifest is a cache of the
 shards' ``meta``: shards are the truth, so a manifest can always be rebuilt (`rebuild_manifest`).
 A shard that fails to open, misses a field or has inconsistent lengths raises `CorruptShardError`
 naming the file.

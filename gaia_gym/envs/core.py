@@ -19,6 +19,7 @@ from gymnasium import spaces
 
 from gaia_gym.bundle import WorldBundle, load_bundle
 from gaia_gym.errors import ConfigError, ImaginationError
+from gaia_gym.media import rig_mosaic
 from gaia_gym.imagination import Imagination, check_count, check_sampling
 
 OBS_KEYS = ("tokens", "frame", "features")  # a discrete-token model's keys, in observation order
@@ -87,10 +88,9 @@ def observation_space(bundle: WorldBundle, keys: Sequence[str]) -> spaces.Dict:
     be = bundle.backend
     lo, hi = be.latent_range
     dtype = np.int64 if not be.latent_dtype.is_floating_point else np.float32
-    size = be.frame_size
     every = {
         be.latent_key: spaces.Box(lo, hi, tuple(be.latent_shape), dtype),
-        "frame": spaces.Box(0, 255, (size, size, 3), np.uint8),
+        "frame": spaces.Box(0, 255, tuple(be.frame_shape), np.uint8),  # a camera rig: (V, H, W, 3)
         "features": spaces.Box(-np.inf, np.inf, (be.feature_dim,), np.float32),
     }
     return spaces.Dict({k: every[k] for k in keys})
@@ -135,7 +135,7 @@ class ImaginedBatch:
     def __init__(self, n: int = 1, model=None, obs_mode: str = "all", horizon: int | None = 250,
                  reward_fn: RewardFn | None = None, temperature: float = 1.0, top_k: int | None = None,
                  guidance: float = 1.0, device: str | torch.device = "cpu", bundle: WorldBundle | None = None,
-                 end_threshold: float = 0.5, bf16: bool = True, int8: bool = False) -> None:
+                 end_threshold: float = 0.5, bf16: bool = True, int8: bool = False, cameras=None) -> None:
         n = check_count(n)
         named = [k for k in LATENT_KEYS if isinstance(obs_mode, str) and k in obs_mode.split("+")]
         parse_obs_mode(obs_mode, named[0] if named else "tokens")  # a malformed obs_mode fails before the model loads
@@ -147,6 +147,8 @@ class ImaginedBatch:
         temperature, top_k, guidance, end_threshold = check_sampling(temperature, top_k, guidance, end_threshold)
         single_thread_after_fork()
         self.bundle = bundle if bundle is not None else load_bundle(model, device)
+        if cameras is not None:  # a camera-rig model over a sub-rig (e.g. "front,rear"): WorldBundle.with_cameras
+            self.bundle = self.bundle.with_cameras(cameras)
         if int8:  # the world model's Linear layers in int8 (CPU; docs/performance.md)
             self.bundle = self.bundle.with_backend(int8=True)
         self.latent_key = self.bundle.backend.latent_key
@@ -202,7 +204,7 @@ class ImaginedBatch:
         return obs
 
     def frames(self) -> np.ndarray:
-        """(n, H, W, 3) uint8 frames of the current state (decoded once per state)."""
+        """(n, *frame_shape) uint8 frames of the current state (a rig: (n, V, H, W, 3); decoded once per state)."""
         if self._frames is None:
             self._frames = to_numpy(self.engine.frames())
         return self._frames
@@ -272,4 +274,7 @@ class ImaginedBatch:
         if self.engine.memory is None:
             raise ImaginationError(f"{who}: call reset() before render()")
         frames = self.frames()
+        yaws = [c[1] for c in getattr(self.engine.backend, "cameras", ())]
+        if frames.ndim == 5:  # a camera rig: the views around the car
+            frames = np.stack([rig_mosaic(f, yaws) for f in frames])
         return [annotate(frames[i], self.overlay(i)) for i in range(self.n)]

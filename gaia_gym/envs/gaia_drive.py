@@ -70,6 +70,8 @@ class GaiaDriveEnv(gym.Env):
     ``temperature``, ``top_k`` (None: the engine's default, 50) and ``guidance`` (classifier-free
     guidance on the action) control the sampling of imagined frames. ``int8=True`` runs the world model's
     Linear layers in int8 on the CPU (faster, lower precision; docs/performance.md measures both).
+    With a camera-rig model (docs/multiview.md) ``frame`` is ``(V, H, W, 3)`` and the tokens ``(V, g, g)``,
+    one per camera; ``cameras="front,rear"`` runs the same model over a sub-rig of its cameras.
 
     **Processes**: ``gym.make_vec("GaiaDrive-v0", n, vectorization_mode="async")`` works with the default
     fork context: an env built in a forked process runs torch on one thread (torch's OpenMP pool hangs
@@ -87,13 +89,14 @@ class GaiaDriveEnv(gym.Env):
                  reward_fn: RewardFn | None = None, temperature: float = 1.0, top_k: int | None = None,
                  guidance: float = 1.0, device: str | torch.device = "cpu", bundle=None,
                  end_threshold: float = 0.5, bf16: bool = True,
-                 int8: bool = False) -> None:
+                 int8: bool = False, cameras=None) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ConfigError(f"render_mode must be one of {self.metadata['render_modes']} or None, "
                               f"got {render_mode!r}")
         self.core = ImaginedBatch(1, model=model, obs_mode=obs_mode, horizon=horizon, reward_fn=reward_fn,
                                   temperature=temperature, top_k=top_k, guidance=guidance, device=device,
-                                  bundle=bundle, end_threshold=end_threshold, bf16=bf16, int8=int8)
+                                  bundle=bundle, end_threshold=end_threshold, bf16=bf16, int8=int8,
+                                  cameras=cameras)
         self.obs_mode, self.horizon, self.render_mode = obs_mode, self.core.horizon, render_mode
         self.observation_space = self.core.single_observation_space
         self.action_space = self.core.single_action_space

@@ -25,8 +25,9 @@ import torch
 from gaia_gym.envs.core import action_space, observation_space, parse_obs_mode, to_numpy
 from gaia_gym.models.layout import check_action
 from gaia_gym.imagination import Imagination
-from gaia_gym.precision import autocast
+from gaia_gym.media import rig_mosaic
 from gaia_gym.sims.carracing import ZOOM_FRAMES
+from gaia_gym.sims.rig import Camera, render_rig
 
 TEST_TRACKS = 1_000_000  # track seeds from here up are never collected (gaia_gym.config)
 ZOOM_PENALTY = -0.1 * ZOOM_FRAMES  # CarRacing's -0.1 per frame over the zoom-in, before the first observation
@@ -48,7 +49,9 @@ class RealCarRacingEnv(gym.Env):
     ## Observation Space
     ``Dict`` with the keys of ``obs_mode`` ("all" = tokens (the model's latent key), frame, features):
     the real frame (64x64 crop of the 96x96 observation, HUD removed), its tokens from the model's
-    tokenizer, and the world model's hidden features after seeing the real frames so far.
+    tokenizer, and the world model's hidden features after seeing the real frames so far. With a camera
+    rig model the frame is the rig's views (V, 64, 64, 3), rendered by the simulator from the model's
+    camera poses (`gaia_gym.sims.rig`), and the tokens (V, 8, 8).
 
     ## Rewards
     CarRacing-v3's own: -0.1 per simulator frame and +1000/N per new track tile (summed over the 4
@@ -67,7 +70,7 @@ class RealCarRacingEnv(gym.Env):
     ## Arguments
     ``model`` (model directory, default the shipped one) or ``bundle``; ``obs_mode``; ``device``;
     ``render_mode="rgb_array"`` (the frame enlarged 4x); ``frame_skip`` (simulator frames per step, 4);
-    ``bf16`` (autocast where the hardware is fast at it).
+    ``bf16`` (autocast where the hardware is fast at it); ``cameras`` (a rig model: a sub-rig of its cameras).
 
     ## Version History
     - v0: observations as GaiaDrive-v0's; the engine is stepped with the observed frames' tokens.
@@ -82,15 +85,19 @@ class RealCarRacingEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 12}
 
     def __init__(self, model=None, obs_mode: str = "all", bundle=None, device: str | torch.device = "cpu",
-                 render_mode: str | None = None, frame_skip: int = 4, bf16: bool = True) -> None:
+                 render_mode: str | None = None, frame_skip: int = 4, bf16: bool = True, cameras=None) -> None:
         from gaia_gym.bundle import load_bundle
         from gaia_gym.sims.carracing import CarRacingDrive
 
         self.bundle = bundle if bundle is not None else load_bundle(model, device)
+        if cameras is not None:  # a rig model over a sub-rig of its cameras (WorldBundle.with_cameras)
+            self.bundle = self.bundle.with_cameras(cameras)
         self.keys = parse_obs_mode(obs_mode, self.bundle.backend.latent_key)
         self.engine = Imagination(self.bundle, n=1, temperature=0.0, end_threshold=1.0, bf16=bf16)
         self.codec = self.bundle.codec
         self.drive = CarRacingDrive(frame_skip=frame_skip, frame_size=self.bundle.tokenizer.cfg.frame_size)
+        # a rig model sees the simulator through the same cameras it was trained on (gaia_gym.sims.rig)
+        self.cameras = tuple(Camera(*c) for c in self.bundle.backend.cameras)
         self.observation_space = observation_space(self.bundle, self.keys)
         self.action_space = action_space()
         self.render_mode = render_mode
@@ -100,9 +107,13 @@ class RealCarRacingEnv(gym.Env):
 
     @torch.no_grad()
     def _tokens(self, frame: np.ndarray) -> torch.Tensor:
-        f = torch.from_numpy(np.ascontiguousarray(frame))[None].to(self.engine.device)
-        with autocast(self.engine.device, self.engine.bf16):
-            return self.bundle.tokenizer.encode(f)
+        return self.engine.encode(torch.from_numpy(np.ascontiguousarray(frame))[None])
+
+    def _seen(self, frame: np.ndarray) -> np.ndarray:
+        """The observed frame: the front camera's, or the rig's views (V, S, S, 3) of the same state."""
+        if not self.cameras:
+            return frame
+        return render_rig(self.drive.sim, self.cameras, self.drive.last_obs, self.drive.frame_size)
 
     def _obs(self, tokens: torch.Tensor, features: torch.Tensor) -> dict[str, np.ndarray]:
         every = {self.bundle.backend.latent_key: lambda: to_numpy(tokens[0]), "frame": lambda: self._frame.copy(),
@@ -114,7 +125,7 @@ class RealCarRacingEnv(gym.Env):
         options = options or {}
         track = options.get("track")
         self.track = int(track) if track is not None else TEST_TRACKS + int(self.np_random.integers(1_000_000))
-        self._frame = self.drive.reset(self.track)
+        self._frame = self._seen(self.drive.reset(self.track))
         tok = self._tokens(self._frame)
         C = self.bundle.prompts.context
         still = torch.as_tensor(self.codec.encode(0.0, 0.0), device=self.engine.device)
@@ -129,8 +140,8 @@ class RealCarRacingEnv(gym.Env):
         a = check_action(action)
         steering, speed = self.codec.decode(a)
         s = self.drive.step(float(steering), float(speed))
-        self._frame = s.frame
-        out = self.engine.step(torch.from_numpy(a[None]).to(self.engine.device), observed=self._tokens(s.frame))
+        self._frame = self._seen(s.frame)
+        out = self.engine.step(torch.from_numpy(a[None]).to(self.engine.device), observed=self._tokens(self._frame))
         self._needs_reset = s.terminated or s.truncated
         info = {"model_reward": float(out.reward[0]), "model_end_prob": float(out.end_prob[0]),
                 "speed_mps": s.speed_mps, "steering": float(steering), "target_speed_mps": float(speed),
@@ -140,7 +151,8 @@ class RealCarRacingEnv(gym.Env):
     def render(self):
         if self.render_mode != "rgb_array" or self._frame is None:
             return None
-        return np.kron(self._frame, np.ones((4, 4, 1), np.uint8))
+        frame = rig_mosaic(self._frame, [c.yaw_deg for c in self.cameras]) if self.cameras else self._frame
+        return np.kron(frame, np.ones((4, 4, 1), np.uint8))
 
     def close(self) -> None:
         self.drive.close()

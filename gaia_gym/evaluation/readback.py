@@ -36,9 +36,12 @@ def grassness(frames: torch.Tensor) -> torch.Tensor:
     return ((f[..., 1] - (f[..., 0] + f[..., 2]) / 2) / 100.0).clamp(-1, 2)
 
 
-def _grids(h: int, w: int, device) -> tuple[torch.Tensor, list[tuple[float, float, float]]]:
-    """Sampling grids (K, H, W, 2) for every candidate motion, in grid_sample's [-1, 1] coordinates."""
+def _grids(h: int, w: int, device, yaw_deg: float = 0.0) -> tuple[torch.Tensor, list[tuple[float, float, float]]]:
+    """Sampling grids (K, H, W, 2) for every candidate motion, in grid_sample's [-1, 1] coordinates. A rig
+    camera yawed by `yaw_deg` (gaia_gym.sims.rig) sees the forward motion's shift rotated by its yaw; the
+    rotation about the car is the same in every view."""
     cx, cy = CAR_XY[0] * (w - 1), CAR_XY[1] * (h - 1)
+    yc, ys_ = math.cos(math.radians(yaw_deg)), math.sin(math.radians(yaw_deg))
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
     grids, params = [], []
     for th in THETAS_DEG:
@@ -47,7 +50,8 @@ def _grids(h: int, w: int, device) -> tuple[torch.Tensor, list[tuple[float, floa
         for dx in SHIFTS_DX:
             for dy in SHIFTS_DY:
                 # pixel p of the next frame came from R(-theta)(p - car - d) + car in the previous frame
-                px, py = xs - cx - dx, ys - cy - dy
+                rx, ry = yc * dx - ys_ * dy, ys_ * dx + yc * dy  # the shift as the camera sees it
+                px, py = xs - cx - rx, ys - cy - ry
                 sx, sy = c * px + s * py + cx, -s * px + c * py + cy
                 grids.append(torch.stack([sx / (w - 1) * 2 - 1, sy / (h - 1) * 2 - 1], -1))
                 params.append((float(th), float(dx), float(dy)))
@@ -58,13 +62,13 @@ _GRID_CACHE: dict = {}
 
 
 @torch.no_grad()
-def step_rotation_deg(prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
+def step_rotation_deg(prev: torch.Tensor, nxt: torch.Tensor, yaw_deg: float = 0.0) -> torch.Tensor:
     """Rotation (degrees, clockwise on screen positive) of the world between frames prev -> nxt:
-    uint8 (N, H, W, 3) each -> (N,)."""
+    uint8 (N, H, W, 3) each -> (N,). `yaw_deg`: the rig camera's yaw (0 = the front camera)."""
     n, h, w = prev.shape[:3]
-    key = (h, w, str(prev.device))
+    key = (h, w, str(prev.device), float(yaw_deg))
     if key not in _GRID_CACHE:
-        grids, params = _grids(h, w, prev.device)
+        grids, params = _grids(h, w, prev.device, yaw_deg)
         valid = F.grid_sample(torch.ones(len(grids), 1, h, w, device=prev.device), grids, mode="nearest",
                               padding_mode="zeros", align_corners=True)[:, 0]
         _GRID_CACHE[key] = (grids, params, valid)
@@ -83,12 +87,13 @@ def step_rotation_deg(prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def turn_deg(frames: torch.Tensor) -> torch.Tensor:
-    """Total turn of the car over a sequence, degrees, positive = right: uint8 (N, T, H, W, 3) -> (N,)."""
+def turn_deg(frames: torch.Tensor, yaw_deg: float = 0.0) -> torch.Tensor:
+    """Total turn of the car over a sequence, degrees, positive = right: uint8 (N, T, H, W, 3) -> (N,), seen
+    by a camera yawed `yaw_deg` about the car (a rig camera; the front camera: 0)."""
     N, T = frames.shape[:2]
     if T < 2:
         return torch.zeros(N)
-    rot = step_rotation_deg(frames[:, :-1].flatten(0, 1), frames[:, 1:].flatten(0, 1)).view(N, T - 1)
+    rot = step_rotation_deg(frames[:, :-1].flatten(0, 1), frames[:, 1:].flatten(0, 1), yaw_deg).view(N, T - 1)
     return TURN_SIGN * rot.sum(1)
 
 

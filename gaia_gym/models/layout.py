@@ -6,6 +6,10 @@ The world model reads a clip as a sequence of *blocks*, one per time step (GAIA-
 
     block t = [ meta tokens (reserved, 0 today) | image tokens of frame t (P) | action tokens a_t (2) ]
 
+With a camera rig (V views, `gaia_gym.sims.rig`) frame t is V images and its image tokens are view-major:
+[view 0's P/V positions | view 1's | ...]; each position carries the same spatial embedding in every view
+plus its camera's embedding (computed from the camera's pose, so another rig can be given).
+
 a_t is the action the agent chose after observing frame t; it conditions frame t+1. Image tokens may be
 *patched*: with patch 2 the 8x8 token grid becomes P = 16 super-tokens of 2x2 tokens each, so the
 transformer's cost per frame is that of a 4x4 tokenizer while the image keeps 64 codes.
@@ -51,10 +55,16 @@ from gaia_gym.errors import ConfigError
 class TokenLayout:
     """Where each kind of token sits inside a time step's block."""
 
-    image_tokens: int = 16  # image positions per block (the tokenizer's h*w / patch^2)
+    image_tokens: int = 16  # image positions per block (views x the tokenizer's h*w / patch^2)
     image_vocab: int = 1000  # the tokenizer's vocabulary
     action_tokens: int = 2  # steering, speed
     meta_tokens: int = 0  # reserved for text / scene metadata tokens
+    views: int = 1  # cameras of a rig: image positions are view-major, view_tokens each
+
+    @property
+    def view_tokens(self) -> int:
+        """Image positions of one camera's frame."""
+        return self.image_tokens // self.views
 
     @property
     def block(self) -> int:

@@ -52,9 +52,26 @@ class WorldModelConfig:
     # the sum of one vector per (sub-position, FSQ digit value) (patch^2 x sum(code_levels) rows: 368 instead
     # of 16,000 at patch 4), so codes that share digits share parameters (needs code_levels)
     embedding: str = "codes"
+    # camera rig: () = one camera, frames are (g, g) token grids; else one (name, yaw_deg, anchor_x, anchor_y)
+    # per camera (gaia_gym.sims.rig.Camera) and frames are (V, g, g): all views of a time step in one block,
+    # attended jointly (across views and space within a frame, causally over time), each view's positions
+    # tagged by an embedding of its camera's pose (so a model can be given another rig: `for_cameras`)
+    cameras: tuple = ()
+    view_dropout: float = 0.0  # training: share of clips in which a random subset of the views is hidden
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "code_levels", tuple(int(x) for x in self.code_levels))
+        try:
+            cams = tuple((str(c[0]), float(c[1]), float(c[2]), float(c[3])) for c in self.cameras)
+        except (TypeError, ValueError, IndexError):
+            raise ConfigError(f"cameras must be (name, yaw_deg, anchor_x, anchor_y) per camera, got {self.cameras!r}") from None
+        object.__setattr__(self, "cameras", cams)
+        if len({c[0] for c in cams}) != len(cams):
+            raise ConfigError(f"cameras {[c[0] for c in cams]}: a camera name appears twice")
+        if cams and self.decoding != "parallel":
+            raise ConfigError("a camera rig needs parallel decoding (all views of a frame in one pass)")
+        if not 0.0 <= self.view_dropout < 1.0:
+            raise ConfigError(f"view_dropout must be in [0, 1), got {self.view_dropout}")
         if self.code_levels and math.prod(self.code_levels) != self.vocab:
             raise ConfigError(f"code_levels {self.code_levels} do not multiply to the vocabulary {self.vocab}")
         if self.embedding not in ("codes", "digits"):
@@ -68,9 +85,17 @@ class WorldModelConfig:
         return sum(self.code_levels) if self.code_levels else self.vocab
 
     @property
+    def views(self) -> int:
+        return max(1, len(self.cameras))
+
+    @property
+    def camera_names(self) -> tuple[str, ...]:
+        return tuple(c[0] for c in self.cameras)
+
+    @property
     def layout(self) -> TokenLayout:
-        return TokenLayout(image_tokens=(self.grid // self.patch) ** 2, image_vocab=self.vocab,
-                           action_tokens=self.action_dim)
+        return TokenLayout(image_tokens=self.views * (self.grid // self.patch) ** 2, image_vocab=self.vocab,
+                           action_tokens=self.action_dim, views=self.views)
 
 
 WORLD_MODEL_PRESETS = {
@@ -294,7 +319,13 @@ class WorldModel(nn.Module):
         self.S = S
         per_sub = sum(cfg.code_levels) if cfg.embedding == "digits" else cfg.vocab
         self.tok_emb = nn.Embedding(S * per_sub, d)  # one table per sub-position of a patch
-        self.pos_emb = nn.Parameter(torch.zeros(L.block, d))  # position inside the block
+        # position inside one view's frame + the action slots (a rig's views share the spatial part)
+        self.pos_emb = nn.Parameter(torch.zeros(L.view_tokens + L.action_tokens, d))
+        self.visible: torch.Tensor | None = None  # (V,) bool: the views the model is shown (`seeing`)
+        if cfg.cameras:
+            self.cam_emb = nn.Sequential(nn.Linear(4, d), nn.GELU(), nn.Linear(d, d))  # camera pose -> d
+            self.missing_view = nn.Parameter(torch.zeros(d))  # input of a hidden view (view dropout)
+            self.register_buffer("camera_pose", camera_poses(cfg.cameras), persistent=False)
         self.act_w = nn.Parameter(torch.randn(cfg.action_dim, d) * 0.02)
         self.act_b = nn.Parameter(torch.zeros(cfg.action_dim, d))
         self.null_action = nn.Parameter(torch.zeros(cfg.action_dim, d))
@@ -317,6 +348,9 @@ class WorldModel(nn.Module):
         self.apply(self._init)
         nn.init.normal_(self.pos_emb, std=0.02)
         nn.init.zeros_(self.reward_head[-1].weight)  # start by predicting reward 0
+        if cfg.cameras:  # start with every view looking like the single camera (warm starts from one)
+            nn.init.zeros_(self.cam_emb[-1].weight)
+            nn.init.normal_(self.missing_view, std=0.02)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -327,15 +361,70 @@ class WorldModel(nn.Module):
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
 
+    # ---- camera rig ----------------------------------------------------------------------------
+    def block_pos(self) -> torch.Tensor:
+        """(block, d): what is added to each slot of a block (position; with a rig, also the camera)."""
+        if not self.cfg.cameras:
+            return self.pos_emb
+        P, V = self.layout.view_tokens, self.cfg.views
+        cam = self.cam_emb(self.camera_pose.to(self.pos_emb.dtype))  # (V, d)
+        img = self.pos_emb[:P].repeat(V, 1) + cam.repeat_interleave(P, 0)
+        return torch.cat([img, self.pos_emb[P:]])
+
+    def _hide_views(self, img: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
+        """img (B, T, V*P, d): the positions of views not `visible` ((B, V) or (V,) bool) get the learned
+        missing-view input."""
+        visible = self.visible if visible is None else visible
+        if visible is None or not self.cfg.cameras:
+            return img
+        vis = visible.to(img.device).repeat_interleave(self.layout.view_tokens, -1)
+        vis = vis.view(-1, 1, vis.shape[-1], 1)
+        return torch.where(vis, img, self.missing_view.to(img.dtype))
+
+    def seeing(self, views):
+        """Context manager: the model is shown only `views` (indices or names) of its rig, the others enter
+        as hidden (as in view dropout), e.g. to imagine one camera alone with the same weights."""
+        import contextlib
+
+        names = self.cfg.camera_names
+        idx = [names.index(v) if isinstance(v, str) else int(v) for v in views]
+        vis = torch.zeros(self.cfg.views, dtype=torch.bool, device=self.pos_emb.device)
+        vis[idx] = True
+
+        @contextlib.contextmanager
+        def ctx():
+            old, self.visible = self.visible, vis
+            try:
+                yield self
+            finally:
+                self.visible = old
+
+        return ctx()
+
+    def for_cameras(self, cameras) -> "WorldModel":
+        """The same weights over another rig (camera tuples as in the config, e.g. a subset of this one's
+        or new poses): a rig model's parameters do not depend on the number of views."""
+        if not self.cfg.cameras:
+            raise ConfigError("this world model has no camera rig (it was trained on one camera)")
+        from dataclasses import replace
+
+        m = WorldModel(replace(self.cfg, cameras=tuple(cameras))).to(self.pos_emb.device)
+        m.load_state_dict(self.state_dict())
+        return m.train(self.training)
+
     # ---- token <-> position plumbing -------------------------------------------------------
     def patchify(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, T, g, g) token grid -> (B, T, P, S)."""
+        """(B, T, g, g) token grid (a rig: (B, T, V, g, g)) -> (B, T, P, S)."""
         p = self.cfg.patch
+        if self.cfg.cameras:
+            return rearrange(tokens, "b t v (h p1) (w p2) -> b t (v h w) (p1 p2)", p1=p, p2=p)
         return rearrange(tokens, "b t (h p1) (w p2) -> b t (h w) (p1 p2)", p1=p, p2=p)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, P, S) -> (B, T, g, g)."""
+        """(B, T, P, S) -> (B, T, g, g) (a rig: (B, T, V, g, g))."""
         p, g = self.cfg.patch, self.cfg.grid
+        if self.cfg.cameras:
+            return rearrange(x, "b t (v h w) (p1 p2) -> b t v (h p1) (w p2)", v=self.cfg.views, h=g // p, p1=p, p2=p)
         return rearrange(x, "b t (h w) (p1 p2) -> b t (h p1) (w p2)", h=g // p, p1=p, p2=p)
 
     def embed_image(self, patched: torch.Tensor) -> torch.Tensor:
@@ -367,17 +456,19 @@ class WorldModel(nn.Module):
 
     # ---- forward -----------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, actions: torch.Tensor, null_action: torch.Tensor | None = None,
-                cache: KVCache | None = None, start_block: int = 0) -> WorldModelOutput:
-        """Run T whole blocks: tokens (B, T, g, g) int64, actions (B, T, A).
+                cache: KVCache | None = None, start_block: int = 0,
+                visible: torch.Tensor | None = None) -> WorldModelOutput:
+        """Run T whole blocks: tokens (B, T, g, g) int64 (a rig: (B, T, V, g, g)), actions (B, T, A).
 
         With `cache`, the blocks continue the cached sequence (block indices from `start_block`) and their
-        keys/values are appended to it.
+        keys/values are appended to it. `visible` (B, V) bool: a rig's views shown per row (default all,
+        or those of `seeing`).
         """
         B, T = tokens.shape[:2]
         L = self.layout
-        img = self.embed_image(self.patchify(tokens))  # (B, T, P, d)
+        img = self._hide_views(self.embed_image(self.patchify(tokens)), visible)  # (B, T, P, d)
         act = self.embed_action(actions, null_action)  # (B, T, A, d)
-        x = torch.cat([img, act], dim=2) + self.pos_emb  # (B, T, block, d)
+        x = torch.cat([img, act], dim=2) + self.block_pos()  # (B, T, block, d)
         x = rearrange(x, "b t n d -> b (t n) d")
         dev = x.device
         blocks = torch.arange(start_block, start_block + T, device=dev).repeat_interleave(L.block)
@@ -465,7 +556,8 @@ class WorldModel(nn.Module):
         tokens, actions = batch["tokens"], batch["actions"]
         B, T = tokens.shape[:2]
         null = torch.rand(B, T, device=tokens.device) < self.cfg.action_dropout if self.training else None
-        out = self.forward(tokens, actions, null)
+        visible = self.view_dropout_mask(B, tokens.device) if self.training else None
+        out = self.forward(tokens, actions, null, visible=visible)
         logits, target = self.next_frame_logits(out), self.patchify(tokens[:, 1:])  # (B,T-1,P,S,K), (B,T-1,P,S)
         nll, correct = self.image_nll(logits, target)
         ce, acc = nll.mean(), correct.float().mean()
@@ -477,6 +569,19 @@ class WorldModel(nn.Module):
         return loss, {"ce": ce.item(), "token_acc": acc.item(), "reward_loss": r_loss.item(),
                       "end_loss": e_loss.item(),
                       "reward_mae": (out.reward - batch["reward"].float()).abs().mean().item()}
+
+    def view_dropout_mask(self, B: int, device) -> torch.Tensor | None:
+        """(B, V) bool views shown in training: in a `view_dropout` share of the clips each view is hidden
+        with probability 1/2 (at least one stays), held for the whole clip; the hidden views are still
+        predicted, from the ones shown."""
+        V, p = self.cfg.views, self.cfg.view_dropout
+        if not self.cfg.cameras or V < 2 or p <= 0:
+            return None
+        hide = (torch.rand(B, V, device=device) < 0.5) & (torch.rand(B, 1, device=device) < p)
+        every = hide.all(1)
+        keep = torch.randint(V, (B,), device=device)
+        hide[every, keep[every]] = False
+        return ~hide
 
     @torch.no_grad()
     def teacher_forced(self, tokens: torch.Tensor, actions: torch.Tensor) -> TeacherForced:
@@ -508,9 +613,9 @@ class WorldModel(nn.Module):
 
     def _block_embedding(self, tokens: torch.Tensor, actions: torch.Tensor, null: torch.Tensor | None = None):
         """One block per row: tokens (B, g, g), actions (B, A) -> (B, block, d)."""
-        img = self.embed_image(self.patchify(tokens[:, None]))[:, 0]
+        img = self._hide_views(self.embed_image(self.patchify(tokens[:, None])), None)[:, 0]
         act = self.embed_action(actions[:, None], None if null is None else null[:, None])[:, 0]
-        return torch.cat([img, act], dim=1) + self.pos_emb
+        return torch.cat([img, act], dim=1) + self.block_pos()
 
     def _feed(self, cache: KVCache, x: torch.Tensor, block: int, slots: torch.Tensor) -> torch.Tensor:
         blocks = torch.full_like(slots, block)
@@ -576,9 +681,16 @@ class WorldModel(nn.Module):
             ids = self.sample_ids(self.image_logits(src).float(), sample)  # (B, S)
             out.append(ids)
             if p < L.image_tokens - 1:  # feed position p of frame block+1
-                xe = self.embed_image(ids) + self.pos_emb[L.image_slice][p]
+                xe = self.embed_image(ids) + self.block_pos()[L.image_slice][p]
                 src = self._feed(cache, xe[:, None], block + 1, torch.tensor([L.image_slice.start + p], device=dev))[:, 0]
         return torch.stack(out, dim=1), mem
+
+
+def camera_poses(cameras) -> torch.Tensor:
+    """(V, 4) float32 [cos yaw, sin yaw, anchor_x, anchor_y] of (name, yaw_deg, anchor_x, anchor_y) cameras
+    (the same numbers as `gaia_gym.sims.rig.Camera.pose`)."""
+    rows = [[math.cos(math.radians(y)), math.sin(math.radians(y)), ax, ay] for _, y, ax, ay in cameras]
+    return torch.tensor(rows, dtype=torch.float32)
 
 
 DEFAULT_TOP_K = 50  # imagination samples among the 50 likeliest codes (GAIA-1 samples top-k too)

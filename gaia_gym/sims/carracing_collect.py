@@ -33,6 +33,7 @@ from gaia_gym.config import CarRacingCollectConfig
 from gaia_gym.data import format as fmt
 from gaia_gym.data.collect import EpisodeSpec, plan_episodes, run_collection
 from gaia_gym.data.frames import SIM_FPS
+from gaia_gym.sims.rig import cameras_from_names, render_rig, rig_manifest
 from gaia_gym.sims.carracing import (
     ZOOM_FRAMES,
     CarRacingDrive,
@@ -106,10 +107,13 @@ def record_carracing_episode(spec: EpisodeSpec, cfg: CarRacingCollectConfig) -> 
     """Drive track `spec.seed` with the behaviour mix; returns (arrays, meta) for one shard."""
     drive = CarRacingDrive(frame_skip=cfg.frame_skip, frame_size=cfg.frame_size)
     driver = PursuitDriver(drive)
+    cams = cameras_from_names(cfg.cameras)
     rng = np.random.default_rng([spec.seed, 7])
     clean = bool(rng.random() < cfg.clean_fraction)
     mix = BehaviourMix(rng, clean)
     frame = drive.reset(spec.seed)
+    rig = lambda: render_rig(drive.sim, cams, drive.last_obs, cfg.frame_size)  # noqa: E731
+    views, all_views = (rig() if cams else None), []
     rec: dict[str, list] = {k: [] for k in ("frames", "steering", "speed_mps", "target_speed_mps",
                                             "raw_action", "reward", "terminated", "truncated", "behaviour")}
     while True:
@@ -121,6 +125,9 @@ def record_carracing_episode(spec: EpisodeSpec, cfg: CarRacingCollectConfig) -> 
                      ("terminated", s.terminated), ("truncated", s.truncated), ("behaviour", mode)):
             rec[k].append(v)
         frame = s.frame
+        if cams:
+            all_views.append(views)
+            views = rig()
         if s.terminated or s.truncated:
             break
         if cfg.max_steps and len(rec["frames"]) >= cfg.max_steps:
@@ -131,6 +138,8 @@ def record_carracing_episode(spec: EpisodeSpec, cfg: CarRacingCollectConfig) -> 
     arrays["frames"] = np.stack(rec["frames"])
     arrays["behaviour"] = arrays["behaviour"].astype(np.uint8)
     arrays["last_frame"] = frame
+    if cams:
+        arrays["views"], arrays["last_views"] = np.stack(all_views), views
     meta = {
         "source": "carracing",
         "clean": clean,
@@ -141,6 +150,8 @@ def record_carracing_episode(spec: EpisodeSpec, cfg: CarRacingCollectConfig) -> 
         "lap_finished": bool(s.info.get("lap_finished", False)),
         "behaviour_modes": {str(k): v for k, v in MODES.items()},
     }
+    if cams:
+        meta["cameras"] = rig_manifest(cams)
     return arrays, meta
 
 
@@ -155,6 +166,7 @@ def carracing_info(cfg: CarRacingCollectConfig) -> dict:
         "frame_convention": "carracing",
         "behaviour_modes": {str(k): v for k, v in MODES.items()},
         "config": asdict(cfg),
+        **({"cameras": rig_manifest(cameras_from_names(cfg.cameras))} if cfg.cameras else {}),
     }
 
 

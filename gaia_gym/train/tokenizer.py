@@ -20,6 +20,7 @@ from gaia_gym.evaluation.tokenizer import sample_frames
 from gaia_gym.metrics import psnr_uint8
 from gaia_gym.models.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig
 from gaia_gym.precision import autocast
+from gaia_gym.sims.rig import dataset_rig
 from gaia_gym.errors import ConfigError
 
 KIND = TOKENIZER_KIND
@@ -31,22 +32,26 @@ def tokenizer_config(preset: str = "default", **overrides) -> TokenizerConfig:
     return TokenizerConfig(**{**TOKENIZER_PRESETS[preset], **overrides})
 
 
-def frame_batches(data: Path, batch_size: int, clip_len: int = 4, split: str = "train"):
+def frame_batches(data: Path, batch_size: int, clip_len: int = 4, split: str = "train", views: bool = False):
     """Factory for the training loop: rank/world-size aware endless stream of frame batches.
 
     Short clips (4 frames) from a buffer of episodes keep the stream diverse while reading each shard
-    sequentially; the batch is `batch_size` frames.
+    sequentially; the batch is `batch_size` frames. `views`: every camera of a rig dataset's `views`
+    (a tokenizer is shared by the rig's cameras), so a clip gives clip_len x V frames.
     """
+    field = "views" if views else "frames"
+    V = len(dataset_rig(data)) if views else 1
 
     def make(rank: int, world_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
-        ds = ClipDataset(data, split=split, clip_len=clip_len, fields=("frames",), buffer_episodes=16,
+        ds = ClipDataset(data, split=split, clip_len=clip_len, fields=(field,), buffer_episodes=16,
                          seed=seed, shuffle=True, rank=rank, world_size=world_size)
-        per = max(1, batch_size // clip_len)
+        per = max(1, batch_size // (clip_len * V))
         loader = torch.utils.data.DataLoader(ds, batch_size=per, num_workers=1, persistent_workers=True,
                                              prefetch_factor=4)
         while True:
             for b in loader:
-                yield {"frames": b["frames"].flatten(0, 1)}
+                f = b[field]
+                yield {"frames": f.reshape(-1, *f.shape[-3:])}
 
     return make
 
@@ -91,24 +96,29 @@ def reconstruction_logger(data: Path, bf16: bool, n: int = 8):
 def decoder_student(teacher: Tokenizer, channels) -> Tokenizer:
     """A tokenizer with `teacher`'s encoder and quantizer (copied, frozen: the same frames give the same
     tokens, so world models trained on the teacher's tokens read it unchanged) and a new decoder of
-    widths `channels` (one per resolution, token grid upwards), to be trained."""
+    widths `channels` (one per resolution, token grid upwards), to be trained. Widths equal to the
+    teacher's: its decoder is the starting point (fine-tuning, e.g. on a rig's other cameras)."""
     channels = tuple(int(c) for c in channels)
     if len(channels) != len(teacher.cfg.dec_channels) or min(channels, default=0) < 1:
         raise ConfigError(f"--channels needs {len(teacher.cfg.dec_channels)} positive widths (one per resolution "
                           f"below the frame's, like the teacher's {list(teacher.cfg.dec_channels)}), got {list(channels)}")
     cfg = replace(teacher.cfg, dec_channels=channels, distill_weight=0.0, distill_dim=0)
     student = Tokenizer(cfg)
+    if channels == tuple(teacher.cfg.dec_channels):
+        student.decoder.load_state_dict(teacher.decoder.state_dict())
     for part in Tokenizer.CODE_PARTS:
         getattr(student, part).load_state_dict(getattr(teacher, part).state_dict())
         getattr(student, part).requires_grad_(False)
     return student
 
 
-def train_decoder(data: Path, tokenizer: Path | None, out: Path, channels, train_cfg=None, progress: bool = True) -> dict:
+def train_decoder(data: Path, tokenizer: Path | None, out: Path, channels, train_cfg=None, progress: bool = True,
+                  views: bool = False) -> dict:
     """Train (or resume) a new decoder for the tokenizer in `tokenizer` (None: the shipped one) on the train split of `data`
     (`gaia-gym train decoder`): its encoder and codes stay the teacher's, so the result is a drop-in
     tokenizer directory for any world model trained on the teacher's tokens, e.g. a narrower decoder
-    that decodes frames faster (docs/performance.md measures the trade)."""
+    that decodes frames faster (docs/performance.md measures the trade). `views`: train on every camera
+    of a rig dataset (docs/multiview.md)."""
     from gaia_gym.bundle import load_tokenizer
     from gaia_gym.train.loop import TrainConfig, train
 
@@ -117,7 +127,7 @@ def train_decoder(data: Path, tokenizer: Path | None, out: Path, channels, train
                                          checkpoint_minutes=5, log_every=25, image_every=500)
     EpisodeIndex(data, split="train")
     model = decoder_student(teacher, channels)
-    return train(model, KIND, model.cfg, frame_batches(data, train_cfg.batch_size), train_cfg, out,
+    return train(model, KIND, model.cfg, frame_batches(data, train_cfg.batch_size, views=views), train_cfg, out,
                  log_images=reconstruction_logger(data, train_cfg.bf16), progress=progress)
 
 

@@ -25,6 +25,7 @@ from gaia_gym.data.loader import EpisodeIndex
 from gaia_gym.models.layout import ActionCodec
 from gaia_gym.models.world_model import WORLD_MODEL_PRESETS, WorldModel, WorldModelConfig
 from gaia_gym.models.tokenizer import config_from_dict
+from gaia_gym.sims.rig import dataset_rig
 from gaia_gym.precision import autocast
 
 KIND = WORLD_MODEL_KIND
@@ -36,36 +37,52 @@ def world_model_config(preset: str = "default", **overrides) -> WorldModelConfig
     return WorldModelConfig(**{**WORLD_MODEL_PRESETS[preset], **overrides})
 
 
+def dataset_cameras(data: Path, names) -> tuple[tuple, ...]:
+    """The (name, yaw_deg, anchor_x, anchor_y) of cameras `names` of rig dataset `data` (its manifest's
+    rig, `gaia-gym collect carracing --cameras`), in the order asked."""
+    have = {c.name: c for c in dataset_rig(data)}
+    bad = [n for n in names if n not in have]
+    if bad:
+        raise ConfigError(f"camera {bad[0]!r} is not in {data}'s rig ({', '.join(have)})")
+    return tuple((n, have[n].yaw_deg, have[n].anchor_x, have[n].anchor_y) for n in names)
+
+
 @torch.no_grad()
 def tokenize_split(data: Path, tokenizer_dir: Path, split: str, out: Path, codec: ActionCodec,
-                   batch_size: int = 256, progress: bool = True) -> Path:
+                   batch_size: int = 256, progress: bool = True, cameras: tuple[str, ...] = ()) -> Path:
     """Encode every frame of `split` into `out` (one .npz): "tokens" (the frames' latents: uint16 token
-    grids from a discrete tokenizer, float16 latents from a VAE), model actions, reward, terminated and
-    episode boundaries. Skipped when `out` exists for the same tokenizer weights."""
-    tid = weights_sha256(tokenizer_dir)
+    grids from a discrete tokenizer, float16 latents from a VAE; with `cameras`, the rig's views
+    (T, V, g, g), each view encoded alone), model actions, reward, terminated and episode boundaries.
+    Skipped when `out` exists for the same tokenizer weights and cameras."""
+    tid = weights_sha256(tokenizer_dir) + (":" + ",".join(cameras) if cameras else "")
     if out.exists():
         with np.load(out) as z:
             if str(z["tokenizer_id"]) == tid:
                 return out
     tok = load_tokenizer(tokenizer_dir, kind=None)
     idx = EpisodeIndex(data, split=split)
+    pick = [[c.name for c in dataset_rig(data)].index(c) for c in cameras] if cameras else None
     parts: dict[str, list] = {"tokens": [], "actions": [], "reward": [], "terminated": []}
     starts = [0]
     bar = tqdm(total=idx.total_steps, unit="frame", desc=f"encode {split}", disable=not progress)
     for path in idx.paths:
-        ep = load_episode(path, fields=["frames", "steering", "target_speed_mps", "reward", "terminated"])
-        f = torch.from_numpy(ep["frames"])
+        image = "views" if pick else "frames"
+        ep = load_episode(path, fields=[image, "steering", "target_speed_mps", "reward", "terminated"])
+        f = torch.from_numpy(ep[image][:, pick] if pick else ep[image])
+        lead = f.shape[: f.dim() - 3]
+        f = f.reshape(-1, *f.shape[-3:])
         toks = []
         for i in range(0, len(f), batch_size):
             with autocast(f.device):
                 toks.append(tok.encode(f[i : i + batch_size]))
-            bar.update(len(f[i : i + batch_size]))
+            bar.update(len(f[i : i + batch_size]) / (len(pick) if pick else 1))
         lat = torch.cat(toks)
+        lat = lat.reshape(*lead, *lat.shape[1:])
         parts["tokens"].append(lat.numpy().astype(np.float16 if lat.is_floating_point() else np.uint16))
         parts["actions"].append(codec.encode(ep["steering"], ep["target_speed_mps"]))
         parts["reward"].append(ep["reward"].astype(np.float32))
         parts["terminated"].append(ep["terminated"].astype(bool))
-        starts.append(starts[-1] + len(f))
+        starts.append(starts[-1] + len(lat))
     bar.close()
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
     buf = io.BytesIO()
@@ -122,11 +139,33 @@ def head_levels(tokenizer_cfg, head: str) -> tuple[int, ...]:
     raise ConfigError(f"head must be 'codes' or 'digits', got {head!r}")
 
 
+def warm_start(model: WorldModel, init_dir: Path) -> list[str]:
+    """Copy into `model` every tensor of world model `init_dir` whose name and shape match (e.g. a
+    single-camera model into a rig model: the rig's camera embedding and missing-view input stay
+    fresh); returns the names left fresh. Nothing matching: a ConfigError."""
+    from gaia_gym.checkpoint import model_dir, read_weights
+
+    info = read_model_info(init_dir)
+    if info.get("kind") != KIND:
+        raise ConfigError(f"--init {init_dir} is a {info.get('kind')} file, expected a discrete world model")
+    theirs = read_weights(model_dir(init_dir), info)
+    mine = model.state_dict()
+    took = {k: v for k, v in theirs.items() if k in mine and mine[k].shape == v.shape}
+    if not took:
+        raise ConfigError(f"--init {init_dir}: no tensor fits this world model (another width or layout)")
+    model.load_state_dict(took, strict=False)
+    return sorted(set(mine) - set(took))
+
+
 def train_world_model(data: Path, tokenizer_dir: Path, out: Path, preset: str = "default", train_cfg=None,
-                      progress: bool = True, head: str = "digits", **overrides) -> dict:
+                      progress: bool = True, head: str = "digits", cameras: tuple[str, ...] = (),
+                      init: Path | None = None, **overrides) -> dict:
     """Tokenize `data` (cached in OUT/tokens) and train (or resume) a world model into `out`.
 
-    head: "digits" (default; one small softmax per FSQ digit) or "codes" (one softmax over all codes)."""
+    head: "digits" (default; one small softmax per FSQ digit) or "codes" (one softmax over all codes).
+    cameras: names from the dataset's rig (its `views`): one world model over all of them at once.
+    init: a world model directory to start from (tensors of the same name and shape; a resumed run
+    continues from its own checkpoint instead)."""
     from gaia_gym.train.loop import TrainConfig, train
 
     tokenizer_dir = Path(tokenizer_dir)
@@ -134,18 +173,23 @@ def train_world_model(data: Path, tokenizer_dir: Path, out: Path, preset: str = 
     if tok_info.get("kind") != "tokenizer":
         raise ConfigError(f"{tokenizer_dir} is a {tok_info.get('kind')} file, expected a tokenizer")
     tcfg = config_from_dict(tok_info["config"])
+    rig = {"cameras": dataset_cameras(Path(data), tuple(cameras))} if cameras else {}
     cfg = world_model_config(preset, **{"grid": tcfg.grid, "vocab": tcfg.vocab_size,
-                                        "code_levels": head_levels(tcfg, head), **overrides})
+                                        "code_levels": head_levels(tcfg, head), **rig, **overrides})
     codec = ActionCodec()
     train_cfg = train_cfg or TrainConfig(steps=4000, batch_size=16, lr=6e-4, warmup_steps=200,
                                          checkpoint_minutes=5, log_every=25, image_every=0)
     tokens = tokenize_split(Path(data), tokenizer_dir, "train", Path(out) / "tokens" / "train.npz", codec,
-                            progress=progress)
+                            progress=progress, cameras=tuple(cameras))
     clips = TokenClips(tokens, cfg.context)
     prompts = Path(out) / PROMPTS
     if not prompts.exists():  # the bank imagination starts from (GAIA-1's video prompt)
         PromptBank.from_token_file(tokens, context=cfg.context, n=64, seed=0).save(prompts)
     model = WorldModel(cfg)
+    if init is not None and not (Path(out) / "config.json").exists():
+        fresh = warm_start(model, Path(init))
+        if progress:
+            print(f"warm start from {init}; fresh: {', '.join(fresh) or 'nothing'}")
     fps = EpisodeIndex(data, split="train").fps or 12.5
     record_training_sources(out, tokenizer_dir, codec, 1.0 / fps, data)  # OUT/tokenizer + OUT/sources.json
     return train(model, KIND, cfg, clips.sampler(train_cfg.batch_size), train_cfg, Path(out), progress=progress)
