@@ -12,15 +12,18 @@ stay valid when the context window slides: long rollouts keep a bounded cost.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from gaia_gym.models.layout import TokenLayout
+from gaia_gym.sims.rig import Camera
 from gaia_gym.errors import ConfigError
 
 
@@ -381,25 +384,19 @@ class WorldModel(nn.Module):
         vis = vis.view(-1, 1, vis.shape[-1], 1)
         return torch.where(vis, img, self.missing_view.to(img.dtype))
 
+    @contextlib.contextmanager
     def seeing(self, views):
         """Context manager: the model is shown only `views` (indices or names) of its rig, the others enter
         as hidden (as in view dropout), e.g. to imagine one camera alone with the same weights."""
-        import contextlib
-
         names = self.cfg.camera_names
         idx = [names.index(v) if isinstance(v, str) else int(v) for v in views]
         vis = torch.zeros(self.cfg.views, dtype=torch.bool, device=self.pos_emb.device)
         vis[idx] = True
-
-        @contextlib.contextmanager
-        def ctx():
-            old, self.visible = self.visible, vis
-            try:
-                yield self
-            finally:
-                self.visible = old
-
-        return ctx()
+        old, self.visible = self.visible, vis
+        try:
+            yield self
+        finally:
+            self.visible = old
 
     def for_cameras(self, cameras) -> "WorldModel":
         """The same weights over another rig (camera tuples as in the config, e.g. a subset of this one's
@@ -687,10 +684,8 @@ class WorldModel(nn.Module):
 
 
 def camera_poses(cameras) -> torch.Tensor:
-    """(V, 4) float32 [cos yaw, sin yaw, anchor_x, anchor_y] of (name, yaw_deg, anchor_x, anchor_y) cameras
-    (the same numbers as `gaia_gym.sims.rig.Camera.pose`)."""
-    rows = [[math.cos(math.radians(y)), math.sin(math.radians(y)), ax, ay] for _, y, ax, ay in cameras]
-    return torch.tensor(rows, dtype=torch.float32)
+    """(V, 4) float32 pose vectors (`gaia_gym.sims.rig.Camera.pose`) of (name, yaw_deg, anchor_x, anchor_y) cameras."""
+    return torch.from_numpy(np.stack([Camera(*c).pose() for c in cameras]))
 
 
 DEFAULT_TOP_K = 50  # imagination samples among the 50 likeliest codes (GAIA-1 samples top-k too)
