@@ -38,6 +38,7 @@ from gaia_gym.backends.flow import FlowBackend
 from gaia_gym.backends.tokens import TokenBackend
 from gaia_gym.checkpoint import WEIGHTS, load_model, model_dir, read_model_info, save_model
 from gaia_gym.errors import ConfigError, ModelFileError
+from gaia_gym.sims.rig import Camera, cameras_from_names, split_names
 from gaia_gym.fileio import (atomic_replace_dir, atomic_write_bytes, atomic_write_json, current_path, exists_current,
                              read_json, recover_dir)
 from gaia_gym.models.layout import ActionCodec
@@ -399,15 +400,13 @@ class WorldBundle:
         cfg = self.world_model.cfg
         if not cfg.cameras:
             raise ConfigError("this world model has no camera rig (it was trained on one camera)")
-        if isinstance(cameras, str):
-            cameras = [c.strip() for c in cameras.split(",") if c.strip()]
         have = {c[0]: c for c in cfg.cameras}
         rows = []
-        for c in cameras:
+        for c in split_names(cameras):
             if isinstance(c, str):
                 c = have.get(c, (c,))
-            elif hasattr(c, "yaw_deg"):
-                c = (c.name, c.yaw_deg, c.anchor_x, c.anchor_y)
+            elif isinstance(c, Camera):
+                c = c.row()
             if c[0] not in have:
                 raise ConfigError(f"camera {c[0]!r} is not in this model's rig ({', '.join(have)})")
             rows.append(tuple(c))
@@ -499,11 +498,9 @@ def tiny_bundle(seed: int = 0, prompts: int = 8, device: str | torch.device = "c
     `gaia_gym.sims.rig.CAMERAS` for a camera-rig model (frames (V, 64, 64, 3), tokens (V, 4, 4))."""
     from gaia_gym.models.tokenizer import TokenizerConfig
     from gaia_gym.models.world_model import WORLD_MODEL_PRESETS, WorldModelConfig
-    from gaia_gym.sims.rig import cameras_from_names
-
     torch.manual_seed(seed)
     tok = build_tokenizer(TokenizerConfig(enc_channels=(8, 8, 8, 8), dec_channels=(8, 8, 8, 8), fsq_levels=(4, 4)))
-    rig = tuple((c.name, c.yaw_deg, c.anchor_x, c.anchor_y) for c in cameras_from_names(list(cameras)))
+    rig = tuple(c.row() for c in cameras_from_names(cameras))
     wm = build_world_model(WorldModelConfig(**{**WORLD_MODEL_PRESETS["tiny"], "code_levels": (4, 4), "cameras": rig}))
     g = torch.Generator().manual_seed(seed)
     C, L = wm.cfg.context, ((len(rig),) if rig else ()) + (4, 4)

@@ -29,10 +29,11 @@ def _add_preset(p: argparse.ArgumentParser) -> None:
 def cmd_collect_carracing(a: argparse.Namespace) -> None:
     from gaia_gym.config import CarRacingCollectConfig, preset
     from gaia_gym.sims.carracing_collect import collect_carracing
+    from gaia_gym.sims.rig import split_names
 
     cfg = preset(CarRacingCollectConfig, a.preset, episodes=a.episodes, seed=a.seed, workers=a.workers,
                  frame_size=a.frame_size, frame_skip=a.frame_skip, max_steps=a.max_steps,
-                 cameras=tuple(c.strip() for c in a.cameras.split(",")) if a.cameras else None)
+                 cameras=split_names(a.cameras) if a.cameras else None)
     m = collect_carracing(cfg, Path(a.out), progress=not a.quiet)
     print(f"{a.out}: {m['num_episodes']} episodes, {m['num_steps']} steps "
           f"(train {sum(e['steps'] for e in m['episodes'] if e['split'] == 'train')}, "
@@ -166,6 +167,7 @@ def cmd_train_vae(a: argparse.Namespace) -> None:
 
 def cmd_train_world_model(a: argparse.Namespace) -> None:
     from gaia_gym.train.world_model import train_world_model
+    from gaia_gym.sims.rig import split_names
 
     tc = _train_config(a, steps=4000, batch_size=16, lr=6e-4, warmup_steps=200, checkpoint_minutes=5,
                        log_every=25, image_every=0)
@@ -176,7 +178,7 @@ def cmd_train_world_model(a: argparse.Namespace) -> None:
         overrides["embedding"] = a.embedding
     if a.view_dropout is not None:
         overrides["view_dropout"] = a.view_dropout
-    cams = tuple(c.strip() for c in a.cameras.split(",") if c.strip()) if a.cameras else ()
+    cams = split_names(a.cameras) if a.cameras else ()
     r = train_world_model(Path(a.data), Path(a.tokenizer), Path(a.out), preset=a.preset, train_cfg=tc,
                           progress=not a.quiet, head=a.head, cameras=cams, init=Path(a.init) if a.init else None,
                           **overrides)

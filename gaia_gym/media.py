@@ -79,6 +79,17 @@ def rig_mosaic(frames: np.ndarray, yaws_deg: Sequence[float], gap: int = 2, upri
     return out
 
 
+def rig_mosaics(frames: np.ndarray, yaws_deg: Sequence[float]) -> np.ndarray:
+    """Frames (..., H, W, 3) as they are without `yaws_deg` (one camera); a rig's frames (..., V, H, W, 3)
+    as their `rig_mosaic`s (..., H', W', 3)."""
+    frames = np.asarray(frames)
+    if not len(yaws_deg):
+        return frames
+    flat = frames.reshape(-1, *frames.shape[-4:])
+    m = np.stack([rig_mosaic(f, yaws_deg) for f in flat])
+    return m.reshape(*frames.shape[:-4], *m.shape[1:])
+
+
 def write_video(path: str | Path, frames, fps: float) -> Path:
     """Frames (T, H, W, 3) uint8 as a GIF or MP4 (by the suffix), written atomically."""
     import imageio.v3 as iio
@@ -108,7 +119,7 @@ def write_gif(frames, path: str | Path, fps: float) -> Path:
     return write_video(path, np.stack(list(frames)), fps)
 
 
-__all__ = ["grid_image", "label_tiles", "rig_mosaic", "text_strip", "write_gif", "write_video"]
+__all__ = ["grid_image", "label_tiles", "rig_mosaic", "rig_mosaics", "text_strip", "write_gif", "write_video"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from gymnasium import spaces
 
 from gaia_gym.bundle import WorldBundle, load_bundle
 from gaia_gym.errors import ConfigError, ImaginationError
-from gaia_gym.media import rig_mosaic
+from gaia_gym.media import rig_mosaics
 from gaia_gym.imagination import Imagination, check_count, check_sampling
 
 OBS_KEYS = ("tokens", "frame", "features")  # a discrete-token model's keys, in observation order
@@ -273,8 +273,5 @@ class ImaginedBatch:
 
         if self.engine.memory is None:
             raise ImaginationError(f"{who}: call reset() before render()")
-        frames = self.frames()
-        yaws = [c[1] for c in getattr(self.engine.backend, "cameras", ())]
-        if frames.ndim == 5:  # a camera rig: the views around the car
-            frames = np.stack([rig_mosaic(f, yaws) for f in frames])
+        frames = rig_mosaics(self.frames(), [c[1] for c in self.engine.backend.cameras])  # a rig: around the car
         return [annotate(frames[i], self.overlay(i)) for i in range(self.n)]

@@ -25,7 +25,7 @@ import torch
 from gaia_gym.envs.core import action_space, observation_space, parse_obs_mode, to_numpy
 from gaia_gym.models.layout import check_action
 from gaia_gym.imagination import Imagination
-from gaia_gym.media import rig_mosaic
+from gaia_gym.media import rig_mosaics
 from gaia_gym.sims.carracing import ZOOM_FRAMES
 from gaia_gym.sims.rig import Camera, render_rig
 
@@ -151,7 +151,7 @@ class RealCarRacingEnv(gym.Env):
     def render(self):
         if self.render_mode != "rgb_array" or self._frame is None:
             return None
-        frame = rig_mosaic(self._frame, [c.yaw_deg for c in self.cameras]) if self.cameras else self._frame
+        frame = rig_mosaics(self._frame, [c.yaw_deg for c in self.cameras])
         return np.kron(frame, np.ones((4, 4, 1), np.uint8))
 
     def close(self) -> None:

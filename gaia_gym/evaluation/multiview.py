@@ -218,7 +218,7 @@ def rig_picture(bundle, data: str | Path, out: str | Path, single=None, split: s
     """The real rig beside the imagined rig (and, with `single`, each view imagined independently) for the
     same held-out context and logged actions: a GIF at `out` and a PNG contact sheet of horizons 1, 4, 8,
     16 beside it. Returns the paths written."""
-    from gaia_gym.media import grid_image, rig_mosaic, text_strip, write_gif
+    from gaia_gym.media import grid_image, rig_mosaics, text_strip, write_gif
 
     wm, tok = bundle.world_model, bundle.tokenizer
     cams = rig_cameras(wm)
@@ -238,7 +238,7 @@ def rig_picture(bundle, data: str | Path, out: str | Path, single=None, split: s
         ind = make_engine(single.world_model, tok, 0.0, seed, bf16)
         rows["views imagined alone"] = np.stack([decode(ind, _rollout(ind, lat[:, :, v], acts, context, steps))[0].numpy()
                                                  for v in range(len(cams))], 1)
-    mos = {k: np.stack([rig_mosaic(f, yaws) for f in v]) for k, v in rows.items()}  # (steps, H', W', 3)
+    mos = {k: rig_mosaics(v, yaws) for k, v in rows.items()}  # (steps, H', W', 3)
     names = list(mos)
     frames = []
     for t in range(steps):

@@ -49,6 +49,10 @@ class Camera:
     anchor_x: float = 0.5  # where the car sits in the window, fraction of the width from the left
     anchor_y: float = 0.75  # ... fraction of the height from the top (CarRacing's camera: 3/4 down)
 
+    def row(self) -> tuple[str, float, float, float]:
+        """(name, yaw_deg, anchor_x, anchor_y): how a world model's config stores the camera."""
+        return (self.name, float(self.yaw_deg), float(self.anchor_x), float(self.anchor_y))
+
     def pose(self) -> np.ndarray:
         """(4,) float32 [cos yaw, sin yaw, anchor_x, anchor_y]: what the world model's camera embedding reads."""
         y = math.radians(self.yaw_deg)
@@ -64,11 +68,16 @@ CAMERAS = {
 RIG4 = ("front", "left", "rear", "right")
 
 
+def split_names(names) -> tuple[str, ...]:
+    """Camera names from a comma-separated string ("front, rear") or a sequence, as a tuple."""
+    if isinstance(names, str):
+        return tuple(n.strip() for n in names.split(",") if n.strip())
+    return tuple(names)
+
+
 def cameras_from_names(names) -> tuple[Camera, ...]:
     """Camera names (a comma-separated string or a sequence) -> cameras; the first must be "front"."""
-    if isinstance(names, str):
-        names = [n.strip() for n in names.split(",") if n.strip()]
-    names = list(names)
+    names = list(split_names(names))
     bad = [n for n in names if n not in CAMERAS]
     if bad:
         raise ConfigError(f"unknown camera {bad[0]!r}; the rig's cameras are {', '.join(CAMERAS)}")
@@ -204,6 +213,6 @@ def overlap_fraction(src: Camera, dst: Camera, size: int = 64) -> float:
     return float(warp_view(np.zeros((size, size, 3), np.uint8), src, dst)[1].mean())
 
 
-__all__ = ["Camera", "CAMERAS", "RIG4", "cameras_from_names", "cameras_from_manifest", "dataset_rig", "rig_manifest",
+__all__ = ["Camera", "CAMERAS", "RIG4", "split_names", "cameras_from_names", "cameras_from_manifest", "dataset_rig", "rig_manifest",
            "render_camera", "render_rig", "view_to_view", "warp_view", "overlap_psnr", "overlap_fraction",
            "car_mask"]

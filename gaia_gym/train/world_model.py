@@ -44,7 +44,7 @@ def dataset_cameras(data: Path, names) -> tuple[tuple, ...]:
     bad = [n for n in names if n not in have]
     if bad:
         raise ConfigError(f"camera {bad[0]!r} is not in {data}'s rig ({', '.join(have)})")
-    return tuple((n, have[n].yaw_deg, have[n].anchor_x, have[n].anchor_y) for n in names)
+    return tuple(have[n].row() for n in names)
 
 
 @torch.no_grad()

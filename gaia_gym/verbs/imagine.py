@@ -5,7 +5,7 @@ One batched engine does it all: the prompt clip is prefilled once, then the rows
 left / straight / right counterfactuals (steering held at -1 / 0 / +1, the context's last speed). The
 GIF/MP4 shows, per time step, the real continuation (through the tokenizer) beside every row; a PNG
 contact sheet of the counterfactuals is written next to it. A camera-rig model's frames are drawn as its
-views laid out around the car (front above, rear below, left and right beside; `media.rig_mosaic`), so
+views laid out around the car (front above, rear below, left and right beside; `media.rig_mosaics`), so
 the first tile is the real rig and the others the imagined rigs under the same actions.
 """
 
@@ -19,7 +19,7 @@ import torch
 
 from gaia_gym.bundle import WorldBundle
 from gaia_gym.imagination import Imagination
-from gaia_gym.media import grid_image, rig_mosaic, text_strip
+from gaia_gym.media import grid_image, rig_mosaics, text_strip
 from gaia_gym.evaluation.common import STEER_ROWS
 from gaia_gym.errors import ConfigError
 
@@ -39,14 +39,6 @@ def _write_video(path: Path, frames: np.ndarray, fps: float) -> None:
     else:
         raise ConfigError(f"{path}: write a .gif or .mp4")
     tmp.replace(path)
-
-
-def _around(x: np.ndarray | None, yaws) -> np.ndarray | None:
-    """Rig frames (..., V, H, W, 3) -> their mosaics (..., H', W', 3)."""
-    if x is None:
-        return None
-    m = np.stack([rig_mosaic(f, yaws) for f in x.reshape(-1, *x.shape[-4:])])
-    return m.reshape(*x.shape[:-4], *m.shape[1:])
 
 
 @torch.no_grad()
@@ -84,7 +76,8 @@ def imagine(bundle: WorldBundle, out: str | Path, prompt: int = 0, n_futures: in
     real_frames = eng.frames(bank.next_tokens[prompt, :steps].to(dev)).cpu().numpy() if F else None
     if eng.backend.cameras:  # a camera rig: every frame becomes its views laid out around the car
         yaws = [c[1] for c in eng.backend.cameras]
-        imagined, ctx, real_frames = (_around(x, yaws) for x in (imagined, ctx, real_frames))
+        imagined, ctx = rig_mosaics(imagined, yaws), rig_mosaics(ctx, yaws)
+        real_frames = None if real_frames is None else rig_mosaics(real_frames, yaws)
 
     video = []
     for t in range(C + steps):
