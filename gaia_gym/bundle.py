@@ -53,11 +53,14 @@ DEFAULT_WORLD_MODEL = ASSETS / "world_model"
 DEFAULT_FLOW_WORLD_MODEL = ASSETS / "flow_world_model"
 FAST_WORLD_MODEL = ASSETS / "world_model_fast"  # 4x4 patches, digit embedding, narrow decoder (docs/performance.md)
 RIG_WORLD_MODEL = ASSETS / "world_model_rig"  # a 4-camera rig over the fast model's design (docs/multiview.md)
+HIGHWAY_WORLD_MODEL = ASSETS / "world_model_highway"  # highway-env, conditioned on metadata, agent boxes and text (docs/highway.md)
 TOKENIZER_KIND = "tokenizer"
 VAE_KIND = "vae"
 WORLD_MODEL_KIND = "world_model"
 FLOW_WORLD_MODEL_KIND = "flow_world_model"
 PROMPTS = "prompts.npz"
+TEXT_ENCODER_DIR = "text_encoder"  # a conditioned world model's default text encoder (MODEL_DIR/text_encoder)
+TEXT_ENCODER_KIND = "text_encoder"
 SOURCES = "sources.json"
 TOKENIZER_DIR = "tokenizer"
 DEFAULT_STEP_SECONDS = 0.08  # CarRacing: 4 simulator frames at 50 Hz per imagined step
@@ -120,6 +123,14 @@ def load_world_model(path: str | Path | None = None, device: str | torch.device 
         raise ModelFileError(f"{path} holds a {kind} model, not a world model (kinds: {', '.join(KINDS)})")
     model, _cfg, _meta = load_model(path, kind, KINDS[kind].build, device=device)
     return model.eval()
+
+
+def load_text_encoder(path: str | Path, device: str | torch.device = "cpu"):
+    """The default text encoder (`gaia_gym.models.text.HashTextEncoder`) stored in `path`."""
+    from gaia_gym.models.text import HashTextEncoder, TextEncoderConfig
+
+    enc, _, _ = load_model(path, TEXT_ENCODER_KIND, lambda c: HashTextEncoder(TextEncoderConfig(**c)), device)
+    return enc
 
 
 def _recorded_sha256(model_path: str | Path) -> str | None:
@@ -186,7 +197,7 @@ class Sources:
         if isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0:
             raise ModelFileError(f"{path}: 'step_seconds' must be a positive number, got {step!r}")
         data = d.get("data")
-        return cls(sha, tok, ActionCodec(**{k: v for k, v in codec.items() if k == "max_speed_mps"}), float(step),
+        return cls(sha, tok, ActionCodec(**{k: v for k, v in codec.items() if k in ("max_speed_mps", "steering_unit")}), float(step),
                    data if isinstance(data, str) else None)
 
 
@@ -259,6 +270,7 @@ class PromptBank:
     actions: torch.Tensor
     next_tokens: torch.Tensor | None = None
     next_actions: torch.Tensor | None = None
+    metadata: torch.Tensor | None = None  # (N, F) int64: a conditioned model's scene metadata of each clip
 
     def __post_init__(self) -> None:
         if self.tokens.dim() < 3 or self.actions.dim() != 3 or self.tokens.shape[:2] != self.actions.shape[:2]:
@@ -287,6 +299,8 @@ class PromptBank:
         buf = io.BytesIO()
         extra = {} if self.next_tokens is None else {"next_tokens": store(self.next_tokens),
                                                       "next_actions": self.next_actions.numpy()}
+        if self.metadata is not None:
+            extra["metadata"] = self.metadata.numpy().astype(np.int64)
         np.savez_compressed(buf, tokens=store(self.tokens), actions=self.actions.numpy(), **extra)
         atomic_write_bytes(Path(path), lambda f: f.write(buf.getvalue()))
         return Path(path)
@@ -300,6 +314,8 @@ class PromptBank:
                 if "next_tokens" in z:
                     nxt = {"next_tokens": stored_latents(z["next_tokens"]),
                            "next_actions": torch.from_numpy(z["next_actions"].astype(np.float32))}
+                if "metadata" in z:
+                    nxt["metadata"] = torch.from_numpy(z["metadata"].astype(np.int64))
                 return cls(stored_latents(z["tokens"]), torch.from_numpy(z["actions"].astype(np.float32)), **nxt)
         except FileNotFoundError:
             raise ModelFileError(f"{path}: no prompt bank (run training, or `gaia-gym pretrain`, to write one)") from None
@@ -308,10 +324,11 @@ class PromptBank:
 
     @classmethod
     def from_token_file(cls, path: str | Path, context: int, n: int = 64, seed: int = 0,
-                        min_speed_action: float = -0.9, continuation: int = 16) -> "PromptBank":
+                        min_speed_action: float = -0.9, continuation: int = 16,
+                        metadata: np.ndarray | None = None) -> "PromptBank":
         """`n` clips of `context` (+ `continuation`) steps from a tokenized split (`tokenize_split`'s
         file), spread over its episodes, preferring clips where the car is commanded to move (speed
-        action > min_speed_action)."""
+        action > min_speed_action). `metadata` (steps, F): per-step scene metadata ids to keep per clip."""
         with np.load(path) as z:
             tokens, actions, starts = z["tokens"], z["actions"], z["episode_starts"]
         # short episodes (smoke runs): a shorter continuation, down to none
@@ -331,9 +348,10 @@ class PromptBank:
         picks = np.array([rng.choice(cands[e]) for e in eps])
         idx = picks[:, None] + np.arange(length)
         t, a = stored_latents(tokens[idx]), torch.from_numpy(actions[idx].astype(np.float32))
+        meta = None if metadata is None else torch.from_numpy(np.asarray(metadata)[picks].astype(np.int64))
         if not continuation:
-            return cls(t, a)
-        return cls(t[:, :context], a[:, :context], t[:, context:], a[:, context:])
+            return cls(t, a, metadata=meta)
+        return cls(t[:, :context], a[:, :context], t[:, context:], a[:, context:], metadata=meta)
 
 
     @classmethod
@@ -371,9 +389,26 @@ class WorldBundle:
     path: Path
     step_seconds: float = DEFAULT_STEP_SECONDS
     kind: str = WORLD_MODEL_KIND
+    text_encoder: torch.nn.Module | None = None  # a conditioned model's default text encoder (MODEL_DIR/text_encoder)
 
     def __post_init__(self) -> None:
         self._backend: Backend | None = None
+
+    @property
+    def conditions(self):
+        """The world model's `ConditionSpec` (scene metadata, agent boxes, text), or None."""
+        return getattr(getattr(self.world_model, "cfg", None), "condition_spec", None)
+
+    def with_text_encoder(self, encoder) -> "WorldBundle":
+        """This bundle with a user's text encoder (any callable mapping a list of strings to (N, E)
+        embeddings, E the width this model was trained on: `gaia_gym.models.text.check_text_encoder`)."""
+        from gaia_gym.models.text import check_text_encoder
+
+        spec = self.conditions
+        if spec is None or not spec.text_dim:
+            raise ConfigError("this world model takes no text condition")
+        check_text_encoder(encoder, spec.text_dim)
+        return replace(self, text_encoder=encoder)
 
     @property
     def backend(self) -> Backend:
@@ -470,7 +505,10 @@ def load_bundle(model: str | Path | None = None, device: str | torch.device = "c
     if prompts.tokens.shape[2:] != tuple(backend.latent_shape) or float(prompts.tokens.max()) > backend.latent_range[1] \
             or prompts.tokens.is_floating_point() != backend.latent_dtype.is_floating_point:
         raise ModelFileError(f"{path / PROMPTS}: prompts do not fit the world model's latents {backend.latent_shape}")
-    b = WorldBundle(wm, tok, prompts, sources.action_codec, path, sources.step_seconds, kind)
+    text = None
+    if exists_current(path / TEXT_ENCODER_DIR, "config.json"):
+        text = load_text_encoder(path / TEXT_ENCODER_DIR, device=device)
+    b = WorldBundle(wm, tok, prompts, sources.action_codec, path, sources.step_seconds, kind, text)
     b._backend = backend
     return b
 
@@ -488,26 +526,43 @@ def save_bundle(bundle: WorldBundle, directory: str | Path, copy_tokenizer: bool
     else:
         sha, where = weights_sha256(DEFAULT_TOKENIZER), "default"
     bundle.prompts.save(d / PROMPTS)
+    if isinstance(bundle.text_encoder, torch.nn.Module) and hasattr(bundle.text_encoder, "cfg"):
+        save_model(d / TEXT_ENCODER_DIR, bundle.text_encoder, TEXT_ENCODER_KIND, bundle.text_encoder.cfg)
     Sources(sha, where, bundle.codec, bundle.step_seconds).write(d)
     return d
 
 
-def tiny_bundle(seed: int = 0, prompts: int = 8, device: str | torch.device = "cpu", cameras: Sequence[str] = ()) -> WorldBundle:
+def tiny_bundle(seed: int = 0, prompts: int = 8, device: str | torch.device = "cpu", cameras: Sequence[str] = (),
+                conditions: str | None = None) -> WorldBundle:
     """An untrained, tiny bundle (4x4 tokens, 16 codes, 32-wide transformer) for tests and smoke runs:
     it exercises every code path in milliseconds; its imagination is noise. `cameras`: names of
-    `gaia_gym.sims.rig.CAMERAS` for a camera-rig model (frames (V, 64, 64, 3), tokens (V, 4, 4))."""
+    `gaia_gym.sims.rig.CAMERAS` for a camera-rig model (frames (V, 64, 64, 3), tokens (V, 4, 4)).
+    `conditions`: "cross" or "adaln" for a highway-style conditioned model (metadata, 8 agent boxes,
+    16-wide text from a tiny untrained text encoder)."""
     from gaia_gym.models.tokenizer import TokenizerConfig
     from gaia_gym.models.world_model import WORLD_MODEL_PRESETS, WorldModelConfig
     torch.manual_seed(seed)
     tok = build_tokenizer(TokenizerConfig(enc_channels=(8, 8, 8, 8), dec_channels=(8, 8, 8, 8), fsq_levels=(4, 4)))
     rig = tuple(c.row() for c in cameras_from_names(cameras))
-    wm = build_world_model(WorldModelConfig(**{**WORLD_MODEL_PRESETS["tiny"], "code_levels": (4, 4), "cameras": rig}))
+    text = None
+    cond = None
+    if conditions:
+        from gaia_gym.models.conditions import ConditionSpec
+        from gaia_gym.models.text import HashTextEncoder, TextEncoderConfig
+        from gaia_gym.sims.highway_scene import METADATA
+
+        text = HashTextEncoder(TextEncoderConfig(buckets=256, width=16, dim=16)).eval()
+        cond = ConditionSpec(metadata=tuple(METADATA.items()), agents=8, text_dim=16, mode=conditions)
+    wm = build_world_model(WorldModelConfig(**{**WORLD_MODEL_PRESETS["tiny"], "code_levels": (4, 4), "cameras": rig,
+                                               "conditions": cond}))
     g = torch.Generator().manual_seed(seed)
     C, L = wm.cfg.context, ((len(rig),) if rig else ()) + (4, 4)
     bank = PromptBank(torch.randint(0, 16, (prompts, C, *L), generator=g),
                       torch.rand(prompts, C, 2, generator=g) * 2 - 1,
-                      torch.randint(0, 16, (prompts, 8, *L), generator=g), torch.rand(prompts, 8, 2, generator=g) * 2 - 1)
-    return WorldBundle(wm.to(device).eval(), tok.to(device).eval(), bank, ActionCodec(), Path("<tiny>"))
+                      torch.randint(0, 16, (prompts, 8, *L), generator=g), torch.rand(prompts, 8, 2, generator=g) * 2 - 1,
+                      metadata=torch.randint(0, 3, (prompts, 3), generator=g) if conditions else None)
+    return WorldBundle(wm.to(device).eval(), tok.to(device).eval(), bank, ActionCodec(), Path("<tiny>"),
+                       text_encoder=text)
 
 
 def tiny_flow_bundle(seed: int = 0, prompts: int = 8, device: str | torch.device = "cpu") -> WorldBundle:

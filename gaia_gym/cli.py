@@ -46,7 +46,8 @@ def cmd_collect_highway(a: argparse.Namespace) -> None:
 
     scen = tuple(a.scenarios.split(",")) if a.scenarios else None
     cfg = preset(HighwayCollectConfig, a.preset, episodes=a.episodes, seed=a.seed, workers=a.workers,
-                 frame_size=a.frame_size, max_steps=a.max_steps, scenarios=scen)
+                 frame_size=a.frame_size, max_steps=a.max_steps, scenarios=scen,
+                 scenario_order=a.scenario_order)
     m = collect_highway(cfg, Path(a.out), progress=not a.quiet)
     print(f"{a.out}: {m['num_episodes']} episodes, {m['num_steps']} steps")
 
@@ -133,7 +134,8 @@ def cmd_train_tokenizer(a: argparse.Namespace) -> None:
 
     tc = _train_config(a, steps=6000, batch_size=64, lr=1e-3, warmup_steps=200, channels_last=True,
                        checkpoint_minutes=5, log_every=25, image_every=500)
-    r = train_tokenizer(Path(a.data), Path(a.out), preset=a.preset, train_cfg=tc, progress=not a.quiet)
+    r = train_tokenizer(Path(a.data), Path(a.out), preset=a.preset, train_cfg=tc, progress=not a.quiet,
+                        init=Path(a.init) if getattr(a, "init", None) else None)
     _print_codec_run(a.out, "tokenizer", r)
 
 
@@ -178,13 +180,27 @@ def cmd_train_world_model(a: argparse.Namespace) -> None:
         overrides["embedding"] = a.embedding
     if a.view_dropout is not None:
         overrides["view_dropout"] = a.view_dropout
+    if a.context:
+        overrides["context"] = a.context
     cams = split_names(a.cameras) if a.cameras else ()
     r = train_world_model(Path(a.data), Path(a.tokenizer), Path(a.out), preset=a.preset, train_cfg=tc,
                           progress=not a.quiet, head=a.head, cameras=cams, init=Path(a.init) if a.init else None,
+                          conditions=a.conditions, text_encoder=Path(a.text_encoder) if a.text_encoder else None,
                           **overrides)
     m = r.get("metrics") or {}
     print(f"{a.out}: world model trained to step {r['step']} ({r['minutes']:.1f} min in total); "
           + ", ".join(f"{k}={m[k]:.4g}" for k in ("ce", "token_acc", "reward_mae") if k in m))
+
+
+def cmd_train_text_encoder(a: argparse.Namespace) -> None:
+    from gaia_gym.train.text import train_text_encoder
+
+    m = train_text_encoder(Path(a.data), Path(a.out), steps=a.steps, seed=a.seed, progress=not a.quiet)
+    acc = {k: v["said_accuracy"] for k, v in m["val"].items()}
+    held = {k: v["said_accuracy"] for k, v in m["val_held_out_phrasings"].items()}
+    print(f"{a.out}: text encoder trained ({m['steps']} steps, {m['minutes']:.1f} min); validation accuracy of "
+          "the facts said: " + ", ".join(f"{k}={v:.3f}" for k, v in acc.items())
+          + "; in phrasings held out of training: " + ", ".join(f"{k}={v:.3f}" for k, v in held.items()))
 
 
 def cmd_train_flow_world_model(a: argparse.Namespace) -> None:
@@ -355,16 +371,19 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--quiet", action="store_true", help="no progress bar")
     cr.set_defaults(fn=cmd_collect_carracing)
 
-    hw = csub.add_parser("highway", help="highway-env scenarios (highway-fast, merge, roundabout)",
+    hw = csub.add_parser("highway", help="highway-env scenarios (highway-fast, merge, roundabout, intersection)",
                          description="Record highway-env driving with continuous actions.")
     hw.add_argument("--out", required=True, help="dataset directory (created; rerun to resume)")
     _add_preset(hw)
     hw.add_argument("--episodes", type=int, help="number of episodes, round-robin over scenarios")
-    hw.add_argument("--scenarios", help="comma-separated env ids (default highway-fast-v0,merge-v0,roundabout-v0)")
+    hw.add_argument("--scenarios", help="comma-separated env ids (default highway-fast-v0,merge-v0,roundabout-v0,intersection-v0)")
     hw.add_argument("--seed", type=int)
     hw.add_argument("--workers", type=int)
     hw.add_argument("--frame-size", type=int)
     hw.add_argument("--max-steps", type=int, help="recorded steps per episode")
+    hw.add_argument("--scenario-order", choices=["interleaved", "round_robin"],
+                    help="interleaved (default: every scenario in both splits) or round_robin (the shipped highway "
+                         "model's dataset: its validation split holds merge and intersection only)")
     hw.add_argument("--quiet", action="store_true")
     hw.set_defaults(fn=cmd_collect_highway)
 
@@ -427,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = t.add_subparsers(dest="stage", metavar="STAGE", required=True)
     tt = tsub.add_parser("tokenizer", help="frames <-> tokens (GAIA-1 image tokenizer)")
     _add_train_args(tt, list(TOKENIZER_PRESETS))
+    tt.add_argument("--init", help="a tokenizer directory of the same architecture to start from (e.g. a run with "
+                    "another loss); ignored when OUT already holds a checkpoint")
     tt.set_defaults(fn=cmd_train_tokenizer)
 
     td = tsub.add_parser("decoder", help="a new (e.g. narrower, faster) decoder for a trained tokenizer",
@@ -468,7 +489,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="share of training clips in which a random subset of the rig's views is hidden (default 0)")
     tw.add_argument("--init", help="world-model directory to start from (tensors of matching name and shape, e.g. "
                     "a single-camera model for a rig model); ignored when OUT already holds a checkpoint")
+    tw.add_argument("--context", type=int, help="frames per training clip / attention window (default 16)")
+    tw.add_argument("--conditions", choices=["cross", "adaln", "none"], default="cross",
+                    help="a highway-env dataset's scene conditions (metadata, agent boxes, text) enter by "
+                         "cross-attention (default), adaLN, or not at all")
+    tw.add_argument("--text-encoder", help="text encoder directory (gaia-gym train text-encoder) for the text "
+                    "condition; default: no text condition")
     tw.set_defaults(fn=cmd_train_world_model)
+
+    tt = tsub.add_parser("text-encoder", help="the default text encoder, trained on descriptions of a highway-env "
+                         "dataset's clips", description="Train the small default text encoder: it learns to read "
+                         "the facts of a recorded highway-env clip back from random descriptions of it.")
+    tt.add_argument("--data", required=True, help="highway-env dataset directory (gaia-gym collect highway)")
+    tt.add_argument("--out", required=True, help="text encoder model directory")
+    tt.add_argument("--steps", type=int, default=1500)
+    tt.add_argument("--seed", type=int, default=0)
+    tt.add_argument("--quiet", action="store_true")
+    tt.set_defaults(fn=cmd_train_text_encoder)
 
     from gaia_gym.models.flow import FLOW_PRESETS
 

@@ -24,10 +24,40 @@ def cmd_imagine(a: argparse.Namespace) -> None:
     from gaia_gym.verbs.imagine import imagine
 
     r = imagine(_bundle(a), a.out, prompt=a.prompt, n_futures=a.futures, steps=a.steps, temperature=a.temperature,
-                seed=a.seed, counterfactual=not a.no_counterfactual, scale=a.scale, fps=a.fps, guidance=a.guidance)
+                seed=a.seed, counterfactual=not a.no_counterfactual, scale=a.scale, fps=a.fps, guidance=a.guidance,
+                scene=scene_options(a), scratch=a.scratch, guide=a.guide)
     print(f"imagined {len(r['rows'])} futures of {r['steps']} steps ({', '.join(r['rows'])}) from real context clip "
           f"{r['prompt']} of the model's prompt bank in {r['seconds']:.1f} s")
     print(f"wrote {r['video']}" + (f" and {r['contact_sheet']}" if "contact_sheet" in r else ""))
+
+
+def scene_options(a: argparse.Namespace) -> dict:
+    """The scene conditions of `imagine`'s flags: --meta k=v (repeatable), --text, --negative, --agents FILE
+    (a JSON list of vehicle rows [x, y, vx, vy, ...], or an object with "vehicles"), --agent-steps."""
+    from gaia_gym.errors import ConfigError
+
+    scene: dict = {}
+    if a.meta:
+        meta = {}
+        for kv in a.meta:
+            if "=" not in kv:
+                raise ConfigError(f"--meta takes key=value (e.g. lanes=3), got {kv!r}")
+            k, v = kv.split("=", 1)
+            meta[k.strip()] = v.strip()
+        scene["metadata"] = meta
+    for k in ("text", "negative"):
+        if getattr(a, k):
+            scene[k] = getattr(a, k)
+    if a.agents:
+        try:
+            d = json.loads(Path(a.agents).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"--agents {a.agents}: no such file") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--agents {a.agents}: not JSON ({e})") from None
+        scene["vehicles"] = d.get("vehicles") if isinstance(d, dict) else d
+        scene["agent_steps"] = a.agent_steps
+    return scene
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
@@ -119,8 +149,65 @@ def cmd_eval_multiview(a: argparse.Namespace) -> None:
         print(f"wrote {a.json}")
 
 
+def cmd_eval_highway(a: argparse.Namespace) -> None:
+    from gaia_gym.bundle import HIGHWAY_WORLD_MODEL, load_bundle
+    from gaia_gym.evaluation.highway import evaluate_highway, highway_picture
+    from gaia_gym.evaluation.throughput import cpu_name
+    from gaia_gym.fileio import merge_json
+
+    r = {"model": str(a.model or "shipped"), "data": str(a.data), "cpu": cpu_name(),
+         "command": "gaia-gym eval " + " ".join(a.argv_tail)}
+    if a.compare:
+        import tempfile
+
+        from gaia_gym.train.conditioning import compare_conditioning
+
+        models = dict(kv.split("=", 1) if "=" in kv else (Path(kv).name, kv) for kv in a.compare.split(","))
+        with tempfile.TemporaryDirectory() as tmp:
+            cmp = compare_conditioning(models, Path(a.data), Path(tmp), seed=a.seed)
+        for k, v in cmp.items():
+            print(f"  {k}: {json.dumps(v)[:600]}")
+        if a.json:
+            merge_json(Path(a.json), "conditioning_comparison", {"cpu": cpu_name(), "command": r["command"], **cmp})
+            print(f"wrote {a.json} under conditioning_comparison")
+        return
+    bundle = load_bundle(a.model or HIGHWAY_WORLD_MODEL, device=a.device)
+    if bundle.conditions is None:
+        from gaia_gym.errors import ConfigError
+
+        raise ConfigError(f"{bundle.path} takes no scene conditions (train it on a highway-env dataset)")
+    if not a.picture_only:
+        r.update(evaluate_highway(bundle, Path(a.data), seed=a.seed, progress=not a.quiet, quick=a.quick))
+        for k in ("agent_placement", "metadata_adherence", "text_adherence", "negative_prompt_effect", "fidelity"):
+            print(f"  {k}: {json.dumps(r[k])[:400]}")
+    if a.picture:
+        print("  wrote " + " and ".join(highway_picture(bundle, Path(a.data), a.picture, clip=a.clip, seed=a.seed)))
+    if a.json and not a.picture_only:
+        key = a.key or "."
+        merge_json(Path(a.json), key, r)
+        print(f"wrote {a.json}" + (f" under {key}" if key != "." else ""))
+
+
 def add_eval_parsers(esub) -> None:
-    """`gaia-gym eval multiview` (added to the `eval` verb by gaia_gym.cli)."""
+    """`gaia-gym eval multiview` and `eval highway` (added to the `eval` verb by gaia_gym.cli)."""
+    eh = esub.add_parser("highway", help="a conditioned highway-env model: agent placement, metadata / text adherence, "
+                         "negative prompts, PSNR by horizon, collision AUC",
+                         description="Evaluate a conditioned highway-env world model on a dataset's validation split.")
+    eh.add_argument("--model", help="highway world-model directory (default: the shipped one)")
+    eh.add_argument("--data", required=True, help="highway-env dataset (gaia-gym collect highway)")
+    eh.add_argument("--picture", help="write one held-out context under several conditions as a PNG grid here")
+    eh.add_argument("--picture-only", action="store_true", help="only the picture")
+    eh.add_argument("--clip", type=int, default=0, help="which validation episode the picture starts from")
+    eh.add_argument("--quick", action="store_true", help="a few scenes per measurement (smoke runs)")
+    eh.add_argument("--compare", help="comma-separated name=DIR conditioned models to compare side by side (validation "
+                    "cross-entropy with / without conditions, agent placement, cost); only this")
+    eh.add_argument("--key", help="merge under this key of the JSON file (default: its top level)")
+    eh.add_argument("--device", default="cpu")
+    eh.add_argument("--seed", type=int, default=0)
+    eh.add_argument("--json", help="merge the record into this JSON file (e.g. results/highway.json)")
+    eh.add_argument("--quiet", action="store_true")
+    eh.set_defaults(fn=cmd_eval_highway)
+
     em = esub.add_parser("multiview", help="camera rig: cross-view consistency, per-view PSNR, steering read back "
                          "in every view, cost per number of views",
                          description="Evaluate a camera-rig world model on a rig dataset's held-out tracks.")
@@ -165,7 +252,19 @@ def add_parsers(sub) -> None:
         d.add_argument("--futures", type=int, default=4, help="futures sampled under the real actions")
         d.add_argument("--steps", type=int, default=16, help="imagined steps (0.08 s of driving each)")
         d.add_argument("--temperature", type=float, default=1.0)
-        d.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance on the action (1 = off)")
+        d.add_argument("--guidance", type=float, default=1.0,
+                       help="classifier-free guidance scale (1 = off) on what --guide names (default: the action)")
+        d.add_argument("--guide", default="action", help="comma-separated conditions guidance contrasts: action, "
+                       "metadata, agents, text (a conditioned model)")
+        d.add_argument("--text", help="a conditioned model: text prompt (e.g. 'a roundabout with dense traffic')")
+        d.add_argument("--negative", help="negative prompt (with --guidance > 1 and text in --guide)")
+        d.add_argument("--meta", action="append", metavar="KEY=VALUE",
+                       help="scene metadata, repeatable (e.g. --meta scenario=highway --meta lanes=4)")
+        d.add_argument("--agents", metavar="FILE", help="JSON list of vehicles to place: rows [x, y, vx, vy, cos_h, "
+                       "sin_h, length, width] relative to the ego (m, m/s; trailing fields optional)")
+        d.add_argument("--agent-steps", type=int, default=1, help="steps the placed vehicles condition (default 1)")
+        d.add_argument("--scratch", action="store_true", help="generate the scene from the conditions alone (the "
+                       "context clip is hidden from the model)")
         d.add_argument("--no-counterfactual", action="store_true")
         d.add_argument("--scale", type=int, default=2, help="enlarge the 64x64 frames this many times")
         d.add_argument("--fps", type=float, default=6.0)

@@ -37,8 +37,8 @@ class CarRacingCollectConfig:
 class HighwayCollectConfig:
     """How `gaia-gym collect highway` records highway-env driving."""
 
-    scenarios: tuple[str, ...] = ("highway-fast-v0", "merge-v0", "roundabout-v0")
-    episodes: int = 300  # spread round-robin over the scenarios
+    scenarios: tuple[str, ...] = ("highway-fast-v0", "merge-v0", "roundabout-v0", "intersection-v0")
+    episodes: int = 1000  # spread round-robin over the scenarios (<= episodes x max_steps transitions)
     seed: int = 0
     val_every: int = 10
     workers: int = 2
@@ -46,12 +46,19 @@ class HighwayCollectConfig:
     max_steps: int = 40  # recorded steps per episode (the scenarios' own limits also apply)
     policy_frequency: int = 5  # Hz: agent steps per simulated second
     compress: bool = True
+    # per-episode scene variety where the scenario has the knobs (highway-fast): lanes and density
+    vary_scenes: bool = True
+    lanes_choices: tuple[int, ...] = (2, 3, 4)
+    density_choices: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
+    # which scenario each episode drives: "interleaved" (every scenario in both splits) or "round_robin"
+    # (episode i drives scenario i mod n: the validation split, every val_every-th episode, may miss some)
+    scenario_order: str = "interleaved"
 
 
 PRESETS: dict[str, dict[type, dict[str, Any]]] = {
     "tiny": {
         CarRacingCollectConfig: dict(episodes=2, workers=1, max_steps=12),
-        HighwayCollectConfig: dict(episodes=3, workers=1, max_steps=6),
+        HighwayCollectConfig: dict(episodes=4, workers=1, max_steps=6),
     },
     "default": {},
 }

@@ -56,6 +56,65 @@ class StepOutput:
 
 
 @dataclass
+class SceneRows:
+    """Per-row scene conditions of an engine over a conditioned world model (`gaia_gym.models.conditions`):
+    metadata (n, F) value ids (-1: not given), text / negative (n, E) embeddings (a zero-norm row: none),
+    agents (n, N, F) raw boxes (presence, x, y m, vx, vy m/s, ...) that condition the next
+    `agents_left` (n,) steps, moved at their relative velocity each step, and `hidden` (n,) bool: the
+    current frame is hidden (a scene generated from its conditions alone)."""
+
+    metadata: torch.Tensor
+    text: torch.Tensor | None
+    negative: torch.Tensor | None
+    agents: torch.Tensor | None
+    agents_left: torch.Tensor
+    hidden: torch.Tensor
+
+    @classmethod
+    def empty(cls, spec, n: int, device) -> "SceneRows":
+        z = (lambda w: torch.zeros(n, w, device=device)) if spec.text_dim else (lambda w: None)
+        ag = torch.zeros(n, spec.agents, len(spec.agent_fields), device=device) if spec.agents else None
+        return cls(torch.full((n, len(spec.metadata)), -1, dtype=torch.long, device=device), z(spec.text_dim),
+                   z(spec.text_dim), ag, torch.zeros(n, dtype=torch.long, device=device),
+                   torch.zeros(n, dtype=torch.bool, device=device))
+
+    def select(self, idx) -> "SceneRows":
+        t = (lambda x: None if x is None else x[idx].clone())
+        return SceneRows(t(self.metadata), t(self.text), t(self.negative), t(self.agents), t(self.agents_left),
+                         t(self.hidden))
+
+    def assign(self, rows, other: "SceneRows") -> None:
+        for name in ("metadata", "text", "negative", "agents", "agents_left", "hidden"):
+            mine = getattr(self, name)
+            if mine is not None:
+                mine[rows] = getattr(other, name)
+
+    def conditions(self, spec, blocks: int = 1):
+        """This step's `Conditions` (agents repeated over `blocks` blocks) and the agents' dropped mask."""
+        from gaia_gym.models.conditions import Conditions
+        from gaia_gym.sims.highway_scene import normalise_boxes
+
+        dropped = {}
+        agents = None
+        if self.agents is not None:
+            agents = torch.from_numpy(normalise_boxes(self.agents.cpu().numpy())).to(self.agents.device)
+            agents = agents[:, None].expand(-1, blocks, -1, -1)
+            dropped["agents"] = self.agents_left <= 0
+        text = None
+        if self.text is not None:
+            text = self.text
+            dropped["text"] = self.text.norm(dim=-1) == 0
+        return Conditions(metadata=self.metadata, agents=agents, text=text, dropped=dropped)
+
+    def advance(self, dt: float) -> None:
+        """One step on: boxes move at their relative velocity, one agent step is used up."""
+        if self.agents is not None:
+            self.agents[..., 1:3] += self.agents[..., 3:5] * dt * (self.agents[..., :1] > 0.5)
+            self.agents_left = (self.agents_left - 1).clamp(min=0)
+        self.hidden = torch.zeros_like(self.hidden)
+
+
+@dataclass
 class EngineState:
     """A snapshot of every row (tensors are copies)."""
 
@@ -65,6 +124,7 @@ class EngineState:
     steps: torch.Tensor
     block: int
     rng: torch.Tensor
+    scene: SceneRows | None = None
 
     @property
     def n(self) -> int:
@@ -74,7 +134,8 @@ class EngineState:
         """The given rows (an index tensor/list, repeats allowed) as a new state."""
         idx = torch.as_tensor(rows, dtype=torch.long, device=self.latents.device).reshape(-1)
         return EngineState(self.memory.select(idx), self.latents[idx].clone(), self.features[idx].clone(),
-                           self.steps[idx.cpu()].clone(), self.block, self.rng.clone())
+                           self.steps[idx.cpu()].clone(), self.block, self.rng.clone(),
+                           None if self.scene is None else self.scene.select(idx))
 
     def branch(self, row: int, k: int) -> "EngineState":
         """Row `row` copied into k rows."""
@@ -111,6 +172,24 @@ def check_sampling(temperature, top_k, guidance, end_threshold) -> tuple[float, 
     return temperature, DEFAULT_TOP_K if top_k is None else int(top_k), guidance, end_threshold
 
 
+def check_guide(guide, spec) -> tuple[str, ...]:
+    """The conditions classifier-free guidance contrasts: "action" and any of the model's conditions."""
+    from gaia_gym.models.conditions import NAMES
+
+    if isinstance(guide, str):
+        guide = tuple(g.strip() for g in guide.split(",") if g.strip())
+    guide = tuple(guide)
+    have = ("action", *(spec.names if spec is not None else ()))
+    bad = [g for g in guide if g not in have]
+    if bad:
+        known = [n for n in NAMES if n in have]
+        raise ConfigError(f"guidance cannot contrast {bad[0]!r}: this model's conditions are "
+                          f"{', '.join(['action', *known])}")
+    if not guide:
+        raise ConfigError("guide must name at least one condition (e.g. 'action' or 'text')")
+    return guide
+
+
 def _check_settings(n, temperature, top_k, guidance, horizon, end_threshold) -> tuple[int, float, int, float, float]:
     """One-line errors for engine settings, at construction (not at the first step); the settings as
     Python numbers (n, temperature, top_k, guidance, end_threshold)."""
@@ -129,7 +208,8 @@ class Imagination:
 
     def __init__(self, model, n: int = 1, temperature: float = 1.0, top_k: int = DEFAULT_TOP_K,
                  guidance: float = 1.0, horizon: int | None = None, end_threshold: float = 0.5,
-                 seed: int | None = None, bf16: bool = True, prompts=None) -> None:
+                 seed: int | None = None, bf16: bool = True, prompts=None, guide: tuple[str, ...] = ("action",),
+                 step_seconds: float = 0.2) -> None:
         n, temperature, top_k, guidance, end_threshold = _check_settings(n, temperature, top_k, guidance, horizon,
                                                                          end_threshold)
         backend = getattr(model, "backend", model)  # a WorldBundle carries one
@@ -147,6 +227,10 @@ class Imagination:
         self.generator = torch.Generator(device=self.device)
         self.seed(seed)
         self._sample = backend.sampler(self.temperature, self.top_k, self.generator)
+        self.spec = getattr(backend, "conditions", None)  # the world model's ConditionSpec, or None
+        self.guide = check_guide(guide, self.spec)
+        self.step_seconds = float(step_seconds)  # moves placed agent boxes between steps
+        self.scene: SceneRows | None = None
         self.latent_shape = tuple(backend.latent_shape)
         self.feature_dim = backend.feature_dim
         self.action_dim = backend.action_dim
@@ -171,7 +255,8 @@ class Imagination:
     def state(self) -> EngineState:
         self._require_reset()
         return EngineState(self.memory.clone(), self.latents.clone(), self.features.clone(), self.steps.clone(),
-                           self.block, self.generator.get_state())
+                           self.block, self.generator.get_state(),
+                           None if self.scene is None else self.scene.select(torch.arange(self.n, device=self.device)))
 
     def restore(self, state: EngineState, copy: bool = True) -> None:
         """Continue from `state` (its row count becomes the engine's). ``copy=False`` adopts the state's
@@ -181,6 +266,8 @@ class Imagination:
         self.latents, self.features, self.steps = c(state.latents), c(state.features), c(state.steps)
         self.block, self.n = state.block, state.n
         self.generator.set_state(state.rng.clone())
+        if state.scene is not None:
+            self.scene = state.scene.select(torch.arange(state.n, device=self.device)) if copy else state.scene
 
     def branch(self, row: int, k: int) -> None:
         """Replace the engine's rows by k copies of row `row` (futures diverge through sampling)."""
@@ -197,11 +284,16 @@ class Imagination:
 
     @torch.no_grad()
     def reset(self, rows: torch.Tensor | None = None, prompt: torch.Tensor | None = None,
-              context: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              context: tuple[torch.Tensor, torch.Tensor] | None = None, scene: SceneRows | None = None,
+              scratch: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Start `rows` (default: all) from prompt clips `prompt` (indices into the prompt bank; default:
         drawn with the engine's generator), or from `context` = (latents (k, C, *L), actions (k, C, A)),
         e.g. real frames just seen (a partial reset needs C equal to the engine's context). A full reset
-        from a context of k rows makes the engine k rows. Returns (latents (n, *L), features (n, d))."""
+        from a context of k rows makes the engine k rows. Returns (latents (n, *L), features (n, d)).
+
+        A conditioned world model (`spec`): `scene` holds the rows' conditions (`SceneRows`, k rows;
+        default: none given); `scratch=True` hides the context frames, so the first imagined frame is
+        generated from the conditions alone (GAIA-2's generation from scratch)."""
         full = rows is None or self.memory is None
         rows = None if full else torch.as_tensor(rows, device=self.device).long().reshape(-1)
         if rows is not None and rows.numel() == 0:
@@ -232,8 +324,21 @@ class Imagination:
         C = lat.shape[1]
         if full:
             self.block = C - 1
+        kw = {}
+        if self.spec is not None:
+            sc = scene if scene is not None else SceneRows.empty(self.spec, lat.shape[0], self.device)
+            if len(sc.metadata) != lat.shape[0]:
+                raise ConfigError(f"scene conditions for {len(sc.metadata)} rows, the reset has {lat.shape[0]}")
+            sc.hidden = torch.full((lat.shape[0],), bool(scratch), device=self.device)
+            kw = {"cond": sc.conditions(self.spec, C), "hidden": sc.hidden[:, None].expand(-1, C)}
+            if full or self.scene is None:
+                self.scene = sc if full else SceneRows.empty(self.spec, self.n, self.device)
+            if not full:
+                self.scene.assign(rows, sc)
+        elif scene is not None or scratch:
+            raise ConfigError("this world model takes no scene conditions (metadata, agents, text)")
         with autocast(self.device, self.bf16):
-            memory, feats = self.backend.start(lat, act, start_block=self.block - (C - 1))
+            memory, feats = self.backend.start(lat, act, start_block=self.block - (C - 1), **kw)
         if rows is None:
             rows = torch.arange(self.n, device=self.device)
             self.memory = memory
@@ -257,10 +362,13 @@ class Imagination:
             observed = torch.as_tensor(observed, device=self.device).to(self.backend.latent_dtype)
             if observed.shape != self.latents.shape:
                 raise ConfigError(f"observed latents must have shape {tuple(self.latents.shape)}, got {tuple(observed.shape)}")
+        kw = self._scene_step()
         with autocast(self.device, self.bf16):
             nxt, mem, reward, end = self.backend.step(self.memory, self.block, self.latents, a,
                                                       None if observed is not None else self._sample,
-                                                      guidance=self.guidance)
+                                                      guidance=self.guidance, **kw)
+        if self.scene is not None:
+            self.scene.advance(self.step_seconds)
         if observed is not None:
             nxt = observed
         self.block += 1
@@ -272,6 +380,23 @@ class Imagination:
         if self.horizon is not None:
             truncated = (self.steps.to(self.device) >= self.horizon) & ~terminated
         return StepOutput(nxt, reward.float(), terminated, truncated, self.features, p)
+
+    def _scene_step(self) -> dict:
+        """The backend's scene keywords for this step (none for a model without conditions)."""
+        if self.spec is None:
+            return {}
+        sc = self.scene if self.scene is not None else SceneRows.empty(self.spec, self.n, self.device)
+        cond = sc.conditions(self.spec)
+        kw = {"cond": cond, "hidden": sc.hidden, "guide_action": "action" in self.guide}
+        if self.guidance != 1.0:
+            drop = [g for g in self.guide if g != "action"]
+            contrast = cond.without(drop)
+            if "text" in drop and sc.negative is not None:  # GAIA-1: the negative prompt replaces "no text"
+                neg = sc.negative.norm(dim=-1) > 0
+                contrast.text = torch.where(neg[:, None], sc.negative, cond.text)
+                contrast.dropped["text"] = contrast.dropped["text"] & ~neg
+            kw["contrast"] = contrast
+        return kw
 
     @torch.no_grad()
     def frames(self, latents: torch.Tensor | None = None) -> torch.Tensor:
@@ -292,3 +417,58 @@ class Imagination:
         with autocast(self.device, self.bf16):
             out = self.backend.encode(f.reshape(-1, *f.shape[f.dim() - nd :]))
         return out.reshape(*lead, *out.shape[1:])
+
+
+SCENE_OPTIONS = ("metadata", "text", "negative", "vehicles", "agent_steps")
+
+
+def scene_rows(bundle, k: int, prompts: torch.Tensor | None = None, scene: dict | None = None,
+               device=None) -> SceneRows | None:
+    """`SceneRows` for k rows of a conditioned model from a user's scene options: the prompt clips'
+    recorded metadata (`prompts`: indices into the bundle's prompt bank), then `scene` on top:
+    ``metadata`` {field: value}, ``text`` / ``negative`` strings (embedded by the bundle's text encoder),
+    ``vehicles`` rows [x, y, vx, vy, ...] relative to the ego, ``agent_steps`` (steps they condition,
+    default 1). A model without conditions: None (any scene option is a one-line ConfigError)."""
+    scene = dict(scene or {})
+    spec = bundle.conditions
+    bad = [key for key in scene if key not in SCENE_OPTIONS]
+    if bad:
+        raise ConfigError(f"unknown scene option {bad[0]!r}; the options are {', '.join(SCENE_OPTIONS)}")
+    if spec is None:
+        if scene:
+            raise ConfigError(f"this world model takes no scene conditions (got {', '.join(scene)})")
+        return None
+    dev = device if device is not None else bundle.device
+    rows = SceneRows.empty(spec, k, dev)
+    bank = bundle.prompts.metadata
+    if prompts is not None and bank is not None and spec.metadata:
+        rows.metadata[:] = bank.to(dev)[torch.as_tensor(prompts, device=dev).long()]
+    if scene.get("metadata") is not None:
+        ids = torch.from_numpy(spec.metadata_ids(scene["metadata"])).to(dev)
+        rows.metadata[:] = torch.where(ids >= 0, ids, rows.metadata)
+    for key in ("text", "negative"):
+        t = scene.get(key)
+        if t is None:
+            continue
+        if not spec.text_dim:
+            raise ConfigError("this world model takes no text condition")
+        if not isinstance(t, str):
+            raise ConfigError(f"{key} must be a string, got {type(t).__name__}")
+        enc = bundle.text_encoder
+        if enc is None:
+            raise ConfigError("this model has no text encoder: pass text_encoder= (a callable mapping strings "
+                              f"to {spec.text_dim}-wide embeddings)")
+        with torch.no_grad():
+            e = enc([t]).float().to(dev)
+        if tuple(e.shape) != (1, spec.text_dim):
+            raise ConfigError(f"the text encoder gives {tuple(e.shape[1:])}-wide embeddings; this world model was "
+                              f"trained on {spec.text_dim}-wide text embeddings")
+        getattr(rows, key)[:] = e
+    if scene.get("vehicles") is not None:
+        rows.agents[:] = torch.from_numpy(spec.check_agents(scene["vehicles"])).to(dev)
+        steps = scene.get("agent_steps", 1)
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+            raise ConfigError(f"agent_steps must be an integer >= 0 (steps the placed vehicles condition), got {steps!r}")
+        rows.agents_left[:] = int(steps)
+    return rows
+

@@ -21,7 +21,7 @@ from gaia_gym.sims.highway import (  # noqa: E402
     record_highway_episode,
 )
 
-SCENARIOS = HighwayCollectConfig().scenarios  # highway-fast-v0, merge-v0, roundabout-v0
+SCENARIOS = HighwayCollectConfig().scenarios  # highway-fast-v0, merge-v0, roundabout-v0, intersection-v0
 
 
 def _collect(out: Path, *extra: str) -> None:
@@ -46,7 +46,7 @@ def test_tiny_collection_covers_all_scenarios(tiny):
     assert m["source"] == "highway" and m["fps"] == cfg.policy_frequency and m["frame_size"] == 64
     assert m["num_episodes"] == cfg.episodes == len(SCENARIOS)
     eps = _episodes(tiny)
-    assert [e["meta"]["scenario"] for e in eps] == list(SCENARIOS)  # round-robin
+    assert sorted(e["meta"]["scenario"] for e in eps) == sorted(SCENARIOS)  # every scenario once
     for e in eps:
         meta = e["meta"]
         assert meta["source"] == "highway"
@@ -54,7 +54,14 @@ def test_tiny_collection_covers_all_scenarios(tiny):
         assert meta["others_features"] == list(OTHERS_FEATURES)
         assert meta["behaviour_modes"] == {str(k): v for k, v in MODES.items()}
         assert 1 <= meta["steps"] <= cfg.max_steps
-    assert eps[0]["meta"]["lanes"] == 3 and eps[0]["meta"]["vehicles_count"] == 20  # highway-fast-v0
+    # highway-fast-v0: the lane count and density vary per episode (drawn from its seed)
+    hw = eps[0]["meta"]
+    assert hw["scene_overrides"]["lanes_count"] == hw["lanes"] in (2, 3, 4)
+    assert hw["vehicles_density"] == hw["scene_overrides"]["vehicles_density"]
+    assert all(e["meta"]["scene_overrides"] == {} for e in eps[1:])  # the others keep their own road
+    for e in eps:  # every listed vehicle has a track number (which follows it over time)
+        tr, o = e["others_track"], e["others"]
+        assert tr.shape == o.shape[:2] and ((o[..., 0] > 0.5) <= (tr >= 0)).all()
 
 
 def test_frames_are_drawn_and_move(tiny):
@@ -101,7 +108,22 @@ def test_rerun_does_not_rerecord_and_extends(tiny):
     m = fmt.read_manifest(tiny)
     assert m["num_episodes"] == len(before) + 1
     assert {p.name: p.stat().st_mtime_ns for p in shards} == before
-    assert m["episodes"][-1]["meta"]["scenario"] == SCENARIOS[len(before) % 3]
+    from gaia_gym.sims.highway import scenario_of
+
+    assert m["episodes"][-1]["meta"]["scenario"] == scenario_of(len(before), SCENARIOS, preset(HighwayCollectConfig, "tiny"))
+
+
+def test_both_splits_hold_every_scenario():
+    from gaia_gym.sims.highway import scenario_of
+
+    cfg = HighwayCollectConfig()
+    val = [scenario_of(i, SCENARIOS, cfg) for i in range(cfg.episodes) if i % cfg.val_every == cfg.val_every - 1]
+    train = [scenario_of(i, SCENARIOS, cfg) for i in range(cfg.episodes) if i % cfg.val_every != cfg.val_every - 1]
+    for split in (val, train):
+        counts = [split.count(s) for s in SCENARIOS]
+        assert min(counts) >= 0.9 * max(counts), counts
+    old = HighwayCollectConfig(scenario_order="round_robin")
+    assert len({scenario_of(i, SCENARIOS, old) for i in range(9, 1000, 10)}) == 2  # what round-robin did
 
 
 def test_validation_split_by_seed(tmp_path):

@@ -214,3 +214,30 @@ def test_default_tokenizer_ships_and_loads():
     tokens = t.encode(f)
     assert tokens.shape == (4, 8, 8)
     assert psnr_uint8(t.decode(tokens), f).mean() > 30
+
+
+def test_saliency_weight_counts_coloured_pixels_more():
+    """The highway preset's per-pixel weight: the same error costs more on a coloured pixel (a vehicle)
+    than on the grey road, and a weight of 0 is plain L1/L2."""
+    import torch
+
+    from gaia_gym.models.tokenizer import Tokenizer, TokenizerConfig, TOKENIZER_PRESETS
+
+    assert TOKENIZER_PRESETS["highway"]["saliency_weight"] > 0
+    frames = torch.full((2, 64, 64, 3), 100, dtype=torch.uint8)
+    frames[:, 10:13, 20:28] = torch.tensor([100, 200, 255], dtype=torch.uint8)  # a blue car
+
+    def loss(weight, where):
+        tok = Tokenizer(TokenizerConfig(enc_channels=(8, 8, 8), dec_channels=(8, 8, 8), fsq_levels=(4, 4),
+                                        saliency_weight=weight))
+        x = tok.to_input(frames)
+        target = x.clone()
+        err = torch.zeros_like(x)
+        err[:, :, where[0], where[1]] = 0.5  # the same error on 24 pixels
+        tok.forward = lambda inp: type("O", (), {"recon": target + err, "quant_loss": torch.zeros(()),
+                                                 "tokens": torch.zeros(1, dtype=torch.long), "z_q": None})()
+        return tok.compute_loss({"frames": frames})[1]["l1"]
+
+    car, road = (slice(10, 13), slice(20, 28)), (slice(40, 43), slice(20, 28))
+    assert loss(30.0, car) > 5 * loss(30.0, road)
+    assert loss(0.0, car) == pytest.approx(loss(0.0, road))

@@ -13,6 +13,11 @@ engine only calls `clone()`, `select(index)` and `assign_rows(rows, other)` on i
 restore rows without knowing what it holds. ``sampler=None`` in `step` means "the next frame is
 observed, do not sample" (the engine then takes the observed latents as the next frame).
 
+A backend whose world model takes scene conditions (`gaia_gym.models.conditions`) has a `conditions`
+attribute (its `ConditionSpec`; absent or None otherwise) and takes the scene keywords ``cond``,
+``contrast``, ``hidden`` and ``guide_action`` in `start` (cond, hidden) and `step`; the engine passes
+them only when conditions are set, so a backend without conditions needs none of this.
+
 A frame's latent is described by `latent_shape` / `latent_dtype` / `latent_key`: integer tokens (g, g)
 under the key "tokens" for the discrete GAIA-1 design (`gaia_gym.backends.tokens.TokenBackend`), or
 float latents (c, h, w) under "latents" for a continuous design. Envs, agents and planners read only

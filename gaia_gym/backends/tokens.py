@@ -48,6 +48,7 @@ class TokenBackend:
         self.frame_size = tc.frame_size
         self.frame_shape = (*rig, tc.frame_size, tc.frame_size, 3)
         self.window = wc.context
+        self.conditions = wc.condition_spec  # ConditionSpec of the scene conditions, or None
 
     @property
     def device(self) -> torch.device:
@@ -57,15 +58,17 @@ class TokenBackend:
         """Top-k sampling at `temperature` (0: greedy) with `generator`."""
         return make_sampler(temperature, top_k, generator)
 
-    def start(self, latents: torch.Tensor, actions: torch.Tensor, start_block: int) -> tuple[KVCache, torch.Tensor]:
+    def start(self, latents: torch.Tensor, actions: torch.Tensor, start_block: int, cond=None,
+              hidden=None) -> tuple[KVCache, torch.Tensor]:
         cache = KVCache()
-        features = self.world_model.prefill(cache, latents.long(), actions.float(), start_block=start_block)
+        features = self.world_model.prefill(cache, latents.long(), actions.float(), start_block=start_block,
+                                            cond=cond, hidden=hidden)
         return cache, features
 
     def step(self, memory: KVCache, block: int, current: torch.Tensor, actions: torch.Tensor, sampler,
-             guidance: float = 1.0):
+             guidance: float = 1.0, **scene):
         sample = _skip_sampling if sampler is None else sampler
-        return self.world_model.step(memory, block, current, actions, sample, guidance=guidance)
+        return self.world_model.step(memory, block, current, actions, sample, guidance=guidance, **scene)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """(n, *frame_shape) uint8 -> (n, *latent_shape); a rig's views are encoded one by one (shared weights)."""

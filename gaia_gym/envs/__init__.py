@@ -17,6 +17,9 @@ _LAZY = {
     "GaiaDriveEnv": "gaia_gym.envs.gaia_drive",
     "GaiaDriveVectorEnv": "gaia_gym.envs.vector",
     "GaiaDriveVecEnv": "gaia_gym.envs.sb3",
+    "GaiaHighwayEnv": "gaia_gym.envs.gaia_highway",
+    "GaiaHighwayVectorEnv": "gaia_gym.envs.vector",
+    "RealHighwayEnv": "gaia_gym.envs.real_highway",
 }
 
 __all__ = list(_LAZY)

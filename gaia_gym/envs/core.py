@@ -135,7 +135,8 @@ class ImaginedBatch:
     def __init__(self, n: int = 1, model=None, obs_mode: str = "all", horizon: int | None = 250,
                  reward_fn: RewardFn | None = None, temperature: float = 1.0, top_k: int | None = None,
                  guidance: float = 1.0, device: str | torch.device = "cpu", bundle: WorldBundle | None = None,
-                 end_threshold: float = 0.5, bf16: bool = True, int8: bool = False, cameras=None) -> None:
+                 end_threshold: float = 0.5, bf16: bool = True, int8: bool = False, cameras=None,
+                 guide=("action",), text_encoder=None) -> None:
         n = check_count(n)
         named = [k for k in LATENT_KEYS if isinstance(obs_mode, str) and k in obs_mode.split("+")]
         parse_obs_mode(obs_mode, named[0] if named else "tokens")  # a malformed obs_mode fails before the model loads
@@ -151,13 +152,17 @@ class ImaginedBatch:
             self.bundle = self.bundle.with_cameras(cameras)
         if int8:  # the world model's Linear layers in int8 (CPU; docs/performance.md)
             self.bundle = self.bundle.with_backend(int8=True)
+        if text_encoder is not None:  # a user's text encoder (CLIP, T5...) of the width the model was trained on
+            self.bundle = self.bundle.with_text_encoder(text_encoder)
+        self.spec = self.bundle.conditions
         self.latent_key = self.bundle.backend.latent_key
         self.keys = parse_obs_mode(obs_mode, self.latent_key)  # again, now that the model's latent key is known
         self.codec = self.bundle.codec
         self.horizon = None if horizon is None else int(horizon)
         self.reward_fn = reward_fn
         self.engine = Imagination(self.bundle, n=n, temperature=temperature, top_k=top_k, guidance=guidance,
-                                  horizon=self.horizon, end_threshold=end_threshold, seed=None, bf16=bf16)
+                                  horizon=self.horizon, end_threshold=end_threshold, seed=None, bf16=bf16,
+                                  guide=guide, step_seconds=self.bundle.step_seconds)
         self.n = int(n)
         self.num_prompts = len(self.bundle.prompts)
         self.single_observation_space = observation_space(self.bundle, self.keys)
@@ -209,19 +214,33 @@ class ImaginedBatch:
             self._frames = to_numpy(self.engine.frames())
         return self._frames
 
+    # ---- scene conditions ------------------------------------------------------------------------
+    def scene_rows(self, k: int, prompts: torch.Tensor | None, scene: dict | None):
+        """`SceneRows` for k rows (`gaia_gym.imagination.scene_rows`: the prompt clips' recorded metadata,
+        then the user's `scene` options on top); None for a model without conditions."""
+        from gaia_gym.imagination import scene_rows
+
+        return scene_rows(self.bundle, k, prompts, scene, self.engine.device)
+
     # ---- reset / step ----------------------------------------------------------------------------
-    def reset(self, rows: np.ndarray | None = None, prompt=None) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Start `rows` (default: all) from prompt clips. Returns (obs of those rows, their prompt indices)."""
+    def reset(self, rows: np.ndarray | None = None, prompt=None, scene: dict | None = None,
+              scratch: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Start `rows` (default: all) from prompt clips. Returns (obs of those rows, their prompt indices).
+
+        A conditioned model: `scene` options (see `scene_rows`) condition the rows; `scratch=True` hides
+        the prompt clip, so the scene is generated from the conditions alone."""
         k = self.n if rows is None else len(rows)
         p = self.prompts(k, prompt)
+        rows_scene = self.scene_rows(k, p, scene)
+        kw = {} if rows_scene is None else {"scene": rows_scene, "scratch": bool(scratch)}
         if rows is None:
-            tokens, features = self.engine.reset(prompt=p)
+            tokens, features = self.engine.reset(prompt=p, **kw)
             sel = slice(None)
             obs = self.observe(tokens, features)
         else:
             sel = np.asarray(rows, dtype=np.int64)
             idx = torch.as_tensor(sel, device=self.engine.device)
-            tokens, features = self.engine.reset(rows=idx, prompt=p)
+            tokens, features = self.engine.reset(rows=idx, prompt=p, **kw)
             obs = self.observe(tokens[idx], features[idx])
         self._frames = obs["frame"] if rows is None and "frame" in obs else None
         self.last_reward[sel] = 0.0

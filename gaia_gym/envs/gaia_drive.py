@@ -93,15 +93,18 @@ class GaiaDriveEnv(gym.Env):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ConfigError(f"render_mode must be one of {self.metadata['render_modes']} or None, "
                               f"got {render_mode!r}")
-        self.core = ImaginedBatch(1, model=model, obs_mode=obs_mode, horizon=horizon, reward_fn=reward_fn,
-                                  temperature=temperature, top_k=top_k, guidance=guidance, device=device,
-                                  bundle=bundle, end_threshold=end_threshold, bf16=bf16, int8=int8,
-                                  cameras=cameras)
+        self.core = self._make_core(model=model, obs_mode=obs_mode, horizon=horizon, reward_fn=reward_fn,
+                                    temperature=temperature, top_k=top_k, guidance=guidance, device=device,
+                                    bundle=bundle, end_threshold=end_threshold, bf16=bf16, int8=int8,
+                                    cameras=cameras)
         self.obs_mode, self.horizon, self.render_mode = obs_mode, self.core.horizon, render_mode
         self.observation_space = self.core.single_observation_space
         self.action_space = self.core.single_action_space
         self._needs_reset = True
         self._viewer = None
+
+    def _make_core(self, **kw) -> ImaginedBatch:
+        return ImaginedBatch(1, **kw)
 
     @property
     def engine(self):

@@ -146,3 +146,16 @@ class GaiaDriveVectorEnv(VectorEnv):
 
     def close_extras(self, **kwargs: Any) -> None:
         self._needs_reset = True
+
+
+class GaiaHighwayVectorEnv(GaiaDriveVectorEnv):
+    """`GaiaDriveVectorEnv` over the highway-env world model by default (the vector entry point of
+    "GaiaHighway-v0"); prompt-started rows are conditioned on their clip's recorded metadata."""
+
+    def __init__(self, num_envs: int = 1, model=None, horizon: int | None = 40, **kwargs) -> None:
+        from gaia_gym.envs.real_highway import default_highway_model
+
+        if model is None and kwargs.get("bundle") is None:
+            model = default_highway_model()
+        super().__init__(num_envs, model=model, horizon=horizon, **kwargs)
+

@@ -116,6 +116,12 @@ class ActionCodec:
         return a[..., 0], (a[..., 1] + 1) / 2 * self.max_speed_mps
 
 
+# highway-env: the ego's speed tops out at 40 m/s (its Vehicle.MAX_SPEED); steering is the raw
+# ContinuousAction steering command (-1 = -pi/4 rad of wheel angle, to the left)
+HIGHWAY_CODEC = ActionCodec(max_speed_mps=40.0,
+                            steering_unit="highway-env ContinuousAction steering (-1 = -45 deg left .. +1 = +45 deg right)")
+
+
 # ----------------------------------------------------------------------------------------------
 # action validation (every adapter and the engine use these; one-line errors)
 # ----------------------------------------------------------------------------------------------

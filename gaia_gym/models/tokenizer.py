@@ -37,6 +37,10 @@ class TokenizerConfig:
     vq_dim: int = 16  # low code dimension for quantizer="vq" (GAIA-1: low-dim L2-normalised codes)
     l1_weight: float = 1.0
     l2_weight: float = 1.0
+    # per-pixel weight 1 + saliency_weight * chroma (max - min of the target's RGB, 0 for greys and
+    # whites): small coloured objects (highway-env's vehicles: a few pixels each on grey road) count
+    # in the reconstruction loss as much as the road around them; 0 = plain L1/L2
+    saliency_weight: float = 0.0
     quant_weight: float = 1.0  # weight of the VQ codebook/commitment loss (FSQ has none)
     distill_weight: float = 0.0  # cosine feature distillation towards a frozen teacher (0 = off)
     distill_dim: int = 0  # teacher feature channels (set when a teacher is used)
@@ -73,6 +77,8 @@ TOKENIZER_PRESETS = {
     "t4x4": dict(enc_channels=(32, 64, 128, 192), dec_channels=(192, 128, 64, 32),
                  fsq_levels=(8, 8, 8, 5, 5, 5)),
     "t8x8": {},
+    # highway-env: vehicles are a few coloured pixels on grey road; weight them (see saliency_weight)
+    "highway": dict(saliency_weight=30.0),
     "t8x8-vq": dict(quantizer="vq"),
     "t16x16": dict(enc_channels=(32, 64), dec_channels=(64, 32), fsq_levels=(4, 4)),
 }
@@ -227,8 +233,14 @@ class Tokenizer(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         out = self(x)
         recon = out.recon.float()
-        l1 = F.l1_loss(recon, x)
-        l2 = F.mse_loss(recon, x)
+        if self.cfg.saliency_weight > 0:
+            w = 1.0 + self.cfg.saliency_weight * (x.amax(1, keepdim=True) - x.amin(1, keepdim=True)).float()
+            w = w / w.mean()
+            l1 = ((recon - x).abs() * w).mean()
+            l2 = ((recon - x).pow(2) * w).mean()
+        else:
+            l1 = F.l1_loss(recon, x)
+            l2 = F.mse_loss(recon, x)
         loss = self.cfg.l1_weight * l1 + self.cfg.l2_weight * l2 + self.cfg.quant_weight * out.quant_loss
         metrics = {"l1": l1.item(), "l2": l2.item(), "quant": float(out.quant_loss.detach()),
                    "psnr": psnr(recon.detach(), x).item()}

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from gaia_gym.models.conditions import ConditionEncoder, Conditions, ConditionSpec, training_conditions
 from gaia_gym.models.layout import TokenLayout
 from gaia_gym.sims.rig import Camera
 from gaia_gym.errors import ConfigError
@@ -61,6 +62,9 @@ class WorldModelConfig:
     # tagged by an embedding of its camera's pose (so a model can be given another rig: `for_cameras`)
     cameras: tuple = ()
     view_dropout: float = 0.0  # training: share of clips in which a random subset of the views is hidden
+    # scene conditions beside the action (gaia_gym.models.conditions.ConditionSpec as a dict; None: none):
+    # metadata, agent boxes, text, how they enter (cross-attention or adaLN) and their training dropouts
+    conditions: dict | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "code_levels", tuple(int(x) for x in self.code_levels))
@@ -81,6 +85,17 @@ class WorldModelConfig:
             raise ConfigError(f"embedding must be 'codes' or 'digits', got {self.embedding!r}")
         if self.embedding == "digits" and not self.code_levels:
             raise ConfigError("the digits embedding needs code_levels (an FSQ tokenizer's levels)")
+        if self.conditions:
+            spec = ConditionSpec(**self.conditions) if isinstance(self.conditions, dict) else self.conditions
+            object.__setattr__(self, "conditions", _spec_dict(spec))
+            if self.decoding != "parallel":
+                raise ConfigError("scene conditions need parallel decoding")
+        else:
+            object.__setattr__(self, "conditions", None)
+
+    @property
+    def condition_spec(self) -> ConditionSpec | None:
+        return ConditionSpec.from_dict(self.conditions)
 
     @property
     def head_width(self) -> int:
@@ -99,6 +114,15 @@ class WorldModelConfig:
     def layout(self) -> TokenLayout:
         return TokenLayout(image_tokens=self.views * (self.grid // self.patch) ** 2, image_vocab=self.vocab,
                            action_tokens=self.action_dim, views=self.views)
+
+
+def _spec_dict(spec: ConditionSpec) -> dict:
+    from dataclasses import asdict
+
+    d = asdict(spec)
+    d["metadata"] = [[k, list(v)] for k, v in spec.metadata]
+    d["agent_fields"] = list(spec.agent_fields)
+    return d
 
 
 WORLD_MODEL_PRESETS = {
@@ -271,6 +295,25 @@ class Attention(nn.Module):
         return self.proj(rearrange(y, "b h n e -> b n (h e)"))
 
 
+class CrossAttention(nn.Module):
+    """Each token attends to the condition tokens of its own block (time step)."""
+
+    def __init__(self, cfg: WorldModelConfig) -> None:
+        super().__init__()
+        self.h = cfg.n_heads
+        self.q = nn.Linear(cfg.d_model, cfg.d_model)
+        self.kv = nn.Linear(cfg.d_model, 2 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+
+    def forward(self, x, ctx, ctx_mask, n: int):
+        """x (B, T*n, d), ctx (B, T, C, d), ctx_mask (B, T, C) bool."""
+        B, T = ctx.shape[:2]
+        q = rearrange(self.q(x), "b (t n) (h e) -> (b t) h n e", n=n, h=self.h)
+        k, v = rearrange(self.kv(ctx), "b t c (two h e) -> two (b t) h c e", two=2, h=self.h)
+        y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=ctx_mask.reshape(B * T, 1, 1, -1))
+        return self.proj(rearrange(y, "(b t) h n e -> b (t n) (h e)", b=B))
+
+
 class Block(nn.Module):
     def __init__(self, cfg: WorldModelConfig) -> None:
         super().__init__()
@@ -278,9 +321,35 @@ class Block(nn.Module):
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.attn = Attention(cfg)
         self.mlp = nn.Sequential(nn.Linear(d, cfg.mlp_ratio * d), nn.GELU(), nn.Linear(cfg.mlp_ratio * d, d))
+        spec = cfg.condition_spec
+        self.mode = spec.mode if spec else None
+        if self.mode == "adaln":  # adaLN: scale, shift and gate of both sublayers from the pooled condition
+            self.ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        elif self.mode == "cross":
+            self.ln_c = nn.LayerNorm(d)
+            self.xattn = CrossAttention(cfg)
 
-    def forward(self, x, pos, mask, cache: KVCache | None = None, layer: int = 0):
+    def zero_condition_init(self) -> None:
+        """Conditions start with no effect (adaLN-Zero; a zero cross-attention output)."""
+        if self.mode == "adaln":
+            nn.init.zeros_(self.ada[-1].weight)
+            nn.init.zeros_(self.ada[-1].bias)
+        elif self.mode == "cross":
+            nn.init.zeros_(self.xattn.proj.weight)
+            nn.init.zeros_(self.xattn.proj.bias)
+
+    def forward(self, x, pos, mask, cache: KVCache | None = None, layer: int = 0, cond=None):
+        if cond is None or self.mode is None:
+            x = x + self.attn(self.ln1(x), pos, mask, cache, layer)
+            return x + self.mlp(self.ln2(x))
+        tokens, key_mask, pooled, n = cond
+        if self.mode == "adaln":
+            m = self.ada(pooled).repeat_interleave(n, dim=1)  # (B, T*n, 6d)
+            s1, b1, g1, s2, b2, g2 = m.to(x.dtype).chunk(6, dim=-1)
+            x = x + (1 + g1) * self.attn(self.ln1(x) * (1 + s1) + b1, pos, mask, cache, layer)
+            return x + (1 + g2) * self.mlp(self.ln2(x) * (1 + s2) + b2)
         x = x + self.attn(self.ln1(x), pos, mask, cache, layer)
+        x = x + self.xattn(self.ln_c(x), tokens, key_mask, n)
         return x + self.mlp(self.ln2(x))
 
 
@@ -333,6 +402,10 @@ class WorldModel(nn.Module):
         self.act_b = nn.Parameter(torch.zeros(cfg.action_dim, d))
         self.null_action = nn.Parameter(torch.zeros(cfg.action_dim, d))
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
+        self.spec = cfg.condition_spec
+        if self.spec is not None:
+            self.cond_enc = ConditionEncoder(self.spec, d)
+            self.missing_frame = nn.Parameter(torch.zeros(d))  # input of a hidden frame (generation from scratch)
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, S * cfg.head_width)
         if cfg.code_levels:
@@ -351,6 +424,10 @@ class WorldModel(nn.Module):
         self.apply(self._init)
         nn.init.normal_(self.pos_emb, std=0.02)
         nn.init.zeros_(self.reward_head[-1].weight)  # start by predicting reward 0
+        if self.spec is not None:
+            nn.init.normal_(self.missing_frame, std=0.02)
+            for blk in self.blocks:
+                blk.zero_condition_init()
         if cfg.cameras:  # start with every view looking like the single camera (warm starts from one)
             nn.init.zeros_(self.cam_emb[-1].weight)
             nn.init.normal_(self.missing_view, std=0.02)
@@ -454,26 +531,46 @@ class WorldModel(nn.Module):
     # ---- forward -----------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, actions: torch.Tensor, null_action: torch.Tensor | None = None,
                 cache: KVCache | None = None, start_block: int = 0,
-                visible: torch.Tensor | None = None) -> WorldModelOutput:
+                visible: torch.Tensor | None = None, cond: Conditions | None = None,
+                hidden: torch.Tensor | None = None) -> WorldModelOutput:
         """Run T whole blocks: tokens (B, T, g, g) int64 (a rig: (B, T, V, g, g)), actions (B, T, A).
 
         With `cache`, the blocks continue the cached sequence (block indices from `start_block`) and their
         keys/values are appended to it. `visible` (B, V) bool: a rig's views shown per row (default all,
-        or those of `seeing`).
+        or those of `seeing`). `cond`: the blocks' scene conditions (`gaia_gym.models.conditions`; a model
+        with conditions treats None as all of them dropped); `hidden` (B, T) bool: frames replaced by the
+        learned missing-frame input (generation from scratch).
         """
         B, T = tokens.shape[:2]
         L = self.layout
         img = self._hide_views(self.embed_image(self.patchify(tokens)), visible)  # (B, T, P, d)
+        img = self._hide_frames(img, hidden)
         act = self.embed_action(actions, null_action)  # (B, T, A, d)
         x = torch.cat([img, act], dim=2) + self.block_pos()  # (B, T, block, d)
         x = rearrange(x, "b t n d -> b (t n) d")
         dev = x.device
         blocks = torch.arange(start_block, start_block + T, device=dev).repeat_interleave(L.block)
         slots = torch.arange(L.block, device=dev).repeat(T)
-        hid = self._run(x, blocks, slots, cache)
+        hid = self._run(x, blocks, slots, cache, self._condition(cond, B, T, L.block, x.device))
         return self._heads(rearrange(hid, "b (t n) d -> b t n d", n=L.block))
 
-    def _run(self, x, blocks, slots, cache: KVCache | None):
+    def _hide_frames(self, img: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
+        """img (B, T, P, d): frames with hidden (B, T) True get the learned missing-frame input."""
+        if hidden is None or self.spec is None:
+            return img
+        return torch.where(hidden.to(img.device)[:, :, None, None], self.missing_frame.to(img.dtype), img)
+
+    def _condition(self, cond: Conditions | None, B: int, T: int, n: int, device):
+        """What the blocks take from the conditions: (tokens, key mask, pooled, tokens per block), or None
+        for a model without conditions."""
+        if self.spec is None:
+            if cond is not None and cond.batch:
+                raise ConfigError("this world model takes no scene conditions (it was trained on actions only)")
+            return None
+        tokens, mask, pooled = self.cond_enc(cond, B, T, device)
+        return tokens, mask, pooled, n
+
+    def _run(self, x, blocks, slots, cache: KVCache | None, cond=None):
         if cache is not None and cache.length:
             k_blocks, k_slots = torch.cat([cache.pos, blocks]), torch.cat([cache.kind, slots])
         else:
@@ -485,7 +582,7 @@ class WorldModel(nn.Module):
             cache.reserve(len(blocks))
         rot = rope_tables(blocks, self.cfg.d_model // self.cfg.n_heads)
         for i, blk in enumerate(self.blocks):
-            x = blk(x, rot, mask, cache, i)
+            x = blk(x, rot, mask, cache, i, cond)
         if cache is not None:
             cache.commit(blocks, slots)
         return self.ln_f(x)
@@ -554,7 +651,10 @@ class WorldModel(nn.Module):
         B, T = tokens.shape[:2]
         null = torch.rand(B, T, device=tokens.device) < self.cfg.action_dropout if self.training else None
         visible = self.view_dropout_mask(B, tokens.device) if self.training else None
-        out = self.forward(tokens, actions, null, visible=visible)
+        cond, hidden = self.batch_conditions(batch, train=self.training)
+        if cond is not None and self.training:
+            null = null | cond.dropped.pop("action")[:, None]
+        out = self.forward(tokens, actions, null, visible=visible, cond=cond, hidden=hidden)
         logits, target = self.next_frame_logits(out), self.patchify(tokens[:, 1:])  # (B,T-1,P,S,K), (B,T-1,P,S)
         nll, correct = self.image_nll(logits, target)
         ce, acc = nll.mean(), correct.float().mean()
@@ -566,6 +666,24 @@ class WorldModel(nn.Module):
         return loss, {"ce": ce.item(), "token_acc": acc.item(), "reward_loss": r_loss.item(),
                       "end_loss": e_loss.item(),
                       "reward_mae": (out.reward - batch["reward"].float()).abs().mean().item()}
+
+    def batch_conditions(self, batch: dict, train: bool = False) -> tuple[Conditions | None, torch.Tensor | None]:
+        """The conditions of a training/evaluation batch (keys "metadata" (B, F), "agents" (B, T, N, F)
+        normalised boxes of the frames each block predicts, "agent_tracks" (B, T, N), "text" (B, E)):
+        with `train`, the spec's dropouts drawn (the all-dropped rows under ``dropped["action"]``) and
+        the hidden frames of generation from scratch; else everything given and nothing hidden."""
+        if self.spec is None:
+            return None, None
+        meta, agents, text = (batch.get(k) if n in self.spec.names else None
+                              for k, n in (("metadata", "metadata"), ("agents", "agents"), ("text", "text")))
+        tokens = batch["tokens"]
+        B, T = tokens.shape[:2]
+        if not train:
+            return Conditions(metadata=meta, agents=agents, text=text), None
+        cond, every, hidden = training_conditions(self.spec, B, T, tokens.device, meta, agents,
+                                                  batch.get("agent_tracks"), text)
+        cond.dropped["action"] = every
+        return cond, hidden
 
     def view_dropout_mask(self, B: int, device) -> torch.Tensor | None:
         """(B, V) bool views shown in training: in a `view_dropout` share of the clips each view is hidden
@@ -581,11 +699,11 @@ class WorldModel(nn.Module):
         return ~hide
 
     @torch.no_grad()
-    def teacher_forced(self, tokens: torch.Tensor, actions: torch.Tensor) -> TeacherForced:
+    def teacher_forced(self, tokens: torch.Tensor, actions: torch.Tensor, cond: Conditions | None = None) -> TeacherForced:
         """Evaluation on real clips (tokens (B, T, g, g), actions (B, T, A)), no action dropout: next-frame
         negative log-likelihood and argmax accuracy summed over frames 1..T-1, and every block's reward
         and end logit."""
-        out = self.forward(tokens, actions)
+        out = self.forward(tokens, actions, cond=cond)
         nll, ok = self.image_nll(self.next_frame_logits(out).float(), self.patchify(tokens[:, 1:]))
         return TeacherForced({"val_cross_entropy": float(nll.sum()), "token_accuracy": float(ok.sum())}, nll.numel(),
                              out.reward, out.end_logit)
@@ -608,18 +726,23 @@ class WorldModel(nn.Module):
         prediction in a clip sees context - 1 blocks)."""
         return self.cfg.context - 1
 
-    def _block_embedding(self, tokens: torch.Tensor, actions: torch.Tensor, null: torch.Tensor | None = None):
-        """One block per row: tokens (B, g, g), actions (B, A) -> (B, block, d)."""
-        img = self._hide_views(self.embed_image(self.patchify(tokens[:, None])), None)[:, 0]
+    def _block_embedding(self, tokens: torch.Tensor, actions: torch.Tensor, null: torch.Tensor | None = None,
+                         hidden: torch.Tensor | None = None):
+        """One block per row: tokens (B, g, g), actions (B, A) -> (B, block, d); hidden (B,) bool rows get
+        the missing-frame input."""
+        img = self._hide_views(self.embed_image(self.patchify(tokens[:, None])), None)
+        img = self._hide_frames(img, None if hidden is None else hidden[:, None])[:, 0]
         act = self.embed_action(actions[:, None], None if null is None else null[:, None])[:, 0]
         return torch.cat([img, act], dim=1) + self.block_pos()
 
-    def _feed(self, cache: KVCache, x: torch.Tensor, block: int, slots: torch.Tensor) -> torch.Tensor:
+    def _feed(self, cache: KVCache, x: torch.Tensor, block: int, slots: torch.Tensor,
+              cond: Conditions | None = None) -> torch.Tensor:
         blocks = torch.full_like(slots, block)
-        return self._run(x, blocks, slots, cache)
+        return self._run(x, blocks, slots, cache, self._condition(cond, x.shape[0], 1, x.shape[1], x.device))
 
     @torch.no_grad()
-    def prefill(self, cache: KVCache, tokens: torch.Tensor, actions: torch.Tensor, start_block: int = 0) -> torch.Tensor:
+    def prefill(self, cache: KVCache, tokens: torch.Tensor, actions: torch.Tensor, start_block: int = 0,
+                cond: Conditions | None = None, hidden: torch.Tensor | None = None) -> torch.Tensor:
         """Feed real context blocks (of tokens (B, T, g, g), actions (B, T, A)) except the last into an
         empty cache at block indices start_block.., keeping the window; the last frame is fed by the first
         `step`, with its action. Returns the memory after the last fed block (B, d): the hidden feature
@@ -627,17 +750,26 @@ class WorldModel(nn.Module):
         T = tokens.shape[1]
         if T == 1:
             return torch.zeros(tokens.shape[0], self.cfg.d_model, device=tokens.device)
-        out = self.forward(tokens[:, : T - 1], actions[:, : T - 1], cache=cache, start_block=start_block)
+        out = self.forward(tokens[:, : T - 1], actions[:, : T - 1], cache=cache, start_block=start_block,
+                           cond=None if cond is None else cond.blocks(slice(0, T - 1)),
+                           hidden=None if hidden is None else hidden[:, : T - 1])
         cache.trim(start_block + T - 1 - self.window + 1)
         return out.memory[:, -1]
 
     @torch.no_grad()
     def step(self, cache: KVCache, block: int, tokens: torch.Tensor, actions: torch.Tensor, sample,
-             guidance: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+             guidance: float = 1.0, cond: Conditions | None = None, hidden: torch.Tensor | None = None,
+             contrast: Conditions | None = None, guide_action: bool = True
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One imagined step from frame `block`: append (tokens (B, g, g), actions (B, A)) to `cache` and
         generate frame block+1. `sample(logits (..., V)) -> ids`. Returns (next tokens (B, g, g),
-        memory (B, d), reward (B,), end logit (B,)). `guidance` > 1: classifier-free guidance on the
-        action (parallel decoding only)."""
+        memory (B, d), reward (B,), end logit (B,)).
+
+        `cond`: this block's scene conditions (agents (B, 1, N, F)); `hidden` (B,) bool: the current frame
+        is hidden (generation from scratch). `guidance` > 1: classifier-free guidance (parallel decoding
+        only): logits = contrast + guidance * (conditioned - contrast), where the contrast pass has the
+        action nulled (`guide_action`) and takes the `contrast` conditions (e.g. `cond.without(["text"])`,
+        or a negative prompt's text: GAIA-1's negative prompting); the history stays conditioned."""
         L = self.layout
         dev = tokens.device
         if self.cfg.decoding == "parallel":
@@ -645,9 +777,10 @@ class WorldModel(nn.Module):
             if guidance != 1.0:
                 cache.reserve(L.block)
                 tmp = cache.view()  # its writes are overwritten by the conditional pass below
-                null = torch.ones(len(tokens), dtype=torch.bool, device=dev)
-                hu = self._feed(tmp, self._block_embedding(tokens, actions, null), block, slots)
-            h = self._feed(cache, self._block_embedding(tokens, actions), block, slots)
+                null = torch.full((len(tokens),), bool(guide_action), dtype=torch.bool, device=dev)
+                hu = self._feed(tmp, self._block_embedding(tokens, actions, null, hidden), block, slots,
+                                contrast if contrast is not None else cond)
+            h = self._feed(cache, self._block_embedding(tokens, actions, None, hidden), block, slots, cond)
             logits = self.image_logits(h[:, L.image_slice]).float()
             if guidance != 1.0:
                 lu = self.image_logits(hu[:, L.image_slice]).float()
@@ -657,6 +790,8 @@ class WorldModel(nn.Module):
         else:
             if guidance != 1.0:
                 raise ConfigError("classifier-free guidance is implemented for parallel decoding only")
+            if cond is not None or hidden is not None:
+                raise ConfigError("scene conditions need parallel decoding")
             nxt, mem = self._step_autoregressive(cache, block, tokens, actions, sample)
         cache.trim(block + 1 - self.window + 1)
         reward = self.expected_reward(mem)

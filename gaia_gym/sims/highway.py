@@ -189,13 +189,28 @@ def _check_video_driver() -> None:
         os.environ["SDL_VIDEODRIVER"] = "offscreen"
 
 
-def make_env(scenario: str, cfg: HighwayCollectConfig) -> gym.Env:
-    """The registered highway-env scenario with continuous actions, Kinematics observation, rgb frames."""
+def make_env(scenario: str, cfg: HighwayCollectConfig, scene: dict | None = None, render: bool = True) -> gym.Env:
+    """The registered highway-env scenario with continuous actions, Kinematics observation, rgb frames
+    (``render=False``: no frames, faster); `scene`: highway-env config overrides (e.g.
+    `scene_variation`'s lane count and density)."""
     _check_video_driver()
     spec = gym.spec(scenario)
     cls = _continuous_safe(_env_class(scenario))
-    return gym.make(dataclasses.replace(spec, entry_point=cls), render_mode="rgb_array",
-                    config=env_config(scenario, cfg), disable_env_checker=True)
+    return gym.make(dataclasses.replace(spec, entry_point=cls), render_mode="rgb_array" if render else None,
+                    config={**env_config(scenario, cfg), **(scene or {})}, disable_env_checker=True)
+
+
+def scene_variation(scenario: str, seed: int, cfg: HighwayCollectConfig) -> dict:
+    """Per-episode scene knobs (drawn from the episode seed, so reproducible): scenarios whose config has
+    ``lanes_count`` and ``vehicles_density`` (highway-fast) get a lane count from `cfg.lanes_choices`
+    and a density from `cfg.density_choices`, so the metadata the world model is conditioned on varies
+    within a scenario; other scenarios keep their own road network."""
+    base = _env_class(scenario).default_config()
+    if not cfg.vary_scenes or "lanes_count" not in base or "vehicles_density" not in base:
+        return {}
+    rng = np.random.default_rng([int(seed), 7])
+    return {"lanes_count": int(rng.choice(cfg.lanes_choices)),
+            "vehicles_density": float(rng.choice(cfg.density_choices))}
 
 
 def grab_frame(env: gym.Env, size: int) -> np.ndarray:
@@ -429,12 +444,32 @@ class BehaviourPolicy:
 # ----------------------------------------------------------------------------------------------
 # recording
 # ----------------------------------------------------------------------------------------------
+def others_tracks(env, ids: dict[int, int]) -> np.ndarray:
+    """(OTHERS_COUNT,) int16 track numbers of the vehicles in this step's ``others`` rows (-1: no vehicle).
+
+    The Kinematics observation sorts the other vehicles by distance, so a row is not the same vehicle
+    from one step to the next; the track number is (numbered in order of first sight in the episode;
+    static obstacles, e.g. merge-v0's end of the ramp, are rows of the observation and get one too).
+    The rows are listed by the same call the observation makes (`Road.close_objects_to`, same
+    arguments), so row i here is row i of ``others``."""
+    u = env.unwrapped
+    obs_type = u.observation_type
+    close = u.road.close_objects_to(u.vehicle, u.PERCEPTION_DISTANCE, count=OTHERS_COUNT, see_behind=True,
+                                    sort=getattr(obs_type, "order", "sorted") == "sorted",
+                                    vehicles_only=not getattr(obs_type, "include_obstacles", True))
+    out = np.full(OTHERS_COUNT, -1, dtype=np.int16)
+    for i, v in enumerate(close[:OTHERS_COUNT]):
+        out[i] = ids.setdefault(id(v), len(ids))
+    return out
+
+
 def record_highway_episode(spec: EpisodeSpec, cfg: HighwayCollectConfig) -> tuple[dict, dict]:
     """Drive scenario ``spec.extra[0]`` with seed ``spec.seed``; returns (arrays, meta) for one shard."""
     if not spec.extra:
         raise ConfigError(f"episode {spec.index}: the spec names no scenario (extra=())")
     scenario = str(spec.extra[0])
-    env = make_env(scenario, cfg)
+    scene = scene_variation(scenario, spec.seed, cfg)
+    env = make_env(scenario, cfg, scene)
     try:
         obs, _ = env.reset(seed=int(spec.seed))
         u = env.unwrapped
@@ -443,16 +478,18 @@ def record_highway_episode(spec: EpisodeSpec, cfg: HighwayCollectConfig) -> tupl
         lanes, lanes_source = lane_count(env)
         others_at_reset = len(u.road.vehicles) - 1
         limit = int(cfg.max_steps) if cfg.max_steps and cfg.max_steps > 0 else HARD_STEP_LIMIT
-        keys = ("frames", "others", "steering", "speed_mps", "target_speed_mps", "raw_action", "reward",
+        ids: dict[int, int] = {}  # id(vehicle) -> track number (order of first sight)
+        keys = ("frames", "others", "others_track", "steering", "speed_mps", "target_speed_mps", "raw_action", "reward",
                 "terminated", "truncated", "behaviour")
         rec: dict[str, list] = {k: [] for k in keys}
         frame = grab_frame(env, cfg.frame_size)
         while True:
             others = np.asarray(obs, dtype=np.float32)[1:]
+            track = others_tracks(env, ids)
             speed = float(u.vehicle.speed)
             action, mode = policy.act(others)
             obs, reward, terminated, truncated, _ = env.step(action)
-            for k, v in (("frames", frame), ("others", others), ("steering", action[1]), ("speed_mps", speed),
+            for k, v in (("frames", frame), ("others", others), ("others_track", track), ("steering", action[1]), ("speed_mps", speed),
                          ("target_speed_mps", float(u.vehicle.speed)), ("raw_action", action),
                          ("reward", float(reward)), ("terminated", bool(terminated)),
                          ("truncated", bool(truncated)), ("behaviour", mode)):
@@ -464,6 +501,8 @@ def record_highway_episode(spec: EpisodeSpec, cfg: HighwayCollectConfig) -> tupl
                 rec["truncated"][-1] = True
                 break
         crashed = bool(u.vehicle.crashed)
+        sizes = {(float(v.LENGTH), float(v.WIDTH)) for v in u.road.vehicles if v is not u.vehicle}
+        ego_size = (float(u.vehicle.LENGTH), float(u.vehicle.WIDTH))
         config = u.config
         sim_hz = int(config["simulation_frequency"])
     finally:
@@ -471,6 +510,7 @@ def record_highway_episode(spec: EpisodeSpec, cfg: HighwayCollectConfig) -> tupl
     arrays = {k: np.asarray(v) for k, v in rec.items()}
     arrays["frames"] = np.stack(rec["frames"]).astype(np.uint8)
     arrays["others"] = np.stack(rec["others"]).astype(np.float32)
+    arrays["others_track"] = np.stack(rec["others_track"]).astype(np.int16)
     arrays["raw_action"] = np.stack(rec["raw_action"]).astype(np.float32)
     arrays["behaviour"] = arrays["behaviour"].astype(np.uint8)
     arrays["last_frame"] = frame
@@ -482,6 +522,10 @@ def record_highway_episode(spec: EpisodeSpec, cfg: HighwayCollectConfig) -> tupl
         "lanes_source": lanes_source,
         **{k: config[k] for k in ("vehicles_count", "vehicles_density") if k in config},
         "others_at_reset": others_at_reset,
+        "scene_overrides": scene,
+        # every vehicle of these scenarios has one box size (highway-env's Vehicle.LENGTH x WIDTH)
+        "others_sizes_m": sorted(sizes),
+        "ego_size_m": list(ego_size),
         "policy_frequency": int(cfg.policy_frequency),
         "simulation_frequency": sim_hz,
         "fps": float(cfg.policy_frequency),
@@ -502,6 +546,19 @@ def record_highway_episode(spec: EpisodeSpec, cfg: HighwayCollectConfig) -> tupl
     return arrays, meta
 
 
+def scenario_of(i: int, scenarios, cfg: HighwayCollectConfig) -> str:
+    """Episode i's scenario. "round_robin": i mod the number of scenarios (with 4 scenarios and every 10th
+    episode held out, the validation split then holds only two of them); "interleaved" (the default):
+    shifted by one every `val_every` episodes, so the validation split and the training split both
+    hold every scenario in equal shares."""
+    n = len(scenarios)
+    if cfg.scenario_order == "round_robin":
+        return scenarios[i % n]
+    if cfg.scenario_order == "interleaved":
+        return scenarios[(i + i // max(1, cfg.val_every)) % n]
+    raise ConfigError(f"scenario_order must be 'interleaved' or 'round_robin', got {cfg.scenario_order!r}")
+
+
 def collect_highway(cfg: HighwayCollectConfig, out_dir: Path, progress: bool = True) -> dict:
     """Record (or finish recording) the planned highway-env episodes into `out_dir`; returns the manifest.
 
@@ -517,7 +574,7 @@ def collect_highway(cfg: HighwayCollectConfig, out_dir: Path, progress: bool = T
         except gym.error.Error as e:
             raise ConfigError(f"unknown highway-env scenario {s!r}: {e}") from None
     scen = list(cfg.scenarios)
-    extras = [(scen[i % len(scen)],) for i in range(cfg.episodes)]
+    extras = [(scenario_of(i, scen, cfg),) for i in range(cfg.episodes)]
     specs = plan_episodes(cfg.episodes, cfg.seed, cfg.val_every, extras=extras)
     return run_collection(record_highway_episode, specs, cfg, out_dir, info=highway_info(cfg),
                           workers=cfg.workers, compress=cfg.compress, progress=progress)

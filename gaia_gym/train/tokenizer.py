@@ -63,9 +63,12 @@ def train_tokenizer(
     train_cfg=None,
     teacher: torch.nn.Module | None = None,
     progress: bool = True,
+    init: Path | None = None,
     **model_overrides,
 ) -> dict:
-    """Train (or resume training) a tokenizer on the train split of `data` into model directory `out`."""
+    """Train (or resume training) a tokenizer on the train split of `data` into model directory `out`.
+    `init`: a tokenizer directory of the same architecture to start from (ignored when `out` already
+    holds a checkpoint: a resumed run continues from its own)."""
     from gaia_gym.train.loop import TrainConfig, train
 
     cfg = tokenizer_config(preset, **model_overrides)
@@ -73,6 +76,12 @@ def train_tokenizer(
                                          channels_last=True, checkpoint_minutes=5, log_every=25, image_every=500)
     EpisodeIndex(data, split="train")  # a clear error now, not in a worker process later
     model = Tokenizer(cfg, teacher=teacher)
+    if init is not None and not (Path(out) / "config.json").exists():
+        from gaia_gym.checkpoint import load_weights_into, read_model_info
+
+        if read_model_info(init).get("kind") != KIND:
+            raise ConfigError(f"--init {init} is not a tokenizer")
+        load_weights_into(model, init)
     return train(model, KIND, cfg, frame_batches(data, train_cfg.batch_size), train_cfg, out,
                  log_images=reconstruction_logger(data, train_cfg.bf16), progress=progress)
 

@@ -8,6 +8,8 @@ and in memory; clips are sampled uniformly over every valid (episode, start) pai
 from __future__ import annotations
 
 import io
+import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -15,16 +17,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gaia_gym.bundle import (PROMPTS, WORLD_MODEL_KIND, PromptBank, load_tokenizer, record_training_sources,
+from gaia_gym.bundle import (PROMPTS, copy_model_dir, WORLD_MODEL_KIND, PromptBank, load_tokenizer, record_training_sources,
                              stored_latents, weights_sha256)
 from gaia_gym.checkpoint import read_model_info
 from gaia_gym.data.format import load_episode
 from gaia_gym.errors import ConfigError, DatasetError
 from gaia_gym.fileio import atomic_write_bytes
 from gaia_gym.data.loader import EpisodeIndex
-from gaia_gym.models.layout import ActionCodec
+from gaia_gym.models.layout import HIGHWAY_CODEC, ActionCodec
 from gaia_gym.models.world_model import WORLD_MODEL_PRESETS, WorldModel, WorldModelConfig
 from gaia_gym.models.tokenizer import config_from_dict
+from gaia_gym.sims.highway_scene import episode_metadata
 from gaia_gym.sims.rig import dataset_rig
 from gaia_gym.precision import autocast
 
@@ -55,19 +58,26 @@ def tokenize_split(data: Path, tokenizer_dir: Path, split: str, out: Path, codec
     (T, V, g, g), each view encoded alone), model actions, reward, terminated and episode boundaries.
     Skipped when `out` exists for the same tokenizer weights and cameras."""
     tid = weights_sha256(tokenizer_dir) + (":" + ",".join(cameras) if cameras else "")
+    idx = EpisodeIndex(data, split=split)
+    scene = is_scene_dataset(idx)
+    tid += ":scene" if scene else ""
     if out.exists():
         with np.load(out) as z:
             if str(z["tokenizer_id"]) == tid:
                 return out
     tok = load_tokenizer(tokenizer_dir, kind=None)
-    idx = EpisodeIndex(data, split=split)
     pick = [[c.name for c in dataset_rig(data)].index(c) for c in cameras] if cameras else None
     parts: dict[str, list] = {"tokens": [], "actions": [], "reward": [], "terminated": []}
+    scene_keys = ("others", "others_track", "speed_mps", "steering")
+    if scene:
+        parts.update({k: [] for k in scene_keys})
+    episode_meta = []
     starts = [0]
     bar = tqdm(total=idx.total_steps, unit="frame", desc=f"encode {split}", disable=not progress)
     for path in idx.paths:
         image = "views" if pick else "frames"
-        ep = load_episode(path, fields=[image, "steering", "target_speed_mps", "reward", "terminated"])
+        ep = load_episode(path, fields=[image, "steering", "target_speed_mps", "reward", "terminated",
+                                        *(("others", "others_track", "speed_mps") if scene else ())])
         f = torch.from_numpy(ep[image][:, pick] if pick else ep[image])
         lead = f.shape[: f.dim() - 3]
         f = f.reshape(-1, *f.shape[-3:])
@@ -82,14 +92,24 @@ def tokenize_split(data: Path, tokenizer_dir: Path, split: str, out: Path, codec
         parts["actions"].append(codec.encode(ep["steering"], ep["target_speed_mps"]))
         parts["reward"].append(ep["reward"].astype(np.float32))
         parts["terminated"].append(ep["terminated"].astype(bool))
+        if scene:
+            for k in scene_keys:
+                parts[k].append(ep[k])
+            episode_meta.append(episode_metadata(ep["meta"], ep["others"]))
         starts.append(starts[-1] + len(lat))
     bar.close()
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
     buf = io.BytesIO()
-    np.savez(buf, **arrays, episode_starts=np.asarray(starts, np.int64), tokenizer_id=np.array(tid))
+    extra = {"episode_metadata": np.array(json.dumps(episode_meta))} if scene else {}
+    np.savez(buf, **arrays, **extra, episode_starts=np.asarray(starts, np.int64), tokenizer_id=np.array(tid))
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, lambda fh: fh.write(buf.getvalue()))
     return out
+
+
+def is_scene_dataset(idx: EpisodeIndex) -> bool:
+    """A dataset whose episodes record scene conditions (highway-env: other vehicles, metadata)."""
+    return idx.manifest.get("source") == "highway"
 
 
 class TokenClips:
@@ -127,6 +147,50 @@ class TokenClips:
         return make
 
 
+class SceneClips(TokenClips):
+    """Token clips of a scene dataset (highway-env) with their conditions in every batch: "metadata"
+    (B, F) value ids of the clip's episode, "agents" (B, T, N, F) normalised boxes of the frame each block
+    predicts (frame t+1; the episode's last block repeats its own), "agent_tracks" (B, T, N) and, with a
+    text encoder, "text" (B, E): a random description of the clip (`highway_scene.describe`) embedded."""
+
+    def __init__(self, path: Path, clip_len: int, spec, text_encoder=None, seed: int = 0) -> None:
+        from gaia_gym.sims.highway_scene import agent_boxes, clip_facts, normalise_boxes
+
+        super().__init__(path, clip_len)
+        self.spec = spec
+        with np.load(path) as z:
+            if "episode_metadata" not in z:
+                raise DatasetError(f"{path}: no scene records (not a highway-env dataset)")
+            others, tracks = z["others"].astype(np.float32), z["others_track"].astype(np.int64)
+            speed, steering = z["speed_mps"].astype(np.float32), z["steering"].astype(np.float32)
+            metas = json.loads(str(z["episode_metadata"]))
+            starts = z["episode_starts"]
+        n = len(others)
+        nxt = np.minimum(np.arange(n) + 1, np.repeat(starts[1:] - 1, np.diff(starts)))  # t+1 within the episode
+        self.boxes = torch.from_numpy(normalise_boxes(agent_boxes(others[nxt]))[:, : spec.agents])
+        self.tracks = torch.from_numpy(tracks[nxt][:, : spec.agents])
+        ep_of = np.repeat(np.arange(len(metas)), np.diff(starts))
+        ids = np.stack([spec.metadata_ids(m) for m in metas]) if spec.metadata else np.zeros((len(metas), 0), np.int64)
+        self.metadata = torch.from_numpy(ids[ep_of])
+        self.text_encoder = text_encoder
+        self.rng = np.random.default_rng(seed)
+        self.facts = {int(s0): clip_facts(metas[ep_of[s0]], others[s0 : s0 + clip_len], speed[s0 : s0 + clip_len],
+                                          steering[s0 : s0 + clip_len]) for s0 in self.starts.tolist()} if text_encoder else {}
+
+    def batch(self, starts: torch.Tensor) -> dict[str, torch.Tensor]:
+        from gaia_gym.sims.highway_scene import describe
+
+        out = super().batch(starts)
+        idx = starts[:, None] + torch.arange(self.clip_len)
+        out["metadata"] = self.metadata[starts]
+        out["agents"], out["agent_tracks"] = self.boxes[idx], self.tracks[idx]
+        if self.text_encoder is not None:
+            texts = [describe(self.facts[int(s0)], self.rng)[0] for s0 in starts.tolist()]
+            with torch.no_grad():
+                out["text"] = self.text_encoder(texts).float()
+        return out
+
+
 def head_levels(tokenizer_cfg, head: str) -> tuple[int, ...]:
     """`code_levels` for an image head kind: "codes" (one softmax over the vocabulary) or "digits" (one per
     FSQ digit; needs an FSQ tokenizer)."""
@@ -159,13 +223,17 @@ def warm_start(model: WorldModel, init_dir: Path) -> list[str]:
 
 def train_world_model(data: Path, tokenizer_dir: Path, out: Path, preset: str = "default", train_cfg=None,
                       progress: bool = True, head: str = "digits", cameras: tuple[str, ...] = (),
-                      init: Path | None = None, **overrides) -> dict:
+                      init: Path | None = None, conditions: str = "cross", text_encoder: Path | None = None,
+                      **overrides) -> dict:
     """Tokenize `data` (cached in OUT/tokens) and train (or resume) a world model into `out`.
 
     head: "digits" (default; one small softmax per FSQ digit) or "codes" (one softmax over all codes).
     cameras: names from the dataset's rig (its `views`): one world model over all of them at once.
     init: a world model directory to start from (tensors of the same name and shape; a resumed run
-    continues from its own checkpoint instead)."""
+    continues from its own checkpoint instead).
+    conditions: for a scene dataset (highway-env), how metadata, agent boxes and text enter the
+    transformer: "cross" (cross-attention), "adaln" or "none" (actions only); text_encoder: the text
+    encoder directory (`gaia-gym train text-encoder`; copied into OUT/text_encoder), None: no text."""
     from gaia_gym.train.loop import TrainConfig, train
 
     tokenizer_dir = Path(tokenizer_dir)
@@ -176,15 +244,31 @@ def train_world_model(data: Path, tokenizer_dir: Path, out: Path, preset: str = 
     rig = {"cameras": dataset_cameras(Path(data), tuple(cameras))} if cameras else {}
     cfg = world_model_config(preset, **{"grid": tcfg.grid, "vocab": tcfg.vocab_size,
                                         "code_levels": head_levels(tcfg, head), **rig, **overrides})
-    codec = ActionCodec()
+    scene = is_scene_dataset(EpisodeIndex(data, split="train"))
+    codec = HIGHWAY_CODEC if scene else ActionCodec()
+    enc = None
+    if scene and conditions != "none":
+        from gaia_gym.bundle import TEXT_ENCODER_DIR, load_text_encoder
+        from gaia_gym.models.conditions import ConditionSpec
+        from gaia_gym.sims.highway_scene import METADATA
+
+        if text_encoder is not None:
+            enc = load_text_encoder(text_encoder)
+            copy_model_dir(text_encoder, Path(out) / TEXT_ENCODER_DIR)
+        spec = ConditionSpec(metadata=tuple(METADATA.items()), agents=8, text_dim=enc.dim if enc else 0,
+                             mode=conditions)
+        cfg = replace(cfg, conditions=spec)
+    elif conditions not in ("cross", "adaln", "none"):
+        raise ConfigError(f"conditions must be cross, adaln or none, got {conditions!r}")
     train_cfg = train_cfg or TrainConfig(steps=4000, batch_size=16, lr=6e-4, warmup_steps=200,
                                          checkpoint_minutes=5, log_every=25, image_every=0)
     tokens = tokenize_split(Path(data), tokenizer_dir, "train", Path(out) / "tokens" / "train.npz", codec,
                             progress=progress, cameras=tuple(cameras))
-    clips = TokenClips(tokens, cfg.context)
+    clips = SceneClips(tokens, cfg.context, cfg.condition_spec, enc) if cfg.conditions else TokenClips(tokens, cfg.context)
     prompts = Path(out) / PROMPTS
     if not prompts.exists():  # the bank imagination starts from (GAIA-1's video prompt)
-        PromptBank.from_token_file(tokens, context=cfg.context, n=64, seed=0).save(prompts)
+        meta = clips.metadata.numpy() if isinstance(clips, SceneClips) else None
+        PromptBank.from_token_file(tokens, context=cfg.context, n=64, seed=0, metadata=meta).save(prompts)
     model = WorldModel(cfg)
     if init is not None and not (Path(out) / "config.json").exists():
         fresh = warm_start(model, Path(init))

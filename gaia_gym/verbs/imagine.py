@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from gaia_gym.bundle import WorldBundle
-from gaia_gym.imagination import Imagination
+from gaia_gym.imagination import Imagination, scene_rows
 from gaia_gym.media import grid_image, rig_mosaics, text_strip
 from gaia_gym.evaluation.common import STEER_ROWS
 from gaia_gym.errors import ConfigError
@@ -44,9 +44,15 @@ def _write_video(path: Path, frames: np.ndarray, fps: float) -> None:
 @torch.no_grad()
 def imagine(bundle: WorldBundle, out: str | Path, prompt: int = 0, n_futures: int = 4, steps: int = 16,
             temperature: float = 1.0, seed: int = 0, counterfactual: bool = True, scale: int = 2,
-            fps: float = 6.0, guidance: float = 1.0) -> dict:
+            fps: float = 6.0, guidance: float = 1.0, scene: dict | None = None, scratch: bool = False,
+            guide=("action",)) -> dict:
     """Write the futures / counterfactual video to `out` (.gif or .mp4) and a PNG contact sheet beside it.
-    Returns what was done (paths, rows, seconds)."""
+    Returns what was done (paths, rows, seconds).
+
+    A conditioned (highway-env) model: `scene` options (`gaia_gym.imagination.scene_rows`: metadata,
+    text, negative, vehicles, agent_steps) condition every row; `scratch` hides the context clip (the
+    scene is generated from the conditions alone); `guide` names what classifier-free guidance
+    contrasts (with `guidance` > 1; a negative prompt replaces "no text")."""
     t0 = time.perf_counter()
     bank = bundle.prompts
     if not 0 <= prompt < len(bank):
@@ -57,8 +63,13 @@ def imagine(bundle: WorldBundle, out: str | Path, prompt: int = 0, n_futures: in
     if not names:
         raise ConfigError("nothing to imagine: n_futures is 0 and counterfactuals are off")
     n = len(names)
-    eng = Imagination(bundle, n=n, temperature=temperature, seed=seed, guidance=guidance)
-    eng.reset(prompt=torch.full((n,), prompt, dtype=torch.long))
+    eng = Imagination(bundle, n=n, temperature=temperature, seed=seed, guidance=guidance, guide=guide,
+                      step_seconds=bundle.step_seconds)
+    idx = torch.full((n,), prompt, dtype=torch.long)
+    rows_scene = scene_rows(bundle, n, idx, scene)
+    if rows_scene is None and scratch:
+        raise ConfigError("--scratch needs a world model with scene conditions")
+    eng.reset(prompt=idx, **({} if rows_scene is None else {"scene": rows_scene, "scratch": scratch}))
     dev = eng.device
     last = bank.actions[prompt, -1].to(dev)
     F = bank.continuation
@@ -72,6 +83,8 @@ def imagine(bundle: WorldBundle, out: str | Path, prompt: int = 0, n_futures: in
     imagined = eng.frames(torch.stack(rows, 1).flatten(0, 1)).cpu().numpy()
     imagined = imagined.reshape(n, steps, *imagined.shape[1:])
     ctx = eng.frames(bank.tokens[prompt].to(dev)).cpu().numpy()
+    if scratch:  # the model never saw the context: show it greyed out
+        ctx = (ctx // 4 + 96).astype(np.uint8)
     C = len(ctx)
     real_frames = eng.frames(bank.next_tokens[prompt, :steps].to(dev)).cpu().numpy() if F else None
     if eng.backend.cameras:  # a camera rig: every frame becomes its views laid out around the car
@@ -92,7 +105,7 @@ def imagine(bundle: WorldBundle, out: str | Path, prompt: int = 0, n_futures: in
     out = Path(out)
     _write_video(out, np.stack(video), fps)
     result = {"video": str(out), "prompt": prompt, "context_frames": C, "steps": steps, "rows": names,
-              "temperature": temperature, "seed": seed}
+              "temperature": temperature, "seed": seed, "scene": scene or {}, "scratch": scratch}
     if counterfactual:
         import imageio.v3 as iio
 

@@ -1,0 +1,235 @@
+"""Agents on highway-env: PPO trained entirely inside GaiaHighway-v0, scored in the real highway-env.
+
+    python agents/highway.py imagination --out runs/hw_ppo_imagined --timesteps 200000   # in the world model
+    python agents/highway.py real --out runs/hw_ppo_real --timesteps 38000               # in the real sim
+    python agents/highway.py evaluate --imagined runs/hw_ppo_imagined/last.zip \\
+        --real runs/hw_ppo_real/last.zip --json results/highway.json
+
+`imagination`: SB3 PPO over `GaiaDriveVecEnv` on the highway world model (`--envs` imagined episodes
+batched in one engine, each from a real context clip of the model's prompt bank, conditioned on that
+clip's metadata, at most `--horizon` steps), observing the world model's features; it never sees the
+real simulator. `real`: the same PPO on the real highway-env (highway-env's own Kinematics observation
+of the ego and the 8 nearest vehicles, our [steering, speed] action), given as many real transitions
+as the world model's dataset holds. `evaluate`: every policy (random actions, the collector's cruise
+controller, both PPOs, and the planner over the world model) on the real highway-env, held-out seeds
+1,000,000+ of every scenario, 40-step episodes, highway-env's reward.
+
+Both trainers checkpoint OUT/last.zip atomically every few minutes and resume from it when rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
+
+from gaia_gym.envs.real_highway import SCENARIOS, TEST_SEEDS, RealHighwayEnv, run_highway_episode
+from gaia_gym.fileio import merge_json
+
+
+class Checkpoint(BaseCallback):
+    def __init__(self, out: Path, minutes: float, budget_s: float, t0: float) -> None:
+        super().__init__()
+        self.out, self.every, self.budget, self.t0 = out, minutes * 60, budget_s, t0
+        self.last = time.time()
+
+    def _on_step(self) -> bool:
+        if time.time() - self.last > self.every:
+            save_atomic(self.model, self.out / "last.zip")
+            self.last = time.time()
+        return time.time() - self.t0 < self.budget
+
+
+def save_atomic(model, path: Path) -> None:
+    tmp = path.with_suffix(".tmp.zip")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _train(model, venv, out: Path, timesteps: int, minutes: float) -> dict:
+    t0 = time.time()
+    left = max(0, timesteps - model.num_timesteps)
+    if left:
+        model.learn(left, callback=Checkpoint(out, 3.0, minutes * 60, t0), reset_num_timesteps=False,
+                    progress_bar=False)
+    save_atomic(model, out / "last.zip")
+    state = {"timesteps": int(model.num_timesteps), "minutes_this_run": round((time.time() - t0) / 60, 2)}
+    (out / "state.json").write_text(json.dumps(state))
+    return state
+
+
+def cmd_imagination(a) -> None:
+    from gaia_gym.bundle import HIGHWAY_WORLD_MODEL, load_bundle
+    from gaia_gym.envs.sb3 import GaiaDriveVecEnv
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bundle = load_bundle(a.model or HIGHWAY_WORLD_MODEL)
+    venv = VecMonitor(GaiaDriveVecEnv(a.envs, bundle=bundle, obs_mode="features", horizon=a.horizon))
+    venv.seed(a.seed)
+    last = out / "last.zip"
+    if last.exists():
+        model = PPO.load(last, env=venv, device="cpu")
+    else:
+        model = PPO("MultiInputPolicy", venv, n_steps=a.n_steps, batch_size=256, n_epochs=5, learning_rate=3e-4,
+                    gamma=0.9, ent_coef=0.005, seed=a.seed, device="cpu", verbose=0,
+                    policy_kwargs=dict(net_arch=[128, 128]), tensorboard_log=str(out / "tb"))
+    print(json.dumps(_train(model, venv, out, a.timesteps, a.minutes)))
+
+
+class RealKinematics(gym.Env):
+    """The real highway-env scenarios (round-robin over episodes) with the Kinematics observation
+    flattened (ego + 8 nearest, 7 features each, scaled) and the [steering, speed] action."""
+
+    def __init__(self, seed: int = 0, max_steps: int = 40) -> None:
+        from gaia_gym.config import HighwayCollectConfig
+
+        self.cfg = HighwayCollectConfig()
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (63,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.episode, self.seed0, self.max_steps = 0, seed, max_steps
+        self.env = None
+        from gaia_gym.models.layout import HIGHWAY_CODEC
+
+        self.codec = HIGHWAY_CODEC
+
+    def _obs(self, o) -> np.ndarray:
+        o = np.asarray(o, np.float32).copy()
+        o[1:, 1:5] /= np.array([40.0, 10.0, 10.0, 10.0], np.float32)
+        o[0, 3:5] /= 40.0
+        o[0, 1:3] = 0.0  # the ego's absolute position says nothing transferable
+        return o.reshape(-1)
+
+    def reset(self, *, seed=None, options=None):
+        from gaia_gym.sims.highway import make_env, scene_variation
+
+        super().reset(seed=seed)
+        scen = SCENARIOS[self.episode % len(SCENARIOS)]
+        s = self.seed0 + 100_000 + self.episode  # training seeds: never the test seeds (1,000,000+)
+        self.episode += 1
+        if self.env is not None:
+            self.env.close()
+        self.env = make_env(scen, self.cfg, scene_variation(scen, s, self.cfg), render=False)
+        o, _ = self.env.reset(seed=s)
+        self.t = 0
+        return self._obs(o), {}
+
+    def step(self, action):
+        steering, target = self.codec.decode(np.asarray(action, np.float32))
+        v = float(self.env.unwrapped.vehicle.speed)
+        accel = float(np.clip((float(target) - v) * self.cfg.policy_frequency / 5.0, -1, 1))
+        o, r, term, trunc, info = self.env.step(np.array([accel, float(steering)], np.float32))
+        self.t += 1
+        return self._obs(o), float(r), bool(term), bool(trunc) or self.t >= self.max_steps, {}
+
+
+def cmd_real(a) -> None:
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    venv = VecMonitor(DummyVecEnv([lambda i=i: RealKinematics(seed=1000 * i) for i in range(a.envs)]))
+    last = out / "last.zip"
+    if last.exists():
+        model = PPO.load(last, env=venv, device="cpu")
+    else:
+        model = PPO("MlpPolicy", venv, n_steps=a.n_steps, batch_size=256, n_epochs=5, learning_rate=3e-4,
+                    gamma=0.9, ent_coef=0.005, seed=a.seed, device="cpu", verbose=0,
+                    policy_kwargs=dict(net_arch=[128, 128]), tensorboard_log=str(out / "tb"))
+    print(json.dumps(_train(model, venv, out, a.timesteps, a.minutes)))
+
+
+def cmd_evaluate(a) -> None:
+    from gaia_gym.bundle import HIGHWAY_WORLD_MODEL, load_bundle
+
+    bundle = load_bundle(a.model or HIGHWAY_WORLD_MODEL)
+    env = RealHighwayEnv(bundle=bundle, obs_mode="features")
+    seeds = [TEST_SEEDS + i for i in range(a.seeds)]
+    policies: dict = {"random": "random", "scripted_cruise": "scripted"}
+    if a.imagined:
+        m = PPO.load(a.imagined, device="cpu")
+        policies["ppo_imagined"] = lambda obs: m.predict({"features": obs["features"]}, deterministic=True)[0]
+    if a.real:
+        m2 = PPO.load(a.real, device="cpu")
+        kin = RealKinematics()
+
+        def real_act(obs, m2=m2, kin=kin):
+            o = env.env.unwrapped.observation_type.observe()
+            return m2.predict(kin._obs(o), deterministic=True)[0]
+
+        policies["ppo_real"] = real_act
+    if a.planner:
+        from gaia_gym.planning import Planner, PlannerConfig
+
+        planner = Planner(bundle, PlannerConfig(horizon=a.plan_horizon, candidates=a.plan_samples, iterations=2,
+                                                elites=min(6, a.plan_samples), high=(1.0, 1.0)))
+        policies["planner"] = lambda obs: planner.act(env.engine.state()).cpu().numpy()
+    results = {}
+    for name, act in policies.items():
+        t0 = time.time()
+        per = {}
+        for scen in SCENARIOS:
+            per[scen] = [run_highway_episode(env, act, s, scen) for s in seeds]
+        rets = {k: [round(r["return"], 3) for r in v] for k, v in per.items()}
+        results[name] = {
+            "real_return_per_seed": rets,
+            "real_return_mean": {k: round(float(np.mean(v)), 3) for k, v in rets.items()},
+            "overall_mean": round(float(np.mean([x for v in rets.values() for x in v])), 3),
+            "crash_rate": {k: round(float(np.mean([r["crashed"] for r in v])), 3) for k, v in per.items()},
+            "model_return_mean": round(float(np.mean([r["model_return"] for v in per.values() for r in v])), 3),
+            "wall_seconds": round(time.time() - t0, 1),
+        }
+        print(name, json.dumps({k: results[name][k] for k in ("real_return_mean", "overall_mean", "crash_rate")}),
+              flush=True)
+    record = {"agents": {"seeds": seeds, "episode_steps": 40, "policies": results,
+                         "real_env_steps_used": {"world_model_dataset": a.dataset_steps,
+                                                 "ppo_real": a.real_steps, "ppo_imagined": a.dataset_steps},
+                         "command": " ".join(["python", "agents/highway.py", *sys.argv[1:]])}}
+    if a.json:
+        merge_json(a.json, "agents", record["agents"])
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name, fn in (("imagination", cmd_imagination), ("real", cmd_real)):
+        s = sub.add_parser(name)
+        s.add_argument("--out", required=True)
+        s.add_argument("--model", help="highway world-model directory (default: the shipped one)")
+        s.add_argument("--timesteps", type=int, default=200_000)
+        s.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of this run")
+        s.add_argument("--envs", type=int, default=16 if name == "imagination" else 4)
+        s.add_argument("--horizon", type=int, default=40)
+        s.add_argument("--n-steps", type=int, default=64 if name == "imagination" else 256)
+        s.add_argument("--seed", type=int, default=0)
+        s.set_defaults(fn=fn)
+    e = sub.add_parser("evaluate")
+    e.add_argument("--model")
+    e.add_argument("--imagined", help="PPO trained in imagination (zip)")
+    e.add_argument("--real", help="PPO trained in the real highway-env (zip)")
+    e.add_argument("--planner", action="store_true", help="also the planner over the world model")
+    e.add_argument("--plan-horizon", type=int, default=6)
+    e.add_argument("--plan-samples", type=int, default=16, help="candidate action sequences per decision")
+    e.add_argument("--seeds", type=int, default=10, help="held-out seeds per scenario")
+    e.add_argument("--dataset-steps", type=int, default=0, help="real transitions in the world model's dataset")
+    e.add_argument("--real-steps", type=int, default=0, help="real transitions the real PPO used")
+    e.add_argument("--json", help="merge the results into this JSON file (under 'agents')")
+    e.set_defaults(fn=cmd_evaluate)
+    for sp in sub.choices.values():
+        sp.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    a.fn(a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""The real highway-env, seen exactly as GaiaHighway-v0 shows the world: for scoring agents trained in
+imagination (and planners) in the real simulator.
+
+Same action space ([steering, speed] in [-1, 1], decoded by the model's `ActionCodec`: the steering
+command of highway-env's ContinuousAction and a target speed, reached in one step by the acceleration
+``(target - v) * policy_frequency``, as the collector records it), same observation keys: the real 64x64
+frame, its tokens and the world model's features over the *real* history (the engine is stepped with
+the observed frames' tokens). Reward and termination (a crash) are highway-env's own; episodes are cut
+at `max_steps` (40, the recorded episodes' length). Seeds default to the test range (1,000,000 + n,
+never collected); `options={"seed": s, "scenario": name}` picks them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from gaia_gym.config import HighwayCollectConfig
+from gaia_gym.envs.core import action_space, observation_space, parse_obs_mode, to_numpy
+from gaia_gym.errors import ConfigError
+from gaia_gym.imagination import Imagination, SceneRows
+from gaia_gym.models.layout import check_action
+
+TEST_SEEDS = 1_000_000  # episode seeds from here up are never collected
+SCENARIOS = HighwayCollectConfig().scenarios
+
+
+class RealHighwayEnv(gym.Env):
+    """The real highway-env scenario `scenario`, observed as GaiaHighway-v0 observes imagination.
+
+    ``info``: ``model_reward`` (the world model's reward head for the same step), ``crashed``,
+    ``speed_mps``, ``seed``, ``scenario``. ``scripted_action()`` is the collector's cruise controller
+    (lane keeping, speed tracking with a 1 s headway, slowing for crossing traffic) for the current
+    state, in model units: the scripted baseline driver."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 5}
+
+    def __init__(self, model=None, scenario: str = "highway-fast-v0", obs_mode: str = "all", bundle=None,
+                 device: str | torch.device = "cpu", max_steps: int = 40, bf16: bool = True,
+                 render_mode: str | None = None) -> None:
+        from gaia_gym.bundle import load_bundle
+
+        self.bundle = bundle if bundle is not None else load_bundle(model or default_highway_model(), device)
+        self.keys = parse_obs_mode(obs_mode, self.bundle.backend.latent_key)
+        self.engine = Imagination(self.bundle, n=1, temperature=0.0, end_threshold=1.0, bf16=bf16)
+        self.codec = self.bundle.codec
+        self.scenario = scenario
+        self.cfg = HighwayCollectConfig(frame_size=self.bundle.tokenizer.cfg.frame_size)
+        self.max_steps = int(max_steps)
+        self.observation_space = observation_space(self.bundle, self.keys)
+        self.action_space = action_space()
+        self.render_mode = render_mode
+        self.env = None
+        self._frame = None
+        self._needs_reset = True
+
+    def _encode(self, frame: np.ndarray) -> torch.Tensor:
+        return self.engine.encode(torch.from_numpy(np.ascontiguousarray(frame))[None])
+
+    def _obs(self, tokens, features) -> dict:
+        every = {self.bundle.backend.latent_key: lambda: to_numpy(tokens[0]), "frame": lambda: self._frame.copy(),
+                 "features": lambda: to_numpy(features[0]).astype(np.float32)}
+        return {k: every[k]() for k in self.keys}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        from gaia_gym.sims.highway import BehaviourPolicy, grab_frame, lane_count, make_env, scene_variation
+        from gaia_gym.sims.highway_scene import scenario_family
+
+        super().reset(seed=seed)
+        options = dict(options or {})
+        bad = [k for k in options if k not in ("seed", "scenario")]
+        if bad:
+            raise ConfigError(f"RealHighway reset: unknown option {bad[0]!r} (allowed: 'seed', 'scenario')")
+        self.scenario = str(options.get("scenario", self.scenario))
+        if self.scenario not in SCENARIOS:
+            raise ConfigError(f"unknown scenario {self.scenario!r}; choose from {', '.join(SCENARIOS)}")
+        s = options.get("seed")
+        self.seed_ = int(s) if s is not None else TEST_SEEDS + int(self.np_random.integers(1_000_000))
+        if self.env is not None:
+            self.env.close()
+        self.env = make_env(self.scenario, self.cfg, scene_variation(self.scenario, self.seed_, self.cfg))
+        obs, _ = self.env.reset(seed=self.seed_)
+        self.others = np.asarray(obs, dtype=np.float32)[1:]
+        self.driver = BehaviourPolicy(self.env, self.scenario, np.random.default_rng(self.seed_))
+        self.driver.left, self.driver.mode = 10**9, 0  # the cruise controller, for good
+        self.driver.target = self.driver.v_hi
+        self._frame = grab_frame(self.env, self.cfg.frame_size)
+        self.steps, self._needs_reset = 0, False
+        tok = self._encode(self._frame)
+        C = self.bundle.prompts.context
+        u = self.env.unwrapped
+        hold = torch.as_tensor(self.codec.encode(0.0, float(u.vehicle.speed)), device=self.engine.device)
+        scene = None
+        spec = self.bundle.conditions
+        if spec is not None and spec.metadata:
+            scene = SceneRows.empty(spec, 1, self.engine.device)
+            known = {"scenario": scenario_family(self.scenario), "lanes": str(min(4, lane_count(self.env)[0]))}
+            scene.metadata[0] = torch.from_numpy(spec.metadata_ids({k: v for k, v in known.items() if k in spec.fields}))
+        tokens, features = self.engine.reset(context=(tok[:, None].expand(1, C, *tok.shape[1:]), hold.expand(1, C, 2)),
+                                             scene=scene)
+        return self._obs(tokens, features), {"seed": self.seed_, "scenario": self.scenario}
+
+    def scripted_action(self) -> np.ndarray:
+        """The cruise controller's action for the current state, in model units [steering, speed]."""
+        raw, _ = self.driver.act(self.others)
+        v = float(self.env.unwrapped.vehicle.speed)
+        pf = float(self.cfg.policy_frequency)
+        target = max(0.0, v + float(raw[0]) * 5.0 / pf)
+        return self.codec.encode(float(raw[1]), target)
+
+    def step(self, action):
+        from gaia_gym.sims.highway import grab_frame
+
+        if self._needs_reset:
+            raise RuntimeError("RealHighway: the episode has ended (or never started): call reset() before step()")
+        a = check_action(action)
+        steering, target = self.codec.decode(a)
+        u = self.env.unwrapped
+        v = float(u.vehicle.speed)
+        accel = float(np.clip((float(target) - v) * self.cfg.policy_frequency / 5.0, -1.0, 1.0))
+        obs, reward, terminated, truncated, info = self.env.step(np.array([accel, float(steering)], np.float32))
+        self.others = np.asarray(obs, dtype=np.float32)[1:]
+        self._frame = grab_frame(self.env, self.cfg.frame_size)
+        self.steps += 1
+        truncated = bool(truncated) or self.steps >= self.max_steps
+        out = self.engine.step(torch.from_numpy(a[None]).to(self.engine.device), observed=self._encode(self._frame))
+        self._needs_reset = bool(terminated) or truncated
+        info = {"model_reward": float(out.reward[0]), "model_end_prob": float(out.end_prob[0]),
+                "crashed": bool(u.vehicle.crashed), "speed_mps": float(u.vehicle.speed), "seed": self.seed_,
+                "scenario": self.scenario}
+        return self._obs(out.latents, out.features), float(reward), bool(terminated), truncated, info
+
+    def render(self):
+        if self.render_mode != "rgb_array" or self._frame is None:
+            return None
+        return np.kron(self._frame, np.ones((4, 4, 1), np.uint8))
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
+            self.env = None
+        super().close()
+
+
+def default_highway_model():
+    from gaia_gym.bundle import HIGHWAY_WORLD_MODEL
+
+    return HIGHWAY_WORLD_MODEL
+
+
+def run_highway_episode(env: RealHighwayEnv, act, seed: int, scenario: str) -> dict:
+    """One real episode with `act(obs) -> action` (or ``act="scripted"`` / ``"random"``): its return,
+    steps, whether it crashed, and the world model's predicted return for the same steps."""
+    obs, _ = env.reset(options={"seed": int(seed), "scenario": scenario})
+    rng = np.random.default_rng(seed)
+    rewards, model_return, crashed, done = [], 0.0, False, False
+    while not done:
+        if act == "scripted":
+            a = env.scripted_action()
+        elif act == "random":
+            a = rng.uniform(-1, 1, 2).astype(np.float32)
+        else:
+            a = act(obs)
+        obs, r, term, trunc, info = env.step(a)
+        rewards.append(r)
+        model_return += info["model_reward"]
+        crashed |= info["crashed"]
+        done = term or trunc
+    return {"seed": int(seed), "scenario": scenario, "return": float(sum(rewards)), "steps": len(rewards),
+            "crashed": bool(crashed), "model_return": float(model_return)}
