@@ -68,6 +68,16 @@ def _train(model, venv, out: Path, timesteps: int, minutes: float) -> dict:
     return state
 
 
+def _ppo(policy: str, venv, out: Path, a) -> PPO:
+    """OUT/last.zip resumed, or a new PPO (the same settings for both trainers)."""
+    last = out / "last.zip"
+    if last.exists():
+        return PPO.load(last, env=venv, device="cpu")
+    return PPO(policy, venv, n_steps=a.n_steps, batch_size=256, n_epochs=5, learning_rate=3e-4, gamma=0.9,
+               ent_coef=0.005, seed=a.seed, device="cpu", verbose=0, policy_kwargs=dict(net_arch=[128, 128]),
+               tensorboard_log=str(out / "tb"))
+
+
 def cmd_imagination(a) -> None:
     from gaia_gym.bundle import HIGHWAY_WORLD_MODEL, load_bundle
     from gaia_gym.envs.sb3 import GaiaDriveVecEnv
@@ -77,14 +87,7 @@ def cmd_imagination(a) -> None:
     bundle = load_bundle(a.model or HIGHWAY_WORLD_MODEL)
     venv = VecMonitor(GaiaDriveVecEnv(a.envs, bundle=bundle, obs_mode="features", horizon=a.horizon))
     venv.seed(a.seed)
-    last = out / "last.zip"
-    if last.exists():
-        model = PPO.load(last, env=venv, device="cpu")
-    else:
-        model = PPO("MultiInputPolicy", venv, n_steps=a.n_steps, batch_size=256, n_epochs=5, learning_rate=3e-4,
-                    gamma=0.9, ent_coef=0.005, seed=a.seed, device="cpu", verbose=0,
-                    policy_kwargs=dict(net_arch=[128, 128]), tensorboard_log=str(out / "tb"))
-    print(json.dumps(_train(model, venv, out, a.timesteps, a.minutes)))
+    print(json.dumps(_train(_ppo("MultiInputPolicy", venv, out, a), venv, out, a.timesteps, a.minutes)))
 
 
 class RealKinematics(gym.Env):
@@ -137,14 +140,7 @@ def cmd_real(a) -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     venv = VecMonitor(DummyVecEnv([lambda i=i: RealKinematics(seed=1000 * i) for i in range(a.envs)]))
-    last = out / "last.zip"
-    if last.exists():
-        model = PPO.load(last, env=venv, device="cpu")
-    else:
-        model = PPO("MlpPolicy", venv, n_steps=a.n_steps, batch_size=256, n_epochs=5, learning_rate=3e-4,
-                    gamma=0.9, ent_coef=0.005, seed=a.seed, device="cpu", verbose=0,
-                    policy_kwargs=dict(net_arch=[128, 128]), tensorboard_log=str(out / "tb"))
-    print(json.dumps(_train(model, venv, out, a.timesteps, a.minutes)))
+    print(json.dumps(_train(_ppo("MlpPolicy", venv, out, a), venv, out, a.timesteps, a.minutes)))
 
 
 def cmd_evaluate(a) -> None:

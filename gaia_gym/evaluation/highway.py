@@ -262,11 +262,6 @@ def _pad(b: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _adherence(bundle, probe, asked: dict[str, np.ndarray], frames: np.ndarray) -> dict:
-    read = probe.read(frames)
-    return {k: round(float((read[k] == v).mean()), 4) for k, v in asked.items()}
-
-
 @torch.no_grad()
 def evaluate_metadata_adherence(bundle, probe, val, n: int = 96, guidance: float = 3.0, steps: int = 3,
                                 seed: int = 0) -> dict:
@@ -486,9 +481,9 @@ def highway_picture(bundle, data: Path, out: str | Path, clip: int = 0, steps: i
     acts = torch.from_numpy(bundle.codec.encode(ep["steering"], ep["target_speed_mps"])[: C + steps])
     rows, labels = [], []
     for label, scene in PICTURE_ROWS:
-        eng = Imagination(bundle, n=1, seed=seed, guidance=guidance if scene else 1.0,
-                          guide=tuple(k for k in ("metadata", "text", "agents") if scene and
-                                      {"metadata": "metadata", "text": "text", "agents": "vehicles"}[k] in scene) or ("action",),
+        asked = [c for c, opt in (("metadata", "metadata"), ("text", "text"), ("agents", "vehicles"))
+                 if scene and opt in scene]  # guidance contrasts exactly what the row asks for
+        eng = Imagination(bundle, n=1, seed=seed, guidance=guidance if asked else 1.0, guide=asked or ("action",),
                           step_seconds=bundle.step_seconds)
         tok = eng.encode(frames[None])
         sc = scene_rows(bundle, 1, None, scene)

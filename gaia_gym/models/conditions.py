@@ -230,7 +230,6 @@ class ConditionEncoder(nn.Module):
         dtype = self.norm.weight.dtype
 
         def add(tok, mask):
-            nonlocal pooled
             toks.append(tok)
             masks.append(mask)
 
