@@ -97,7 +97,7 @@ class SceneRows:
         dropped = {}
         agents = None
         if self.agents is not None:
-            agents = torch.from_numpy(normalise_boxes(self.agents.cpu().numpy())).to(self.agents.device)
+            agents = normalise_boxes(self.agents)  # on the rows' device, no host round trip
             agents = agents[:, None].expand(-1, blocks, -1, -1)
             dropped["agents"] = self.agents_left <= 0
         text = None

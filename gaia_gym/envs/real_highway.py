@@ -21,7 +21,7 @@ import torch
 from gaia_gym.config import HighwayCollectConfig
 from gaia_gym.envs.core import action_space, observation_space, parse_obs_mode, to_numpy
 from gaia_gym.errors import ConfigError
-from gaia_gym.imagination import Imagination, SceneRows
+from gaia_gym.imagination import Imagination, scene_rows
 from gaia_gym.models.layout import check_action
 
 TEST_SEEDS = 1_000_000  # episode seeds from here up are never collected
@@ -93,12 +93,12 @@ class RealHighwayEnv(gym.Env):
         C = self.bundle.prompts.context
         u = self.env.unwrapped
         hold = torch.as_tensor(self.codec.encode(0.0, float(u.vehicle.speed)), device=self.engine.device)
-        scene = None
+        scene = None  # what the simulator says of the scene, through the one options -> conditions path
         spec = self.bundle.conditions
-        if spec is not None and spec.metadata:
-            scene = SceneRows.empty(spec, 1, self.engine.device)
+        if spec is not None:
             known = {"scenario": scenario_family(self.scenario), "lanes": str(min(4, lane_count(self.env)[0]))}
-            scene.metadata[0] = torch.from_numpy(spec.metadata_ids({k: v for k, v in known.items() if k in spec.fields}))
+            scene = scene_rows(self.bundle, 1, None, {"metadata": {k: v for k, v in known.items() if k in spec.fields}},
+                               self.engine.device)
         tokens, features = self.engine.reset(context=(tok[:, None].expand(1, C, *tok.shape[1:]), hold.expand(1, C, 2)),
                                              scene=scene)
         return self._obs(tokens, features), {"seed": self.seed_, "scenario": self.scenario}

@@ -74,7 +74,16 @@ def agent_boxes(others: np.ndarray, size_m=DEFAULT_SIZE_M) -> np.ndarray:
     return np.concatenate([o, size], axis=-1)
 
 
-def normalise_boxes(boxes: np.ndarray) -> np.ndarray:
+def normalise_boxes(boxes):
+    """Raw boxes (..., F) in `AGENT_FIELDS` order scaled by `AGENT_SCALE` for the network: a numpy array
+    in, float32 numpy out; a torch tensor in, a tensor out on its device (the engine's hot path)."""
+    try:
+        import torch
+
+        if isinstance(boxes, torch.Tensor):
+            return boxes.float() / torch.tensor(AGENT_SCALE, dtype=torch.float32, device=boxes.device)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
     return (np.asarray(boxes, dtype=np.float32) / np.asarray(AGENT_SCALE, dtype=np.float32)).astype(np.float32)
 
 
