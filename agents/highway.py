@@ -149,7 +149,7 @@ def cmd_evaluate(a) -> None:
     bundle = load_bundle(a.model or HIGHWAY_WORLD_MODEL)
     env = RealHighwayEnv(bundle=bundle, obs_mode="features")
     seeds = [TEST_SEEDS + i for i in range(a.seeds)]
-    policies: dict = {"random": "random", "scripted_cruise": "scripted"}
+    policies: dict = {} if a.no_baselines else {"random": "random", "scripted_cruise": "scripted"}
     if a.imagined:
         m = PPO.load(a.imagined, device="cpu")
         policies["ppo_imagined"] = lambda obs: m.predict({"features": obs["features"]}, deterministic=True)[0]
@@ -185,12 +185,22 @@ def cmd_evaluate(a) -> None:
         }
         print(name, json.dumps({k: results[name][k] for k in ("real_return_mean", "overall_mean", "crash_rate")}),
               flush=True)
-    record = {"agents": {"seeds": seeds, "episode_steps": 40, "policies": results,
-                         "real_env_steps_used": {"world_model_dataset": a.dataset_steps,
-                                                 "ppo_real": a.real_steps, "ppo_imagined": a.dataset_steps},
-                         "command": " ".join(["python", "agents/highway.py", *sys.argv[1:]])}}
+    command = " ".join(["python", "agents/highway.py", *sys.argv[1:]])
+    for r in results.values():
+        r["world_model"], r["command"] = str(bundle.path), command
+    record = {"seeds": seeds, "episode_steps": 40, "policies": results,
+              "real_env_steps_used": {"world_model_dataset": a.dataset_steps,
+                                      "ppo_real": a.real_steps, "ppo_imagined": a.dataset_steps},
+              "command": command}
     if a.json:
-        merge_json(a.json, "agents", record["agents"])
+        old = {}
+        if Path(a.json).exists():
+            old = json.loads(Path(a.json).read_text()).get("agents") or {}
+        if old.get("seeds") == seeds and not a.replace:  # the same test seeds: keep the policies not rerun
+            record["policies"] = {**old.get("policies", {}), **results}
+            record["real_env_steps_used"] = {**old.get("real_env_steps_used", {}),
+                                             **{k: v for k, v in record["real_env_steps_used"].items() if v}}
+        merge_json(a.json, "agents", record)
 
 
 def main(argv=None) -> None:
@@ -217,7 +227,11 @@ def main(argv=None) -> None:
     e.add_argument("--seeds", type=int, default=10, help="held-out seeds per scenario")
     e.add_argument("--dataset-steps", type=int, default=0, help="real transitions in the world model's dataset")
     e.add_argument("--real-steps", type=int, default=0, help="real transitions the real PPO used")
-    e.add_argument("--json", help="merge the results into this JSON file (under 'agents')")
+    e.add_argument("--json", help="merge the results into this JSON file (under 'agents'; policies evaluated "
+                   "before on the same seeds and not rerun are kept, each with its own world model and command)")
+    e.add_argument("--replace", action="store_true", help="drop the policies of an earlier --json record")
+    e.add_argument("--no-baselines", action="store_true",
+                   help="skip random actions and the cruise controller (they do not depend on the world model)")
     e.set_defaults(fn=cmd_evaluate)
     for sp in sub.choices.values():
         sp.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

@@ -88,6 +88,8 @@ class Args:
         "help": "highest speed action the agent can ask for (the data's 95th percentile is ~0.5; 1 = 100 m/s)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of imagined frames"})
     end_threshold: float = field(default=0.5, metadata={"help": "end-head probability that ends an imagined episode"})
+    pessimism: float = field(default=0.0, metadata={
+        "help": "imagined reward minus this many standard deviations of the reward head's prediction"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 
@@ -344,7 +346,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.obs = args.obs or f"{bundle.backend.latent_key}+features"
         bank = training_prompts(args, bundle, run.out)
         venv = GaiaDriveVecEnv(num_envs=args.envs, bundle=dataclasses.replace(bundle, prompts=bank), obs_mode=args.obs,
-                               horizon=args.horizon, temperature=args.temperature, end_threshold=args.end_threshold)
+                               horizon=args.horizon, temperature=args.temperature, end_threshold=args.end_threshold,
+                               pessimism=args.pessimism)
         ranged = ActionRange(**run.state["action_range"]) if "action_range" in run.state else action_range(args)
         venv = VecMonitor(ranged_vec_env(venv, ranged))
         model, resumed = make_model(args, run, venv, device)

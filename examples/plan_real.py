@@ -14,7 +14,9 @@ Writes into `--json` (other keys kept): real_return_mean, real_return_per_seed, 
 planner's settings, and `compare`: the imagination-trained policy's and the scripted driver's returns
 on the same seeds (read from `--agents`, results/agents.json); `--plot`: per-track returns of the three.
 `--proposal runs/agent/best.zip` (or `shipped`) seeds every decision with the imagination-trained
-policy's own imagined drive (policy proposes, planner refines) and writes under `with_policy_proposal`.
+policy's own imagined drive (policy proposes, planner refines) and writes under `with_policy_proposal`;
+`--terminal-value AGENT` adds that agent's critic beyond the horizon (TD-MPC2's terminal value; with
+`--proposal`, usually the same agent) and writes under `with_terminal_value`.
 Long: each finished track is saved in `--work`; rerunning the same command resumes.
 """
 
@@ -54,6 +56,8 @@ def plot(path: Path, record: dict) -> None:
         series[f"planner ({record['planner']['method'].upper()} in imagination)"] = record["real_return_per_seed"]
     if "real_return_per_seed" in record.get("with_policy_proposal", {}):
         series["planner seeded by the policy"] = record["with_policy_proposal"]["real_return_per_seed"]
+    if "real_return_per_seed" in record.get("with_terminal_value", {}):
+        series["planner with the critic's terminal value"] = record["with_terminal_value"]["real_return_per_seed"]
     series.update({k.replace("_", " "): v["real_return_per_seed"] for k, v in record.get("compare", {}).items()})
     if not series:
         raise KeyError("no real_return_per_seed to plot")
@@ -86,8 +90,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--work", type=Path, default=Path("runs/planning"), help="resume directory")
     p.add_argument("--proposal", default=None,
                    help="agent zip or 'shipped': the policy proposes each plan's start, the planner refines it")
+    p.add_argument("--terminal-value", default=None,
+                   help="agent zip or 'shipped': its critic values each sequence's end (beyond the horizon)")
+    p.add_argument("--value-scale", type=float, default=1.0,
+                   help="multiplies the critic's values into reward units (default: %(default)s)")
     p.add_argument("--key", default=None, help="key in --json for this run (default: the top level; with "
-                                               "--proposal: with_policy_proposal)")
+                                               "--proposal: with_policy_proposal; with --terminal-value: "
+                                               "with_terminal_value)")
     p.add_argument("--replot", action="store_true", help="redraw --plot from --json without driving")
     a = p.parse_args(argv)
     if a.replot:
@@ -114,20 +123,30 @@ def main(argv: list[str] | None = None) -> dict:
 
             agent_path = resolve_agent_path(a.proposal)
             proposal = PolicyProposal(load_agent(agent_path, device="cpu"), bundle, cfg.horizon, seed=a.seed)
+        value_fn = None
+        if a.terminal_value:
+            from gaia_gym.planning import PolicyValue
+            from gaia_gym.policy import load_agent, resolve_agent_path
+
+            value_fn = PolicyValue(load_agent(resolve_agent_path(a.terminal_value), device="cpu"), a.value_scale)
     except (ValueError, FileNotFoundError, ModelFileError) as e:
         raise SystemExit(f"plan_real: {e}") from None
     name = f"{cfg.method}_K{cfg.candidates}_H{cfg.horizon}_S{cfg.samples}_I{cfg.iterations}_E{cfg.execute}_seed{a.seed}"
     if a.proposal:
         name += "_proposal-" + Path(a.proposal).parent.name + Path(a.proposal).stem
+    if a.terminal_value:
+        name += f"_value-{Path(a.terminal_value).parent.name}{Path(a.terminal_value).stem}x{a.value_scale:g}"
     if a.max_steps:
         name += f"_cap{a.max_steps}"
     eps = drive_tracks(bundle, cfg, list(TEST_SEEDS)[: a.episodes], a.work / f"{name}.json", seed=a.seed,
-                       max_steps=a.max_steps, video_path=a.video, proposal=proposal)
+                       max_steps=a.max_steps, video_path=a.video, proposal=proposal, value_fn=value_fn)
     rec = summarize_planning(eps, cfg)
     if a.proposal:
         rec["proposal"] = a.proposal
+    if a.terminal_value:
+        rec["terminal_value"], rec["value_scale"] = a.terminal_value, a.value_scale
     rec["command"] = "python examples/plan_real.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    key = a.key or ("with_policy_proposal" if a.proposal else None)
+    key = a.key or ("with_terminal_value" if a.terminal_value else "with_policy_proposal" if a.proposal else None)
     if key:
         merge_json(a.json, key, rec)
     else:

@@ -549,10 +549,11 @@ def tiny_bundle(seed: int = 0, prompts: int = 8, device: str | torch.device = "c
     if conditions:
         from gaia_gym.models.conditions import ConditionSpec
         from gaia_gym.models.text import HashTextEncoder, TextEncoderConfig
-        from gaia_gym.sims.highway_scene import METADATA
+        from gaia_gym.sims.highway_scene import METADATA, agent_map_spec
 
         text = HashTextEncoder(TextEncoderConfig(buckets=256, width=16, dim=16)).eval()
-        cond = ConditionSpec(metadata=tuple(METADATA.items()), agents=8, text_dim=16, mode=conditions)
+        cond = ConditionSpec(metadata=tuple(METADATA.items()), agents=8, text_dim=16, mode=conditions,
+                             **agent_map_spec())
     wm = build_world_model(WorldModelConfig(**{**WORLD_MODEL_PRESETS["tiny"], "code_levels": (4, 4), "cameras": rig,
                                                "conditions": cond}))
     g = torch.Generator().manual_seed(seed)

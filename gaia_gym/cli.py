@@ -186,6 +186,7 @@ def cmd_train_world_model(a: argparse.Namespace) -> None:
     r = train_world_model(Path(a.data), Path(a.tokenizer), Path(a.out), preset=a.preset, train_cfg=tc,
                           progress=not a.quiet, head=a.head, cameras=cams, init=Path(a.init) if a.init else None,
                           conditions=a.conditions, text_encoder=Path(a.text_encoder) if a.text_encoder else None,
+                          agent_map=not a.no_agent_map,
                           **overrides)
     m = r.get("metrics") or {}
     print(f"{a.out}: world model trained to step {r['step']} ({r['minutes']:.1f} min in total); "
@@ -495,6 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "cross-attention (default), adaLN, or not at all")
     tw.add_argument("--text-encoder", help="text encoder directory (gaia-gym train text-encoder) for the text "
                     "condition; default: no text condition")
+    tw.add_argument("--no-agent-map", action="store_true",
+                    help="agent boxes enter as a set only (cross-attention / adaLN), not also drawn into the token "
+                         "grid where they appear (the agent map, default on)")
     tw.set_defaults(fn=cmd_train_world_model)
 
     tt = tsub.add_parser("text-encoder", help="the default text encoder, trained on descriptions of a highway-env "

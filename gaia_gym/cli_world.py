@@ -168,8 +168,9 @@ def cmd_eval_highway(a: argparse.Namespace) -> None:
         for k, v in cmp.items():
             print(f"  {k}: {json.dumps(v)[:600]}")
         if a.json:
-            merge_json(Path(a.json), "conditioning_comparison", {"cpu": cpu_name(), "command": r["command"], **cmp})
-            print(f"wrote {a.json} under conditioning_comparison")
+            key = a.key or "conditioning_comparison"
+            merge_json(Path(a.json), key, {"cpu": cpu_name(), "command": r["command"], **cmp})
+            print(f"wrote {a.json} under {key}")
         return
     bundle = load_bundle(a.model or HIGHWAY_WORLD_MODEL, device=a.device)
     if bundle.conditions is None:
@@ -201,7 +202,8 @@ def add_eval_parsers(esub) -> None:
     eh.add_argument("--quick", action="store_true", help="a few scenes per measurement (smoke runs)")
     eh.add_argument("--compare", help="comma-separated name=DIR conditioned models to compare side by side (validation "
                     "cross-entropy with / without conditions, agent placement, cost); only this")
-    eh.add_argument("--key", help="merge under this key of the JSON file (default: its top level)")
+    eh.add_argument("--key", help="merge under this key of the JSON file (default: its top level; with --compare, "
+                    "conditioning_comparison)")
     eh.add_argument("--device", default="cpu")
     eh.add_argument("--seed", type=int, default=0)
     eh.add_argument("--json", help="merge the record into this JSON file (e.g. results/highway.json)")

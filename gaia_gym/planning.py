@@ -17,7 +17,9 @@ The planner never changes the state it is given (it restores copies into its own
 seed its decisions are reproducible. `reward_fn(tokens, actions, features) -> (n,)` replaces the reward
 head (e.g. a known reward in tests). `proposal(state) -> (H, 2)` (e.g. a trained policy's actions)
 seeds the mean at each decision: the policy proposes, the planner refines (`PolicyProposal` makes one
-from a trained agent).
+from a trained agent). `value_fn(tokens, features) -> (n,)` adds a terminal value beyond the horizon
+(TD-MPC2): a sequence's score gains gamma^H x P(still running) x V(the last imagined observation), so a
+short horizon still sees what comes after it (`PolicyValue` makes one from a trained agent's critic).
 
 `plan_real_episode` drives the REAL CarRacing-v3 with it (`RealCarRacingEnv`: the world model's memory is
 rebuilt from the real frames every step, the planner imagines from there).
@@ -86,7 +88,8 @@ class Planner:
 
     def __init__(self, bundle, config: PlannerConfig | None = None, seed: int | None = 0,
                  reward_fn: RewardFn | None = None,
-                 proposal: Callable[[EngineState], torch.Tensor] | None = None) -> None:
+                 proposal: Callable[[EngineState], torch.Tensor] | None = None,
+                 value_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> None:
         self.cfg = config or PlannerConfig()
         self.bundle = bundle
         self.engine = Imagination(bundle, n=self.cfg.rows, temperature=self.cfg.temperature, end_threshold=1.0,
@@ -94,7 +97,7 @@ class Planner:
         self.device = self.engine.device
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(0 if seed is None else int(seed) + 1)
-        self.reward_fn, self.proposal = reward_fn, proposal
+        self.reward_fn, self.proposal, self.value_fn = reward_fn, proposal, value_fn
         self.low = torch.tensor(self.cfg.low, dtype=torch.float32, device=self.device)
         self.high = torch.tensor(self.cfg.high, dtype=torch.float32, device=self.device)
         self._mean: torch.Tensor | None = None  # (H, 2) the last plan (the next decision's warm start)
@@ -109,7 +112,8 @@ class Planner:
     @torch.no_grad()
     def score(self, state: EngineState, row: int, actions: torch.Tensor) -> torch.Tensor:
         """Expected discounted imagined return of each of the K sequences `actions` (K, H, 2) from
-        `state`'s row `row`, averaged over S sampled futures. `state` is not changed."""
+        `state`'s row `row`, averaged over S sampled futures, plus the discounted terminal value (with a
+        `value_fn`). `state` is not changed."""
         c = self.cfg
         K, H = actions.shape[:2]
         self.engine.restore(state.branch(row, K * c.samples), copy=False)  # branch() made the copies
@@ -121,6 +125,9 @@ class Planner:
             r = out.reward if self.reward_fn is None else self.reward_fn(out.latents, seq[:, t], out.features).float()
             total += (c.gamma ** t) * alive * r
             alive = alive * (1.0 - out.end_prob)
+        if self.value_fn is not None:
+            v = torch.as_tensor(self.value_fn(out.latents, out.features), dtype=torch.float32, device=self.device)
+            total += (c.gamma ** H) * alive * v.reshape(-1)
         return total.view(K, c.samples).mean(1)
 
     def _initial_mean(self, state: EngineState) -> torch.Tensor:
@@ -207,6 +214,23 @@ class PolicyProposal:
         return torch.stack(actions)
 
 
+class PolicyValue:
+    """`value_fn` for a `Planner` from a trained SB3 agent's critic: V(observation) of imagined frames'
+    tokens and features (the observation GaiaDrive-v0 gave the agent), in the agent's reward units
+    (its imagined returns; `scale` converts, e.g. for a critic trained on normalised rewards)."""
+
+    def __init__(self, agent, scale: float = 1.0) -> None:
+        if not hasattr(agent, "policy") or not hasattr(agent.policy, "predict_values"):
+            raise ConfigError(f"a terminal value needs an actor-critic agent (PPO/A2C), got {type(agent).__name__}")
+        self.agent, self.scale = agent, float(scale)
+
+    @torch.no_grad()
+    def __call__(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        obs = {"tokens": tokens.cpu().numpy(), "features": features.float().cpu().numpy()}
+        t, _ = self.agent.policy.obs_to_tensor(obs)
+        return self.agent.policy.predict_values(t).reshape(-1).float().cpu() * self.scale
+
+
 def plan_real_episode(env, planner: Planner, track: int, max_steps: int | None = None, video: bool = False) -> dict:
     """Drive one REAL episode of `env` (a `RealCarRacingEnv`) on `track`, deciding every step with
     `planner` from the world model's memory of the real frames; scored like every policy
@@ -221,11 +245,11 @@ def plan_real_episode(env, planner: Planner, track: int, max_steps: int | None =
 
 
 def drive_tracks(bundle, config: PlannerConfig, tracks, done_path=None, seed: int = 0, max_steps: int | None = None,
-                 video_path=None, progress: bool = True, proposal=None) -> list[dict]:
+                 video_path=None, progress: bool = True, proposal=None, value_fn=None) -> list[dict]:
     """`plan_real_episode` on every track in `tracks`, resumable: each finished episode is appended to the
     JSON file `done_path` (atomically), and tracks already there are not driven again. With
     `video_path`, the first track driven in this call is also written as a GIF; `proposal` seeds every
-    decision (see `Planner`, `PolicyProposal`). Returns all episodes (per-step rewards dropped) in
+    decision (see `Planner`, `PolicyProposal`), `value_fn` values the horizon's end (`PolicyValue`). Returns all episodes (per-step rewards dropped) in
     `tracks` order."""
     import json
     from pathlib import Path
@@ -241,7 +265,7 @@ def drive_tracks(bundle, config: PlannerConfig, tracks, done_path=None, seed: in
     todo = [int(t) for t in tracks if str(int(t)) not in done]
     if todo:
         env = RealCarRacingEnv(bundle=bundle, obs_mode="tokens", render_mode="rgb_array" if video_path else None)
-        planner = Planner(bundle, config, seed=seed, proposal=proposal)
+        planner = Planner(bundle, config, seed=seed, proposal=proposal, value_fn=value_fn)
         try:
             for i, t in enumerate(tqdm(todo, desc="planning (real tracks)", unit="track", disable=not progress)):
                 e = plan_real_episode(env, planner, t, max_steps, video=video_path is not None and i == 0)

@@ -71,6 +71,9 @@ class ToyFlowBackend(nn.Module):
         nxt = current + 0.1 * actions[:, :1, None, None] + (0 if sampler is None else 0.01 * sampler(current.shape))
         return nxt, h, h.mean(1), h[:, 0] - 5.0
 
+    def reward_spread(self, features):
+        return features.std(1)
+
     def encode(self, frames):
         x = frames.float().mean(-1, keepdim=True).permute(0, 3, 1, 2) / 255.0
         return nn.functional.adaptive_avg_pool2d(x, 4).repeat(1, 2, 1, 1)

@@ -119,14 +119,15 @@ def test_engine_guidance_with_a_negative_prompt_runs_and_branches(cbundle):
 
 
 # ---- an agent box moves the prediction ------------------------------------------------------------
-@pytest.mark.parametrize("mode", ["cross", "adaln"])
+@pytest.mark.parametrize("mode", ["cross", "adaln", "map"])
 def test_an_agent_box_moves_what_the_tiny_model_predicts(mode):
     """Synthetic frames: all code 0 except code 1 in the grid column given by the box's x. A tiny model
     conditioned on the box learns to put the code where the box says; the same model with the box
-    condition dropped cannot."""
+    condition dropped cannot. ("map": adaLN plus the agent map, the box drawn into the token grid.)"""
     torch.manual_seed(0)
-    spec = ConditionSpec(agents=1, mode=mode, drop=0.0, drop_all=0.0, field_dropout=0.0, instance_dropout=0.0,
-                         agent_horizon=0.0, scratch=0.0)
+    extra = dict(agent_map_scale=0.5, agent_map_default=(0.5, 0.5)) if mode == "map" else {}
+    spec = ConditionSpec(agents=1, mode="adaln" if mode == "map" else mode, drop=0.0, drop_all=0.0,
+                         field_dropout=0.0, instance_dropout=0.0, agent_horizon=0.0, scratch=0.0, **extra)
     wm = WorldModel(WorldModelConfig(**{**WORLD_MODEL_PRESETS["tiny"], "context": 2}, conditions=spec))
     opt = torch.optim.Adam(wm.parameters(), lr=3e-3)
 
@@ -161,12 +162,78 @@ def test_an_agent_box_moves_what_the_tiny_model_predicts(mode):
     assert float(hit_blind) < 0.5
 
 
+def _map_encoder(d: int = 8):
+    from gaia_gym.models.conditions import ConditionEncoder
+    from gaia_gym.sims.highway_scene import agent_map_spec
+
+    spec = ConditionSpec(metadata=tuple(METADATA.items()), agents=8, **agent_map_spec())
+    return ConditionEncoder(spec, d, grid=8, patch=4), spec
+
+
+def _raw_map(enc, cond):
+    """The splatted presence channel as an (8, 8) grid: the projection replaced by a read-out of its input."""
+    C = enc.map_channels
+    lin = torch.nn.Linear(16 * C, 16 * C, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.eye(16 * C))
+    enc.map_proj, enc.map_null = lin, torch.nn.Parameter(torch.full((16 * C,), -1.0))
+    m = enc.agent_map(cond, 1, 1, "cpu")  # (1, 1, 4, 16 C): 2x2 patches of 4x4 cells
+    return m.view(2, 2, 4, 4, C).permute(0, 2, 1, 3, 4).reshape(8, 8, C)[..., 0]
+
+
+@pytest.mark.parametrize("scenario", ["highway", "roundabout"])
+def test_the_agent_map_draws_a_box_where_the_frame_shows_it(scenario):
+    """A box at (x, y) m is splatted around the pixel where highway-env draws it: the ego's place in the
+    frame (the scenario's centring) plus (x, y) at the frame's px/m (the read-out's convention)."""
+    from gaia_gym.evaluation.highway import PX_PER_M
+    from gaia_gym.sims.highway_scene import VIEW_ORIGIN, normalise_boxes
+
+    enc, spec = _map_encoder()
+    box = np.zeros((1, 1, 8, 9), np.float32)
+    box[0, 0, 0] = [1, 10.0, -3.0, 0, 0, 1, 0, 5, 2]
+    meta = torch.from_numpy(spec.metadata_ids({"scenario": scenario}))[None]
+    grid = _raw_map(enc, Conditions(metadata=meta, agents=torch.from_numpy(normalise_boxes(box))))
+    assert float(grid.sum()) == pytest.approx(1.0, abs=1e-5)
+    ys, xs = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    cx, cy = float((grid * (xs + 0.5)).sum() * 8), float((grid * (ys + 0.5)).sum() * 8)  # centroid in px
+    u0, v0 = VIEW_ORIGIN[scenario]
+    assert cx == pytest.approx(u0 * 64 + 10.0 * PX_PER_M, abs=1e-3)
+    assert cy == pytest.approx(v0 * 64 - 3.0 * PX_PER_M, abs=1e-3)
+
+
+def test_the_agent_map_leaves_out_dropped_rows_and_hidden_positions():
+    from gaia_gym.sims.highway_scene import normalise_boxes
+
+    enc, spec = _map_encoder()
+    box = np.zeros((1, 1, 8, 9), np.float32)
+    box[0, 0, :2] = [[1, 10.0, 0, 0, 0, 1, 0, 5, 2], [1, -8.0, 4.0, 0, 0, 1, 0, 5, 2]]
+    a = torch.from_numpy(normalise_boxes(box))
+    keep = torch.ones_like(a)
+    keep[0, 0, 1, 2] = 0.0  # the second box's y is hidden by field dropout: it cannot be drawn
+    grid = _raw_map(enc, Conditions(agents=a, agent_keep=keep))
+    assert float(grid.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert float(grid[:, :3].sum()) == 0.0  # nothing where the hidden box was (8 m behind: 6 px from the left)
+    dropped = _raw_map(enc, Conditions(agents=a, dropped={"agents": torch.ones(1, dtype=torch.bool)}))
+    assert bool((dropped == -1.0).all())  # the learned null, not an empty map
+    empty = _raw_map(enc, Conditions(agents=torch.zeros_like(a)))
+    assert float(empty.abs().sum()) == 0.0
+
+
+def test_an_agent_map_spec_checks_its_fields():
+    with pytest.raises(ConfigError, match="first metadata field"):
+        ConditionSpec(metadata=tuple(METADATA.items()), agents=8, agent_map_scale=0.5,
+                      agent_map_origins=(("motorway", 0.3, 0.5),))
+    with pytest.raises(ConfigError, match="agent boxes"):
+        ConditionSpec(metadata=tuple(METADATA.items()), agent_map_scale=0.5)
+
+
 # ---- the env ------------------------------------------------------------------------------------
 def test_gaia_highway_env_checkers_and_determinism(cbundle):
     from gymnasium.utils.env_checker import check_env
     from stable_baselines3.common.env_checker import check_env as sb3_check
 
-    env = gym.make("GaiaHighway-v0", bundle=cbundle, obs_mode="tokens+features")
+    # end_threshold 1: an untrained model's end head is arbitrary; this test needs whole 4-step rollouts
+    env = gym.make("GaiaHighway-v0", bundle=cbundle, obs_mode="tokens+features", end_threshold=1.0)
     check_env(env.unwrapped, skip_render_check=True)
     sb3_check(env.unwrapped, warn=False)
     runs = []

@@ -407,3 +407,32 @@ def test_sb3_ppo_learns(bundle):
     action, _ = model.predict(venv.reset(), deterministic=True)
     assert action.shape == (4, 2)
     venv.close()
+
+
+def test_pessimism_subtracts_the_reward_heads_spread(bundle):
+    """reward = head's expectation - pessimism x its predictive std; the same seed, the same futures."""
+    import torch
+
+    from gaia_gym.errors import ConfigError
+    from gaia_gym.envs.sb3 import GaiaDriveVecEnv
+    from gaia_gym.models.world_model import reward_spread
+
+    def rollout(p):
+        env = GaiaDriveVecEnv(3, bundle=bundle, obs_mode="tokens+features", pessimism=p)
+        env.seed(5)
+        env.reset()
+        env.step_async(np.tile([[0.2, 0.4]], (3, 1)).astype(np.float32))
+        obs, rew, _, _ = env.step_wait()
+        return obs, rew
+
+    obs0, r0 = rollout(0.0)
+    obs2, r2 = rollout(2.0)
+    assert np.array_equal(obs0["tokens"], obs2["tokens"])
+    wm = bundle.world_model
+    with torch.no_grad():
+        spread = reward_spread(wm.reward_logits(torch.from_numpy(obs0["features"])), wm.bins).numpy()
+    assert (spread > 0).all()
+    np.testing.assert_allclose(r2, r0 - 2.0 * spread, rtol=1e-4, atol=1e-5)
+    for bad in (-1.0, float("nan"), True):
+        with pytest.raises(ConfigError, match="pessimism"):
+            GaiaDriveVecEnv(1, bundle=bundle, pessimism=bad)

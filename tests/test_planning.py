@@ -227,3 +227,65 @@ def test_policy_proposal_drives_the_agent_in_imagination_and_leaves_the_state(bu
     for layer in range(len(before[2].k)):
         assert torch.equal(state.memory.keys(layer), before[2].keys(layer))
         assert torch.equal(state.memory.values(layer), before[2].values(layer))
+
+
+def test_a_terminal_value_enters_discounted_by_the_horizon_and_survival(bundle):
+    """With no reward, a sequence's score is gamma^H x P(running) x V(last imagined observation): linear
+    in V, zero without it, and V sees the last imagined step's tokens and features of every row."""
+    eng = fresh_engine(bundle, n=1)
+    cfg = PlannerConfig(candidates=3, horizon=2, samples=2, elites=2, temperature=0.0, gamma=0.9)
+    zero = lambda tokens, actions, features: torch.zeros(len(actions))  # noqa: E731
+    seen = []
+
+    def value(c):
+        def v(tokens, features):
+            seen.append((tokens.shape, features.shape))
+            return torch.full((len(tokens),), float(c))
+        return v
+
+    acts = torch.zeros(3, 2, 2)
+    s0 = Planner(bundle, cfg, seed=0, reward_fn=zero).score(eng.state(), 0, acts)
+    s1 = Planner(bundle, cfg, seed=0, reward_fn=zero, value_fn=value(1.0)).score(eng.state(), 0, acts)
+    s3 = Planner(bundle, cfg, seed=0, reward_fn=zero, value_fn=value(3.0)).score(eng.state(), 0, acts)
+    assert torch.equal(s0, torch.zeros(3))
+    assert bool((s1 > 0).all()) and bool((s1 <= 0.9 ** 2 + 1e-6).all())
+    assert torch.allclose(s3, 3 * s1)
+    assert seen[0][0][0] == 6 and seen[0][1] == (6, eng.state().features.shape[-1])  # K * S rows
+
+
+def test_policy_value_reads_an_sb3_critic(bundle):
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+
+    from gaia_gym.errors import ConfigError
+    from gaia_gym.planning import PolicyValue
+
+    env = gym.make("GaiaDrive-v0", bundle=bundle, obs_mode="tokens+features")
+    agent = PPO("MultiInputPolicy", env, n_steps=16, batch_size=16, seed=0, device="cpu")
+    eng = fresh_engine(bundle, n=2)
+    st = eng.state()
+    v = PolicyValue(agent, scale=2.0)(st.latents, st.features)
+    obs, _ = agent.policy.obs_to_tensor({"tokens": st.latents.numpy(), "features": st.features.float().numpy()})
+    with torch.no_grad():
+        want = agent.policy.predict_values(obs).reshape(-1) * 2.0
+    assert v.shape == (2,) and torch.allclose(v, want)
+    with pytest.raises(ConfigError, match="actor-critic"):
+        PolicyValue(object())
+
+
+def test_plan_real_example_takes_a_terminal_value(examples, bundle, tmp_path):
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+
+    plan_real, _, _, model = examples
+    env = gym.make("GaiaDrive-v0", bundle=bundle, obs_mode="tokens+features")
+    PPO("MultiInputPolicy", env, n_steps=16, batch_size=16, seed=0, device="cpu").save(tmp_path / "agent.zip")
+    args = ["--model", str(model), "--episodes", "1", "--max-steps", "2", "--candidates", "4", "--horizon", "2",
+            "--elites", "2", "--json", str(tmp_path / "p.json"), "--plot", str(tmp_path / "p.png"), "--work", str(tmp_path / "work"),
+            "--terminal-value", str(tmp_path / "agent.zip"), "--value-scale", "10"]
+    rec = plan_real.main(args)
+    saved = json.loads((tmp_path / "p.json").read_text())
+    assert saved["with_terminal_value"]["real_return_per_seed"] == rec["real_return_per_seed"]
+    assert rec["terminal_value"].endswith("agent.zip") and rec["value_scale"] == 10.0
+    with pytest.raises(SystemExit, match="plan_real"):
+        plan_real.main(args[:-4] + ["--terminal-value", str(tmp_path / "missing.zip")])

@@ -86,6 +86,13 @@ class FlowBackend:
             nxt = torch.zeros_like(current, dtype=torch.float32)
         return nxt.float().clamp_(-LATENT_BOUND, LATENT_BOUND), feats, reward, end
 
+    @torch.no_grad()
+    def reward_spread(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, d) features of a step -> (n,) the reward head's predictive standard deviation."""
+        from gaia_gym.models.world_model import reward_spread
+
+        return reward_spread(self.world_model.reward_logits(features), self.world_model.bins)
+
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         return self.tokenizer.encode(frames)
 

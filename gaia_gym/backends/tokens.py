@@ -17,7 +17,7 @@ import torch
 
 from gaia_gym.errors import ConfigError
 from gaia_gym.models.tokenizer import Tokenizer
-from gaia_gym.models.world_model import KVCache, WorldModel, make_sampler
+from gaia_gym.models.world_model import KVCache, WorldModel, make_sampler, reward_spread
 from gaia_gym.precision import int8_linears
 
 
@@ -69,6 +69,11 @@ class TokenBackend:
              guidance: float = 1.0, **scene):
         sample = _skip_sampling if sampler is None else sampler
         return self.world_model.step(memory, block, current, actions, sample, guidance=guidance, **scene)
+
+    @torch.no_grad()
+    def reward_spread(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, d) features of a step -> (n,) the reward head's predictive standard deviation."""
+        return reward_spread(self.world_model.reward_logits(features), self.world_model.bins)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """(n, *frame_shape) uint8 -> (n, *latent_shape); a rig's views are encoded one by one (shared weights)."""

@@ -136,7 +136,7 @@ class ImaginedBatch:
                  reward_fn: RewardFn | None = None, temperature: float = 1.0, top_k: int | None = None,
                  guidance: float = 1.0, device: str | torch.device = "cpu", bundle: WorldBundle | None = None,
                  end_threshold: float = 0.5, bf16: bool = True, int8: bool = False, cameras=None,
-                 guide=("action",), text_encoder=None) -> None:
+                 guide=("action",), text_encoder=None, pessimism: float = 0.0) -> None:
         n = check_count(n)
         named = [k for k in LATENT_KEYS if isinstance(obs_mode, str) and k in obs_mode.split("+")]
         parse_obs_mode(obs_mode, named[0] if named else "tokens")  # a malformed obs_mode fails before the model loads
@@ -146,6 +146,10 @@ class ImaginedBatch:
         if reward_fn is not None and not callable(reward_fn):
             raise ConfigError(f"reward_fn must be callable(tokens, action, features) -> float, got {reward_fn!r}")
         temperature, top_k, guidance, end_threshold = check_sampling(temperature, top_k, guidance, end_threshold)
+        if isinstance(pessimism, bool) or not isinstance(pessimism, numbers.Real) or not 0 <= pessimism < math.inf:
+            raise ConfigError(f"pessimism must be a finite number >= 0 (reward minus pessimism x the reward "
+                              f"head's spread), got {pessimism!r}")
+        self.pessimism = float(pessimism)
         single_thread_after_fork()
         self.bundle = bundle if bundle is not None else load_bundle(model, device)
         if cameras is not None:  # a camera-rig model over a sub-rig (e.g. "front,rear"): WorldBundle.with_cameras
@@ -255,7 +259,10 @@ class ImaginedBatch:
         self._frames = obs.get("frame")
         a = to_numpy(actions).astype(np.float32, copy=False)
         if self.reward_fn is None:
-            reward = to_numpy(out.reward).astype(np.float32, copy=False)
+            r = out.reward
+            if self.pessimism:  # pessimism where the model is unsure: minus the reward head's spread
+                r = r - self.pessimism * self.bundle.backend.reward_spread(out.features).to(r.device)
+            reward = to_numpy(r).astype(np.float32, copy=False)
         else:
             tok = obs[self.latent_key] if self.latent_key in obs else to_numpy(out.latents)
             feat = obs["features"] if "features" in obs else to_numpy(out.features)

@@ -56,7 +56,7 @@ class GaiaDriveVectorEnv(VectorEnv):
                  render_mode: str | None = None, reward_fn: RewardFn | None = None, temperature: float = 1.0,
                  top_k: int | None = None, guidance: float = 1.0, device: str | torch.device = "cpu",
                  bundle=None, end_threshold: float = 0.5, bf16: bool = True,
-                 int8: bool = False, cameras=None) -> None:
+                 int8: bool = False, cameras=None, pessimism: float = 0.0) -> None:
         num_envs = check_count(num_envs)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ConfigError(f"render_mode must be one of {self.metadata['render_modes']} or None, "
@@ -64,7 +64,7 @@ class GaiaDriveVectorEnv(VectorEnv):
         self.core = ImaginedBatch(num_envs, model=model, obs_mode=obs_mode, horizon=horizon, reward_fn=reward_fn,
                                   temperature=temperature, top_k=top_k, guidance=guidance, device=device,
                                   bundle=bundle, end_threshold=end_threshold, bf16=bf16, int8=int8,
-                                  cameras=cameras)
+                                  cameras=cameras, pessimism=pessimism)
         self.num_envs = int(num_envs)
         self.obs_mode, self.horizon, self.render_mode = obs_mode, self.core.horizon, render_mode
         self.single_observation_space = self.core.single_observation_space

@@ -14,7 +14,8 @@ Measurements, all on scenes generated from held-out (validation) conditions:
 - ``agent_placement``: vehicles placed by the agent condition (the real boxes of a validation frame,
   those inside the view) are detected within `MATCH_M` of where they were asked: detection rate and
   position error; beside the same boxes looked for in frames generated without the agent condition
-  (how often a vehicle is there anyway); removal: one box left out of the list, is its vehicle still
+  (how often a vehicle is there anyway) and, as the ceiling, in the real frames themselves and in the
+  tokenizer's reconstructions of them; removal: one box left out of the list, is its vehicle still
   detected where it was;
 - ``metadata_adherence``: scenes generated from metadata alone (random values), read back by the probe:
   accuracy per field against chance;
@@ -41,9 +42,9 @@ from gaia_gym.data.loader import EpisodeIndex
 from gaia_gym.imagination import Imagination, SceneRows
 from gaia_gym.evaluation.common import roc_auc
 from gaia_gym.metrics import psnr_uint8
-from gaia_gym.sims.highway_scene import METADATA, agent_boxes, episode_metadata
+from gaia_gym.sims.highway_scene import METADATA, VIEW_M, agent_boxes, episode_metadata
 
-PX_PER_M = 1.6  # 64-px frames over 40 m (gaia_gym.sims.highway.VIEW_M)
+PX_PER_M = 64 / VIEW_M  # 64-px frames over VIEW_M metres (1.6 px/m)
 MATCH_M = 3.0  # a detection within this distance of an asked position counts as the vehicle
 MIN_AREA = 3  # px: smaller blobs are anti-aliasing noise
 
@@ -233,6 +234,12 @@ def evaluate_agent_placement(bundle, val, n: int = 64, guidance: float = 3.0, se
     asked = [b[b[:, 0] > 0.5][:, 1:3] for b in boxes]
     ego0 = (0.3 * 64, 32.0)
     out = {"n_scenes": len(order), "match_m": MATCH_M, "guidance": guidance}
+    # the ceiling: the same boxes looked for in the real frames, and in the tokenizer's reconstructions
+    # of them (what any generated frame passes through)
+    real = np.stack([nxt[i][0] for i in order])
+    recon = bundle.backend.decode(bundle.backend.encode(torch.from_numpy(real))).cpu().numpy()
+    out["real_frames"] = placement_scores(real, asked, ego0)
+    out["tokenizer_reconstructions"] = placement_scores(recon, asked, ego0)
     for name, kw in (("conditioned", dict(vehicles=boxes)),
                      ("conditioned_guided", dict(vehicles=boxes, guidance=guidance, guide=("agents",))),
                      ("without_agent_condition", dict())):

@@ -20,6 +20,14 @@ condition vector, or cross-attention to condition tokens) and the training dropo
   hides whole vehicles (a random subset, the same vehicles for the whole clip: boxes carry track
   numbers); ``agent_horizon``: in that share of clips the boxes stop after a random block, so a model
   told where vehicles are at the start carries on by itself;
+- ``agent_map_scale`` > 0: the boxes are also drawn into the frame's token grid (the *agent map*, GAIA-2's
+  boxes projected into the camera, here a top view): each present box is splatted bilinearly onto the
+  token cells around where it appears (presence, velocity, heading and size as channels), and the map's
+  patch rows are projected and added to the image input of the block whose frame they describe. The view
+  is world-aligned: a box at normalised (x, y) appears at image (u, v) = origin + scale * (x, y), with
+  the ego's place in the frame (the origin) set by the scene's first metadata field (``agent_map_origins``,
+  e.g. highway-env's per-scenario camera centring; ``agent_map_default`` when it is not given). Position
+  then needs no learning from a pooled vector: a vehicle asked at a cell is an input at that cell;
 - ``scratch``: in that share of clips the first k frames are hidden (a learned missing-frame input; k from
   1 to all of them, the targets stay the real frames), so the model learns to generate a scene from its
   conditions alone (GAIA-2's generation from scratch), as a scratch reset asks it to.
@@ -34,6 +42,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+from einops import rearrange
 from torch import nn
 
 from gaia_gym.errors import ConfigError
@@ -55,6 +64,9 @@ class ConditionSpec:
     instance_dropout: float = 0.3  # training: whole vehicles hidden, per clip
     agent_horizon: float = 0.5  # training: share of clips whose boxes stop after a random block
     scratch: float = 0.3  # training: share of clips whose first k frames are hidden
+    agent_map_scale: float = 0.0  # image units per normalised box unit (0: no agent map, boxes as a set only)
+    agent_map_origins: tuple = ()  # ((value of the first metadata field, u, v), ...): the ego's place in the frame
+    agent_map_default: tuple = (0.5, 0.5)  # the ego's place when that field is not given
 
     def __post_init__(self) -> None:
         try:
@@ -71,6 +83,20 @@ class ConditionSpec:
                 raise ConfigError(f"{name} must be in [0, 1), got {v}")
         if self.agents and self.agent_fields[0] != "presence":
             raise ConfigError("the first agent field must be 'presence'")
+        try:
+            origins = tuple((str(v), float(u), float(w)) for v, u, w in self.agent_map_origins)
+            default = tuple(float(x) for x in self.agent_map_default)
+        except (TypeError, ValueError):
+            raise ConfigError("agent_map_origins must be ((value, u, v), ...) and agent_map_default (u, v)") from None
+        object.__setattr__(self, "agent_map_origins", origins)
+        object.__setattr__(self, "agent_map_default", default)
+        if self.agent_map_scale:
+            if not self.agents or self.agent_fields[1:3] != ("x", "y"):
+                raise ConfigError("the agent map needs agent boxes whose fields start presence, x, y")
+            known = set(self.metadata[0][1]) if self.metadata else set()
+            bad = [v for v, _, _ in origins if v not in known]
+            if bad:
+                raise ConfigError(f"agent_map_origins names {bad[0]!r}, not a value of the first metadata field")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "ConditionSpec | None":
@@ -85,6 +111,14 @@ class ConditionSpec:
     @property
     def fields(self) -> dict[str, tuple[str, ...]]:
         return dict(self.metadata)
+
+    def origin_table(self) -> torch.Tensor:
+        """(values of the first metadata field + 1, 2): the ego's image place (u, v) per value, then the
+        default (for a field not given, id -1)."""
+        vals = self.metadata[0][1] if self.metadata else ()
+        place = {v: (u, w) for v, u, w in self.agent_map_origins}
+        return torch.tensor([place.get(v, self.agent_map_default) for v in vals] + [self.agent_map_default],
+                            dtype=torch.float32)
 
     # ---- user input -> tensors (one-line errors) ---------------------------------------------
     def metadata_ids(self, values: dict | None) -> np.ndarray:
@@ -198,11 +232,19 @@ class ConditionEncoder(nn.Module):
     Tokens: [metadata] [no-agents, box 1..N] [text] (those the spec has). A dropped metadata or text is its
     learned null token; dropped boxes are masked out, leaving the learned no-agents token. The pooled
     vector is the sum of the metadata and text tokens and of the present boxes' embeddings (scaled by
-    1/sqrt(1 + count)), plus the no-agents token."""
+    1/sqrt(1 + count)), plus the no-agents token. With an agent map (`agent_map`), the boxes drawn into the
+    (grid x grid) token grid, per patch of `patch` x `patch` cells."""
 
-    def __init__(self, spec: ConditionSpec, d: int) -> None:
+    def __init__(self, spec: ConditionSpec, d: int, grid: int = 0, patch: int = 1) -> None:
         super().__init__()
         self.spec = spec
+        self.grid, self.patch = grid, patch
+        if spec.agent_map_scale:
+            if not grid or grid % patch:
+                raise ConfigError(f"the agent map needs a token grid divisible by the patch, got {grid} and {patch}")
+            self.register_buffer("map_origin", spec.origin_table(), persistent=False)
+            self.map_proj = nn.Linear(patch * patch * self.map_channels, d)
+            self.map_null = nn.Parameter(torch.zeros(d))
         self.meta = nn.ModuleList([nn.Embedding(len(vals) + 1, d) for _, vals in spec.metadata])
         self.meta_null = nn.Parameter(torch.zeros(d)) if spec.metadata else None
         nf = len(spec.agent_fields)
@@ -213,9 +255,52 @@ class ConditionEncoder(nn.Module):
             self.text = nn.Linear(spec.text_dim, d)
             self.text_null = nn.Parameter(torch.zeros(d))
         self.norm = nn.LayerNorm(d)
-        for p in (self.meta_null, getattr(self, "no_agents", None), getattr(self, "text_null", None)):
+        for p in (self.meta_null, getattr(self, "no_agents", None), getattr(self, "text_null", None),
+                  getattr(self, "map_null", None)):
             if p is not None:
                 nn.init.normal_(p, std=0.02)
+
+    @property
+    def map_channels(self) -> int:
+        """Agent-map channels per cell: presence, then every box field after x and y."""
+        return len(self.spec.agent_fields) - 2
+
+    def agent_map(self, cond: Conditions | None, B: int, T: int, device) -> torch.Tensor | None:
+        """(B, T, P, d) what the agent map adds to each image position of each block, or None (no map in
+        this spec). Rows whose agents are dropped (or not given) get the learned map null; a box whose
+        position is hidden by field dropout is left out of the map (it still enters as a set member)."""
+        s = self.spec
+        if not s.agent_map_scale:
+            return None
+        g, p = self.grid, self.patch
+        null = self.map_null.to(device).expand(B, T, (g // p) ** 2, -1)
+        if cond is None or cond.agents is None:
+            return null
+        dtype = self.map_null.dtype
+        a = cond.agents.to(device, dtype)  # (B, T, N, F)
+        keep = torch.ones_like(a) if cond.agent_keep is None else cond.agent_keep.to(device, dtype)
+        ids = torch.full((B,), -1, dtype=torch.long, device=device) if cond.metadata is None or not s.metadata \
+            else cond.metadata[:, 0].to(device)
+        origin = self.map_origin[torch.where(ids < 0, len(self.map_origin) - 1, ids)]  # (B, 2)
+        uv = origin[:, None, None].to(dtype) + s.agent_map_scale * a[..., 1:3]  # (B, T, N, 2) in [0, 1] inside
+        on = ((a[..., 0] > 0.5) & (keep[..., 1] > 0.5) & (keep[..., 2] > 0.5)).to(dtype)  # (B, T, N)
+        feat = torch.cat([torch.ones_like(a[..., :1]), (a * keep)[..., 3:]], -1) * on[..., None]  # (B, T, N, C)
+        c = uv * g - 0.5  # cell coordinates (cell centres at integers)
+        c0 = torch.floor(c)
+        f = c - c0
+        grid = torch.zeros(B * T, g * g, self.map_channels, device=device, dtype=dtype)
+        for dx in (0, 1):
+            for dy in (0, 1):
+                cx, cy = c0[..., 0] + dx, c0[..., 1] + dy
+                w = (f[..., 0] if dx else 1 - f[..., 0]) * (f[..., 1] if dy else 1 - f[..., 1])
+                ok = (cx >= 0) & (cx < g) & (cy >= 0) & (cy < g)
+                cell = (cy.clamp(0, g - 1) * g + cx.clamp(0, g - 1)).long().flatten(0, 1)  # (B*T, N)
+                val = (feat * (w * ok)[..., None]).flatten(0, 1)  # (B*T, N, C)
+                grid.scatter_add_(1, cell[..., None].expand(-1, -1, self.map_channels), val)
+        grid = rearrange(grid, "(b t) (h p1 w p2) c -> b t (h w) (p1 p2 c)", b=B, h=g // p, p1=p, p2=p)
+        out = self.map_proj(grid)
+        drop = _row_mask(cond.dropped.get("agents"), B, T, device)
+        return torch.where(drop[..., None, None], null.to(out.dtype), out)
 
     @property
     def tokens_per_block(self) -> int:

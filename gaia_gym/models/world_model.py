@@ -139,6 +139,15 @@ def symexp(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.expm1(x.abs())
 
 
+def reward_spread(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """(..., K) reward-head logits over symlog `bins` -> (...) the standard deviation of the predicted
+    reward in reward units: how unsure the head is of this transition's reward."""
+    p = logits.float().softmax(-1)
+    vals = symexp(bins.float())
+    mean = (p * vals).sum(-1, keepdim=True)
+    return (p * (vals - mean) ** 2).sum(-1).clamp_min(0).sqrt()
+
+
 def two_hot(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     """x (...,) -> (..., K) weights on the two bins around x (DreamerV3)."""
     x = x.clamp(bins[0], bins[-1])
@@ -404,7 +413,9 @@ class WorldModel(nn.Module):
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
         self.spec = cfg.condition_spec
         if self.spec is not None:
-            self.cond_enc = ConditionEncoder(self.spec, d)
+            if self.spec.agent_map_scale and cfg.cameras:
+                raise ConfigError("the agent map draws boxes into one top view; a camera rig takes boxes as a set")
+            self.cond_enc = ConditionEncoder(self.spec, d, cfg.grid, cfg.patch)
             self.missing_frame = nn.Parameter(torch.zeros(d))  # input of a hidden frame (generation from scratch)
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, S * cfg.head_width)
@@ -544,7 +555,7 @@ class WorldModel(nn.Module):
         B, T = tokens.shape[:2]
         L = self.layout
         img = self._hide_views(self.embed_image(self.patchify(tokens)), visible)  # (B, T, P, d)
-        img = self._hide_frames(img, hidden)
+        img = self._add_agent_map(self._hide_frames(img, hidden), cond, B, T)
         act = self.embed_action(actions, null_action)  # (B, T, A, d)
         x = torch.cat([img, act], dim=2) + self.block_pos()  # (B, T, block, d)
         x = rearrange(x, "b t n d -> b (t n) d")
@@ -559,6 +570,13 @@ class WorldModel(nn.Module):
         if hidden is None or self.spec is None:
             return img
         return torch.where(hidden.to(img.device)[:, :, None, None], self.missing_frame.to(img.dtype), img)
+
+    def _add_agent_map(self, img: torch.Tensor, cond: Conditions | None, B: int, T: int) -> torch.Tensor:
+        """img (B, T, P, d) plus the agent map of the boxes each block predicts (a spec with one)."""
+        if self.spec is None:
+            return img
+        m = self.cond_enc.agent_map(cond, B, T, img.device)
+        return img if m is None else img + m.to(img.dtype)
 
     def _condition(self, cond: Conditions | None, B: int, T: int, n: int, device):
         """What the blocks take from the conditions: (tokens, key mask, pooled, tokens per block), or None
@@ -727,11 +745,12 @@ class WorldModel(nn.Module):
         return self.cfg.context - 1
 
     def _block_embedding(self, tokens: torch.Tensor, actions: torch.Tensor, null: torch.Tensor | None = None,
-                         hidden: torch.Tensor | None = None):
+                         hidden: torch.Tensor | None = None, cond: Conditions | None = None):
         """One block per row: tokens (B, g, g), actions (B, A) -> (B, block, d); hidden (B,) bool rows get
-        the missing-frame input."""
+        the missing-frame input; `cond` the block's conditions (its agent map)."""
         img = self._hide_views(self.embed_image(self.patchify(tokens[:, None])), None)
-        img = self._hide_frames(img, None if hidden is None else hidden[:, None])[:, 0]
+        img = self._hide_frames(img, None if hidden is None else hidden[:, None])
+        img = self._add_agent_map(img, cond, len(tokens), 1)[:, 0]
         act = self.embed_action(actions[:, None], None if null is None else null[:, None])[:, 0]
         return torch.cat([img, act], dim=1) + self.block_pos()
 
@@ -778,9 +797,9 @@ class WorldModel(nn.Module):
                 cache.reserve(L.block)
                 tmp = cache.view()  # its writes are overwritten by the conditional pass below
                 null = torch.full((len(tokens),), bool(guide_action), dtype=torch.bool, device=dev)
-                hu = self._feed(tmp, self._block_embedding(tokens, actions, null, hidden), block, slots,
-                                contrast if contrast is not None else cond)
-            h = self._feed(cache, self._block_embedding(tokens, actions, None, hidden), block, slots, cond)
+                other = contrast if contrast is not None else cond
+                hu = self._feed(tmp, self._block_embedding(tokens, actions, null, hidden, other), block, slots, other)
+            h = self._feed(cache, self._block_embedding(tokens, actions, None, hidden, cond), block, slots, cond)
             logits = self.image_logits(h[:, L.image_slice]).float()
             if guidance != 1.0:
                 lu = self.image_logits(hu[:, L.image_slice]).float()

@@ -97,11 +97,11 @@ from gaia_gym.config import HighwayCollectConfig
 from gaia_gym.data.collect import EpisodeSpec, plan_episodes, run_collection
 from gaia_gym.data.frames import resize_square
 from gaia_gym.errors import ConfigError
+from gaia_gym.sims.highway_scene import VIEW_M
 
 OTHERS_FEATURES = ("presence", "x", "y", "vx", "vy", "cos_h", "sin_h")
 OTHERS_UNITS = {"presence": "0/1", "x": "m", "y": "m", "vx": "m/s", "vy": "m/s", "cos_h": "", "sin_h": ""}
 OTHERS_COUNT = 8  # other vehicles per step (the Kinematics observation lists the ego too: 9 rows)
-VIEW_M = 40.0  # metres spanned by the square frame, all scenarios
 RENDER_SCALE = 2  # render at this multiple of the dataset frame size, then area-downsample
 ACCEL_RANGE = (-5.0, 5.0)  # m/s^2, highway-env ContinuousAction defaults
 STEER_RANGE = (-math.pi / 4, math.pi / 4)  # rad

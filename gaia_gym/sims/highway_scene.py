@@ -15,6 +15,11 @@ every scenario).
 **Boxes** (`AGENT_FIELDS`): presence, x, y (m), vx, vy (m/s), cos_h, sin_h, length, width (m), relative
 to the ego, as highway-env gives them; `normalise_boxes` scales them by `AGENT_SCALE` for the network.
 
+**Where boxes appear** (the world model's agent map): the frame is a world-aligned top view spanning
+`VIEW_M` metres, so a box at (x, y) m relative to the ego appears at image (u, v) = origin + (x, y) /
+`VIEW_M` (normalised to [0, 1]); the origin is the scenario's camera centring in highway-env
+(`VIEW_ORIGIN`, recorded per episode as ``centering_position``).
+
 **Text**: `clip_facts` reads facts off a clip (scenario, lanes, density, whether a vehicle is close
 ahead in the ego's lane, what the ego does) and `describe` words a random subset of them with random
 phrasings. The default text encoder (`gaia_gym.models.text`) is trained to read these facts back.
@@ -36,10 +41,34 @@ METADATA: dict[str, tuple[str, ...]] = {
 AGENT_FIELDS = ("presence", "x", "y", "vx", "vy", "cos_h", "sin_h", "length", "width")
 AGENT_SCALE = (1.0, 20.0, 20.0, 10.0, 10.0, 1.0, 1.0, 5.0, 2.0)  # divisors: metres / 20, m/s / 10, ...
 DEFAULT_SIZE_M = (5.0, 2.0)  # highway-env's Vehicle.LENGTH x WIDTH (every vehicle of these scenarios)
+VIEW_M = 40.0  # metres spanned by the square frame, all scenarios (1.6 px/m at 64 px)
+VIEW_ORIGIN = {"highway": (0.3, 0.5), "merge": (0.3, 0.5), "roundabout": (0.5, 0.6),
+               "intersection": (0.5, 0.6)}  # the ego's place (u, v) in the frame: highway-env's centering_position
+AGENT_MAP_SCALE = AGENT_SCALE[1] / VIEW_M  # image units per normalised box unit
 NEAR_M = 25.0  # the density counts other vehicles within this distance of the ego
 DENSITY_EDGES = (0.8, 1.2)  # mean vehicles within NEAR_M: below 0.8 low, below 1.2 medium, else high (tertiles of the default dataset)
 CLOSE_AHEAD_M = 15.0  # a vehicle this close ahead in the ego's lane is "close ahead"
 AHEAD_M = 30.0
+
+
+def agent_map_spec() -> dict:
+    """The `ConditionSpec` fields that draw highway-env boxes into the frame's token grid."""
+    return {"agent_map_scale": AGENT_MAP_SCALE,
+            "agent_map_origins": tuple((k, *uv) for k, uv in VIEW_ORIGIN.items()),
+            "agent_map_default": VIEW_ORIGIN["highway"]}
+
+
+def check_view(meta: dict) -> None:
+    """A recorded episode's camera (``view_m``, ``centering_position``) must be the one `VIEW_ORIGIN` and
+    `VIEW_M` describe, or the agent map would draw its boxes in the wrong place."""
+    fam = scenario_family(str(meta.get("scenario", "")))
+    want = VIEW_ORIGIN.get(fam)
+    got = meta.get("centering_position")
+    if want is None or got is None:
+        return
+    if abs(float(meta.get("view_m", VIEW_M)) - VIEW_M) > 1e-6 or max(abs(a - b) for a, b in zip(got, want)) > 1e-6:
+        raise ConfigError(f"episode of {fam} records view {meta.get('view_m')} m centred at {got}; the agent map "
+                          f"assumes {VIEW_M} m centred at {list(want)} (gaia_gym.sims.highway_scene.VIEW_ORIGIN)")
 
 
 def scenario_family(scenario: str) -> str:

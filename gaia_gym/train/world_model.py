@@ -154,7 +154,7 @@ class SceneClips(TokenClips):
     text encoder, "text" (B, E): a random description of the clip (`highway_scene.describe`) embedded."""
 
     def __init__(self, path: Path, clip_len: int, spec, text_encoder=None, seed: int = 0) -> None:
-        from gaia_gym.sims.highway_scene import agent_boxes, clip_facts, normalise_boxes
+        from gaia_gym.sims.highway_scene import agent_boxes, check_view, clip_facts, normalise_boxes
 
         super().__init__(path, clip_len)
         self.spec = spec
@@ -165,6 +165,9 @@ class SceneClips(TokenClips):
             speed, steering = z["speed_mps"].astype(np.float32), z["steering"].astype(np.float32)
             metas = json.loads(str(z["episode_metadata"]))
             starts = z["episode_starts"]
+        if spec.agent_map_scale:
+            for m in metas:
+                check_view(m)
         n = len(others)
         nxt = np.minimum(np.arange(n) + 1, np.repeat(starts[1:] - 1, np.diff(starts)))  # t+1 within the episode
         self.boxes = torch.from_numpy(normalise_boxes(agent_boxes(others[nxt]))[:, : spec.agents])
@@ -224,7 +227,7 @@ def warm_start(model: WorldModel, init_dir: Path) -> list[str]:
 def train_world_model(data: Path, tokenizer_dir: Path, out: Path, preset: str = "default", train_cfg=None,
                       progress: bool = True, head: str = "digits", cameras: tuple[str, ...] = (),
                       init: Path | None = None, conditions: str = "cross", text_encoder: Path | None = None,
-                      **overrides) -> dict:
+                      agent_map: bool = True, **overrides) -> dict:
     """Tokenize `data` (cached in OUT/tokens) and train (or resume) a world model into `out`.
 
     head: "digits" (default; one small softmax per FSQ digit) or "codes" (one softmax over all codes).
@@ -233,7 +236,8 @@ def train_world_model(data: Path, tokenizer_dir: Path, out: Path, preset: str = 
     continues from its own checkpoint instead).
     conditions: for a scene dataset (highway-env), how metadata, agent boxes and text enter the
     transformer: "cross" (cross-attention), "adaln" or "none" (actions only); text_encoder: the text
-    encoder directory (`gaia-gym train text-encoder`; copied into OUT/text_encoder), None: no text."""
+    encoder directory (`gaia-gym train text-encoder`; copied into OUT/text_encoder), None: no text;
+    agent_map: also draw the boxes into the token grid (`ConditionSpec.agent_map_scale`)."""
     from gaia_gym.train.loop import TrainConfig, train
 
     tokenizer_dir = Path(tokenizer_dir)
@@ -250,13 +254,13 @@ def train_world_model(data: Path, tokenizer_dir: Path, out: Path, preset: str = 
     if scene and conditions != "none":
         from gaia_gym.bundle import TEXT_ENCODER_DIR, load_text_encoder
         from gaia_gym.models.conditions import ConditionSpec
-        from gaia_gym.sims.highway_scene import METADATA
+        from gaia_gym.sims.highway_scene import METADATA, agent_map_spec
 
         if text_encoder is not None:
             enc = load_text_encoder(text_encoder)
             copy_model_dir(text_encoder, Path(out) / TEXT_ENCODER_DIR)
         spec = ConditionSpec(metadata=tuple(METADATA.items()), agents=8, text_dim=enc.dim if enc else 0,
-                             mode=conditions)
+                             mode=conditions, **(agent_map_spec() if agent_map else {}))
         cfg = replace(cfg, conditions=spec)
     elif conditions not in ("cross", "adaln", "none"):
         raise ConfigError(f"conditions must be cross, adaln or none, got {conditions!r}")
