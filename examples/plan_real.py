@@ -111,23 +111,18 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("plan_real: --episodes must be in [1, 20] (the test tracks)")
     from gaia_gym.bundle import load_bundle
     from gaia_gym.errors import ModelFileError
-    from gaia_gym.planning import drive_tracks, summarize_planning
+    from gaia_gym.planning import PolicyProposal, PolicyValue, drive_tracks, summarize_planning
+    from gaia_gym.policy import load_agent, resolve_agent_path
 
     try:
         cfg = planner_config_from_args(a)
         bundle = load_bundle(a.model)
         proposal = None
         if a.proposal:
-            from gaia_gym.planning import PolicyProposal
-            from gaia_gym.policy import load_agent, resolve_agent_path
-
             agent_path = resolve_agent_path(a.proposal)
             proposal = PolicyProposal(load_agent(agent_path, device="cpu"), bundle, cfg.horizon, seed=a.seed)
         value_fn = None
         if a.terminal_value:
-            from gaia_gym.planning import PolicyValue
-            from gaia_gym.policy import load_agent, resolve_agent_path
-
             value_fn = PolicyValue(load_agent(resolve_agent_path(a.terminal_value), device="cpu"), a.value_scale)
     except (ValueError, FileNotFoundError, ModelFileError) as e:
         raise SystemExit(f"plan_real: {e}") from None

@@ -22,6 +22,7 @@ import torch
 from gaia_gym.errors import ConfigError
 from gaia_gym.models.flow import FlowMemory, FlowWorldModel, check_steps
 from gaia_gym.models.vae import VAE
+from gaia_gym.models.world_model import reward_spread
 from gaia_gym.precision import int8_linears
 
 
@@ -89,8 +90,6 @@ class FlowBackend:
     @torch.no_grad()
     def reward_spread(self, features: torch.Tensor) -> torch.Tensor:
         """(n, d) features of a step -> (n,) the reward head's predictive standard deviation."""
-        from gaia_gym.models.world_model import reward_spread
-
         return reward_spread(self.world_model.reward_logits(features), self.world_model.bins)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
