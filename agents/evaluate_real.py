@@ -5,7 +5,7 @@
     python agents/evaluate_real.py --policy scripted --json results/agents.json --video results/scripted.gif
 
 Policies:
-  shipped    the agent shipped in the package (gaia_gym/assets/agents/ppo_imagination.zip);
+  shipped    the agent shipped in the package (gaia_gym/assets/agents/driver.zip);
   PATH.zip   an SB3 agent (PPO or SAC) trained in imagination (agents/train_imagination.py);
   random     uniform random [steering, speed] actions;
   scripted   the privileged scripted driver.

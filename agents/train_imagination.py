@@ -68,6 +68,8 @@ class Args:
     seed: int = field(default=0, metadata={"help": "random seed"})
     device: str = field(default="auto", metadata={"help": "torch device for the world model and the agent"})
     net_arch: str = field(default="256,256", metadata={"help": "hidden layers after the extractor"})
+    spatial: int = field(default=0, metadata={
+        "help": "per-position token projection width (0: mean-pool; gaia_gym.policy.WorldModelExtractor)"})
     lr: float = field(default=3e-4, metadata={"help": "learning rate"})
     gamma: float = field(default=0.99, metadata={"help": "discount"})
     batch_size: int = field(default=256, metadata={"help": "minibatch size"})
@@ -90,6 +92,14 @@ class Args:
     end_threshold: float = field(default=0.5, metadata={"help": "end-head probability that ends an imagined episode"})
     pessimism: float = field(default=0.0, metadata={
         "help": "imagined reward minus this many standard deviations of the reward head's prediction"})
+    init: str | None = field(default=None, metadata={
+        "help": "start the policy (actor, critic, log std) from this agent zip, e.g. the behaviour prior "
+                "(agents/behaviour_prior.py); same network and observations"})
+    prior: str | None = field(default=None, metadata={
+        "help": "behaviour-prior agent zip: add -prior_coef * |u - mu0(s)|^2 / (2 prior_std^2) to each imagined "
+                "reward (with the entropy bonus: the reverse KL to the prior; gaia_gym.prior)"})
+    prior_coef: float = field(default=1.0, metadata={"help": "weight of the prior term"})
+    prior_std: float = field(default=0.3, metadata={"help": "std of the Gaussian prior around its action (agent units)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 
@@ -157,11 +167,12 @@ class Run:
 
     def save(self, model, name: str = "last.zip") -> None:
         """Atomically (temp file + os.replace) write the agent as OUT/`name` (with last.zip: SAC's replay
-        buffer), then state.json (elapsed time; with last.zip: its timesteps)."""
+        buffer), then state.json (elapsed time; with last.zip: its timesteps). `name` "state": only state.json."""
         from gaia_gym.fileio import atomic_write_bytes, atomic_write_json
 
         self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.out / name, lambda f: model.save(f))
+        if name != "state":
+            atomic_write_bytes(self.out / name, lambda f: model.save(f))
         if name == "last.zip":
             if getattr(model, "replay_buffer", None) is not None:
                 atomic_write_bytes(self.out / "replay.pkl", lambda f: model.save_replay_buffer(f))
@@ -248,12 +259,13 @@ class RealEval(BaseCallback):
                   "real_steps_mean", "eval_seconds"):
             self.logger.record(f"real/{k.removeprefix('real_')}", rec[k])
         self.logger.dump(self.num_timesteps)
+        # recorded before best.zip is written: every real step spent is in state.json even if the run dies
+        self.run.state["evals"].append(rec)
+        self.last = self.run.state["last_eval_timesteps"] = int(self.num_timesteps)
         best = self.run.state.get("best_real_return")
         if best is None or rec["real_return_mean"] > best:
             self.run.state.update(best_real_return=rec["real_return_mean"], best_timesteps=rec["timesteps"])
-            self.run.save(self.model, "best.zip")
-        self.last = self.run.state["last_eval_timesteps"] = int(self.num_timesteps)
-        self.run.state["evals"].append(rec)
+        self.run.save(self.model, "best.zip" if self.run.state["best_timesteps"] == rec["timesteps"] else "state")
         tqdm.write(f"[{rec['timesteps']:>9} steps] imagined return {_fmt(rec['imagined_return_mean'])} | real return "
                    f"{rec['real_return_mean']:7.1f} +- {rec['real_return_std']:.1f} (first {H} steps "
                    f"{rec[f'real_return_first_{H}_steps']:.1f}, reward head {rec['real_model_return_mean']:.1f}) "
@@ -309,7 +321,7 @@ def make_model(args: Args, run: Run, venv, device: str):
             model.load_replay_buffer(run.out / "replay.pkl")
         return model, True
     arch = [int(x) for x in args.net_arch.split(",") if x.strip()]
-    kw = policy_kwargs(world_model=args.model, freeze=args.freeze, net_arch=arch)
+    kw = policy_kwargs(world_model=args.model, freeze=args.freeze, net_arch=arch, spatial=args.spatial)
     common = dict(learning_rate=args.lr, gamma=args.gamma, batch_size=args.batch_size, tensorboard_log=tb,
                   seed=args.seed, device=device, verbose=0, policy_kwargs=kw)
     if args.algo == "ppo":
@@ -318,8 +330,23 @@ def make_model(args: Args, run: Run, venv, device: str):
         algo = dict(buffer_size=args.buffer_size, learning_starts=args.learning_starts,
                     gradient_steps=args.gradient_steps)
     model = algo_class(args.algo)("MultiInputPolicy", venv, **common, **algo)
+    if args.init is not None:
+        init_from(model, args.init)
     model.gaia_action_range = action_range(args).as_dict()  # saved with the agent; the evaluator applies it
     return model, False
+
+
+def init_from(model, path: str) -> None:
+    """Copy the policy weights of the agent zip at `path` into `model` (a new agent of the same network)."""
+    from gaia_gym.policy import load_agent
+
+    src = load_agent(path, device=model.device).policy.state_dict()
+    dst = model.policy.state_dict()
+    bad = sorted(k for k in set(src) | set(dst) if k not in src or k not in dst or src[k].shape != dst[k].shape)
+    if bad:
+        raise ValueError(f"{path}: its policy does not fit this run's network ({', '.join(bad[:3])}...): "
+                         "use the same --net-arch, --obs and world model")
+    model.policy.load_state_dict(src)
 
 
 def action_range(args: Args):
@@ -350,6 +377,10 @@ def main(argv: list[str] | None = None) -> dict:
                                pessimism=args.pessimism)
         ranged = ActionRange(**run.state["action_range"]) if "action_range" in run.state else action_range(args)
         venv = VecMonitor(ranged_vec_env(venv, ranged))
+        if args.prior is not None:  # outside the monitor: logged imagined returns stay the model's reward
+            from gaia_gym.prior import load_prior, prior_reward_env
+
+            venv = prior_reward_env(venv, load_prior(args.prior, device), args.prior_coef, args.prior_std)
         model, resumed = make_model(args, run, venv, device)
         model.gaia_action_range = run.state["action_range"] = ranged.as_dict()
     except (ModelFileError, ValueError, FileNotFoundError) as e:
@@ -363,6 +394,12 @@ def main(argv: list[str] | None = None) -> dict:
         print("nothing to do: the run has reached --timesteps or --minutes (raise them to continue)")
         return run.state
     evaluator = RealEval(run, bundle)
+    import signal
+
+    def _stop(signum, frame):  # `kill` (SIGTERM) and SIGINT in a background job: stop and save like Ctrl-C
+        raise KeyboardInterrupt
+
+    old_handlers = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     callbacks = CallbackList([ProgressBar(args.timesteps, args.progress), Budget(run), evaluator])
     try:
         model.learn(remaining, callback=callbacks, reset_num_timesteps=False, tb_log_name=args.algo)
@@ -371,6 +408,8 @@ def main(argv: list[str] | None = None) -> dict:
     except KeyboardInterrupt:
         print("interrupted: saving OUT/last.zip; rerun the same command to resume")
     finally:
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
         run.save(model)
         evaluator.close()
         venv.close()

@@ -104,6 +104,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{pol}: first {a.horizon} steps from the real start: imagined {r['imagined_return_mean']:.1f}, real "
               f"{r['real_return_mean']:.1f} (gap {r['gap_imagined_minus_real']:+.1f}); reward head along the real "
               f"steps {r['reward_head_along_real_mean']:.1f}")
+    if len(out) >= 3:
+        from gaia_gym.metrics import rank_correlation
+
+        rho = rank_correlation([r["imagined_return_mean"] for r in out.values()], [r["real_return_mean"] for r in out.values()])
+        print(f"rank correlation imagined vs real over {len(out)} policies: {rho:+.2f}")
     if a.json:
         # one record per policy, each with its command: measuring another policy keeps the others
         command = "python benchmarks/imagined_vs_real.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -58,3 +58,31 @@ def code_stats(counts: torch.Tensor) -> dict[str, float]:
         "code_perplexity": math.exp(entropy),
         "code_entropy_bits": entropy / math.log(2),
     }
+
+
+def rank_correlation(x, y) -> float:
+    """Spearman's rank correlation of two equal-length sequences (ties get their mean rank); NaN when
+    either has no spread or fewer than 2 items."""
+    import numpy as np
+
+    from gaia_gym.errors import ConfigError
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ConfigError(f"rank_correlation needs two 1-D sequences of one length, got {x.shape} and {y.shape}")
+
+    def ranks(v):
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v), dtype=np.float64)
+        for u in np.unique(v):  # ties: their mean rank
+            m = v == u
+            r[m] = r[m].mean()
+        return r
+
+    if len(x) < 2:
+        return float("nan")
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])

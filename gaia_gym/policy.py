@@ -6,7 +6,9 @@
 - ``tokens`` (g, g): the frame's token grid, embedded with the world model's OWN token embedding table
   (a copy of `WorldModel.tok_emb`): the grid is cut into patches exactly as the world model does
   (`patchify`), each patch embedded as the sum of its sub-tokens' embeddings (`embed_image`), and the
-  patch embeddings mean-pooled over positions -> (d,). The agent starts from the world model's notion
+  patch embeddings mean-pooled over positions -> (d,) (or, with ``spatial=k``, each patch's embedding
+  projected to k numbers and kept in place -> (P k,): a steering policy needs to know *where* the road
+  is, which the mean discards). The agent starts from the world model's notion
   of which codes look alike instead of from random vectors;
 - ``features`` (d,): the world model's hidden state, through a LayerNorm (its scale is arbitrary);
 
@@ -99,7 +101,7 @@ class WorldModelExtractor(BaseFeaturesExtractor):
 
     def __init__(self, observation_space: spaces.Dict, world_model: str | Path | None = None,
                  embedding: torch.Tensor | None = None, patch: int | None = None, vocab: int | None = None,
-                 freeze_embedding: bool = True) -> None:
+                 freeze_embedding: bool = True, spatial: int = 0) -> None:
         if not isinstance(observation_space, spaces.Dict):
             raise ConfigError(f"WorldModelExtractor needs a Dict observation space, got {observation_space}")
         keys = tuple(observation_space.spaces)
@@ -131,7 +133,11 @@ class WorldModelExtractor(BaseFeaturesExtractor):
                 raise ConfigError(f"the flow model's input layer {tuple(w.shape)} does not fit latents "
                                   f"{observation_space['latents'].shape}: is it the model these observations come from?")
             proj = (w, b, pos, lp)
-        d_tok = 0 if table is None else table.shape[1]
+        if spatial < 0 or (spatial and table is None):
+            raise ConfigError(f"spatial={spatial}: a per-position token projection needs the 'tokens' key and a "
+                              "width >= 1 (0: mean-pool)")
+        n_pos = 0 if table is None else (observation_space["tokens"].shape[-1] // patch) ** 2
+        d_tok = 0 if table is None else (spatial * n_pos if spatial else table.shape[1])
         d_tok += 0 if proj is None else proj[0].shape[0]
         d_feat = int(observation_space["features"].shape[0]) if "features" in self.keys else 0
         super().__init__(observation_space, features_dim=d_tok + d_feat)
@@ -148,6 +154,9 @@ class WorldModelExtractor(BaseFeaturesExtractor):
             self.lat_patch = int(proj[3])
         if d_feat:
             self.norm = nn.LayerNorm(d_feat)
+        self.spatial = int(spatial)
+        if self.spatial:  # each patch's embedding projected to `spatial` numbers, kept in place (not pooled)
+            self.spatial_proj = nn.Linear(table.shape[1], self.spatial)
 
     def embed_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) float latents -> (B, d): the flow model's token projection, mean-pooled."""
@@ -161,7 +170,10 @@ class WorldModelExtractor(BaseFeaturesExtractor):
         B, g, p = t.shape[0], t.shape[-1], self.patch
         # (B, g, g) -> (B, P, S), as WorldModel.patchify: "b (h p1) (w p2) -> b (h w) (p1 p2)"
         t = t.reshape(B, g // p, p, g // p, p).permute(0, 1, 3, 2, 4).reshape(B, (g // p) ** 2, p * p)
-        return self.embedding(t + self.offset).sum(-2).mean(-2)
+        e = self.embedding(t + self.offset).sum(-2)  # (B, P, d)
+        if self.spatial:
+            return torch.relu(self.spatial_proj(e)).flatten(1)  # (B, P * spatial): where things are survives
+        return e.mean(-2)
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
         out = []
@@ -175,15 +187,20 @@ class WorldModelExtractor(BaseFeaturesExtractor):
 
 
 def policy_kwargs(world_model: str | Path | None = None, freeze: bool = True,
-                  net_arch: list[int] | dict[str, list[int]] | None = (256, 256), **extra: Any) -> dict[str, Any]:
+                  net_arch: list[int] | dict[str, list[int]] | None = (256, 256), spatial: int = 0,
+                  **extra: Any) -> dict[str, Any]:
     """SB3 ``policy_kwargs`` for a "MultiInputPolicy" (PPO, SAC, ...) using `WorldModelExtractor`.
 
     ``world_model``: the world-model directory whose token table is copied (None: the shipped model;
     kept as given, a string, so that saved agents name it); ``freeze``: keep the table fixed;
-    ``net_arch``: SB3's hidden layers after the extractor; ``extra``: more policy kwargs.
+    ``net_arch``: SB3's hidden layers after the extractor; ``spatial``: project each token patch's
+    embedding to this many numbers and keep them per position (0: mean-pool over positions, which
+    loses where things are in the frame); ``extra``: more policy kwargs.
     """
     kw: dict[str, Any] = {"world_model": None if world_model is None else str(world_model),
                           "freeze_embedding": bool(freeze)}
+    if spatial:
+        kw["spatial"] = int(spatial)
     out: dict[str, Any] = {"features_extractor_class": WorldModelExtractor, "features_extractor_kwargs": kw}
     if net_arch is not None:
         out["net_arch"] = dict(net_arch) if isinstance(net_arch, dict) else list(net_arch)
@@ -304,7 +321,7 @@ def ranged_vec_env(venv, action_range: ActionRange):
 # ---------------------------------------------------------------------------------------------
 # the shipped agent
 # ---------------------------------------------------------------------------------------------
-SHIPPED_AGENT = Path(__file__).resolve().parent / "assets" / "agents" / "ppo_imagination.zip"
+SHIPPED_AGENT = Path(__file__).resolve().parent / "assets" / "agents" / "driver.zip"
 
 
 def resolve_agent_path(policy: str | Path) -> Path:

@@ -73,4 +73,15 @@ def int8_linears(module: nn.Module) -> nn.Module:
         torch.backends.quantized.engine = "fbgemm"
     with warnings.catch_warnings():  # the eager API warns of its planned move to torchao on every call
         warnings.simplefilter("ignore")
-        return quantize_dynamic(copy.deepcopy(module).eval(), {nn.Linear}, dtype=torch.qint8)
+        q = quantize_dynamic(copy.deepcopy(module).eval(), {nn.Linear}, dtype=torch.qint8)
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    for m in q.modules():  # under bf16 autocast (AMX machines) activations arrive in bf16; fbgemm takes fp32
+        if isinstance(m, DynamicLinear):
+            m.register_forward_pre_hook(_float_inputs)
+    return q
+
+
+def _float_inputs(module, args):
+    """Forward pre-hook: floating-point tensor inputs as float32 (what int8 dynamic linears accept)."""
+    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)

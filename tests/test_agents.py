@@ -237,6 +237,17 @@ def test_pipeline_costs_count_every_real_transition(tmp_path):
     assert c["real_env_steps_used"] == 1000 + 600
     assert c["agent_run"]["real_evaluations"] == 3 and c["agent_run"]["imagined_steps"] == 20
     assert c["wall_clock_minutes"] == {"collect": 5, "tokenizer": 2, "world_model": 3, "agent_in_imagination": 2.0}
+    # a behaviour prior scored as it is, and a run started from it: its minutes (and real steps) are added
+    prior = tmp_path / "prior"
+    prior.mkdir()
+    (prior / "prior.json").write_text(json.dumps({"replay_seconds": 90.0, "fit_seconds": 30.0, "real_env_steps_used": 0}))
+    c = pipeline_costs(prior / "prior.zip", res)
+    assert c["real_env_steps_used"] == 1000 and c["wall_clock_minutes"]["behaviour_prior"] == 2.0
+    assert c["wall_clock_minutes"]["agent_in_imagination"] is None
+    (run / "state.json").write_text(json.dumps({"best_timesteps": 20, "evals": evals, "elapsed_s": 200.0,
+                                                "args": {"init": str(prior / "prior.zip")}}))
+    c = pipeline_costs(run / "best.zip", res)
+    assert c["real_env_steps_used"] == 1600 and c["wall_clock_minutes"]["behaviour_prior"] == 2.0
 
 
 def test_imagined_vs_real_measures_both_from_the_same_start(bundle):
@@ -257,3 +268,59 @@ def test_imagined_vs_real_keeps_other_policies_in_the_json(tmp_path):
     pols = d["exploitation_same_start"]["policies"]
     assert d["real_return_mean"] == 1.0 and pols["earlier.zip"] == {"x": 1}
     assert pols["random"]["tracks"] == 1 and pols["random"]["command"].startswith("python benchmarks/imagined_vs_real.py")
+
+
+def test_behaviour_prior_then_imagination_from_it(bundle, model_dir, tmp_path):
+    """agents/behaviour_prior.py on a tiny real collection (expert labels, both splits) writes a prior
+    agent that evaluate_real scores; train_imagination --init copies its weights (at lr ~0 they stay)
+    and --prior adds the prior term; a prior of another network is refused in one line."""
+    from gaia_gym.config import CarRacingCollectConfig
+    from gaia_gym.sims.carracing_collect import collect_carracing
+
+    data = tmp_path / "cr"
+    collect_carracing(CarRacingCollectConfig(episodes=10, workers=1, max_steps=6), data, progress=False)
+    out = tmp_path / "prior"
+    rec = script("agents/behaviour_prior.py").main(
+        ["--data", str(data), "--out", str(out), "--model", str(model_dir), "--epochs", "2", "--net-arch", "32",
+         "--spatial", "4", "--no-progress"])
+    assert rec["train_steps"] == 54 and rec["val_steps"] == 6 and len(rec["val_action_mse"]) == 2
+    assert (out / "obs_train.npz").exists() and rec["real_env_steps_used"] == 0
+    prior = load_agent(out / "prior.zip")
+    assert prior.policy.features_extractor.spatial == 4
+    r = evaluate_real_main(["--policy", str(out / "prior.zip"), "--model", str(model_dir), "--episodes", "1",
+                            "--max-steps", "3", "--no-progress"])
+    assert r["episodes"] == 1
+    run = tmp_path / "ft"
+    s = _train(model_dir, run, "--timesteps", "64", "--eval-every", "0", "--spatial", "4", "--lr", "1e-12",
+               "--init", str(out / "prior.zip"), "--prior", str(out / "prior.zip"), "--prior-coef", "2.0")
+    assert s["num_timesteps"] >= 64
+    a, b = load_agent(run / "last.zip").policy.state_dict(), prior.policy.state_dict()
+    for k in b:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    with pytest.raises(SystemExit, match="does not fit"):
+        _train(model_dir, tmp_path / "ft2", "--timesteps", "64", "--eval-every", "0", "--init", str(out / "prior.zip"))
+
+
+def test_sigterm_stops_training_and_saves(model_dir, tmp_path):
+    """`kill` on a background run (where SIGINT is ignored) saves OUT/last.zip like Ctrl-C, so a rerun resumes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "agent"
+    cmd = [sys.executable, str(ROOT / "agents/train_imagination.py"), "--model", str(model_dir), "--out", str(out),
+           "--envs", "2", "--horizon", "20", "--n-steps", "64", "--batch-size", "64", "--n-epochs", "1",
+           "--net-arch", "32", "--eval-every", "0", "--timesteps", "100000000", "--device", "cpu", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("training ppo"):
+            break
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, "".join(lines) + rest
+    assert "interrupted" in rest and (out / "last.zip").exists()
+    assert json.loads((out / "state.json").read_text())["num_timesteps"] > 0

@@ -115,14 +115,17 @@ def record_carracing_episode(spec: EpisodeSpec, cfg: CarRacingCollectConfig) -> 
     rig = lambda: render_rig(drive.sim, cams, drive.last_obs, cfg.frame_size)  # noqa: E731
     views, all_views = (rig() if cams else None), []
     rec: dict[str, list] = {k: [] for k in ("frames", "steering", "speed_mps", "target_speed_mps",
-                                            "raw_action", "reward", "terminated", "truncated", "behaviour")}
+                                            "raw_action", "reward", "terminated", "truncated", "behaviour",
+                                            "expert_steering", "expert_speed_mps")}
     while True:
         speed = drive.speed_mps
-        steer, target, mode = mix(*driver.act())
+        expert = driver.act()  # what the clean expert would do here: the label of every step, noisy ones too
+        steer, target, mode = mix(*expert)
         s = drive.step(steer, target)
         for k, v in (("frames", frame), ("steering", steer), ("speed_mps", speed),
                      ("target_speed_mps", target), ("raw_action", s.raw_action), ("reward", s.reward),
-                     ("terminated", s.terminated), ("truncated", s.truncated), ("behaviour", mode)):
+                     ("terminated", s.terminated), ("truncated", s.truncated), ("behaviour", mode),
+                     ("expert_steering", expert[0]), ("expert_speed_mps", expert[1])):
             rec[k].append(v)
         frame = s.frame
         if cams:

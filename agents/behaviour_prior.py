@@ -1,0 +1,134 @@
+"""Clone the scripted expert onto the agent's own observations: the behaviour prior (and a starting policy).
+
+    python agents/behaviour_prior.py --data data/carracing --out runs/prior
+    python agents/evaluate_real.py --policy runs/prior/prior.zip --json results/agents.json --key prior
+
+Every step of the CarRacing dataset (noisy and excursion segments included) carries the clean expert's
+action at that state (`expert_steering`, `expert_speed_mps`). The logged episodes are replayed through
+the world model with the real frames observed, exactly as the real-simulator env does at test time
+(`gaia_gym.prior.real_observations`), and an SB3 PPO agent with the same network as
+agents/train_imagination.py (`WorldModelExtractor` + MLP) is fit to those labels: its action mean by
+regression, its value to the data's discounted reward-to-go. No real transition beyond the dataset's.
+The validation episodes (held-out tracks) are scored, never fit.
+
+OUT/ holds obs_train.npz / obs_val.npz (the replayed observations: resumable, reused by a rerun),
+prior.zip (the agent: `--init` and `--prior` of agents/train_imagination.py, or scored as it is) and
+prior.json (the fit: per-epoch train/val action MSE, seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=type(
+        "Fmt", (argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter), {}))
+    p.add_argument("--data", type=Path, default=Path("data/carracing"), help="CarRacing dataset with expert labels")
+    p.add_argument("--out", type=Path, default=Path("runs/prior"), help="output directory")
+    p.add_argument("--model", default=None, help="world-model directory (default: the shipped model)")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--net-arch", default="256,256", help="hidden layers after the extractor")
+    p.add_argument("--spatial", type=int, default=0, help="per-position token projection width (0: mean-pool; "
+                                                         "gaia_gym.policy.WorldModelExtractor)")
+    p.add_argument("--speed-max", type=float, default=0.6, help="the agent's highest speed action (as train_imagination)")
+    p.add_argument("--log-std", type=float, default=-1.2, help="the policy's log std after the fit (PPO's exploration)")
+    p.add_argument("--value-coef", type=float, default=0.5, help="weight of the value regression (0: leave it)")
+    p.add_argument("--gamma", type=float, default=0.99, help="discount of the value targets")
+    p.add_argument("--rows", type=int, default=32, help="episodes replayed together")
+    p.add_argument("--max-episodes", type=int, default=None, help="use only the first N episodes per split (smoke)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def split_arrays(data: Path, split: str, bundle, action_range, gamma: float, out: Path, rows: int,
+                 max_episodes: int | None, progress: bool) -> dict[str, np.ndarray]:
+    """Observations, targets and returns of one split, cached in `out` (atomic; reused when present)."""
+    from gaia_gym.data.format import load_episode
+    from gaia_gym.data.loader import EpisodeIndex
+    from gaia_gym.fileio import atomic_write_bytes
+    from gaia_gym.prior import discounted_returns, expert_targets, real_observations
+
+    idx = EpisodeIndex(data, split=split)
+    paths = idx.paths[:max_episodes] if max_episodes else idx.paths
+    key = f"{len(paths)}:{sum(idx.lengths[:len(paths)])}"
+    if out.exists():
+        with np.load(out) as z:
+            if str(z["key"]) == key:
+                return {k: z[k] for k in z.files if k != "key"}
+    parts: dict[str, list] = {"tokens": [], "features": [], "target": [], "returns": []}
+    fields = ["frames", "steering", "target_speed_mps", "reward", "expert_steering", "expert_speed_mps"]
+    for i in range(0, len(paths), rows):
+        eps = [load_episode(p, fields=fields) for p in paths[i : i + rows]]
+        obs = real_observations(bundle, eps, rows=rows, progress=progress)
+        parts["tokens"].append(obs["tokens"])
+        parts["features"].append(obs["features"])
+        parts["target"] += [expert_targets(e, bundle.codec, action_range) for e in eps]
+        parts["returns"] += [discounted_returns(e["reward"], gamma) for e in eps]
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays, key=np.array(key))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, lambda f: f.write(buf.getvalue()))
+    return arrays
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = build_parser().parse_args(argv)
+    import torch
+    from stable_baselines3 import PPO
+
+    from gaia_gym.bundle import load_bundle
+    from gaia_gym.envs import GaiaDriveVecEnv
+    from gaia_gym.errors import DatasetError, ModelFileError
+    from gaia_gym.fileio import atomic_write_bytes, atomic_write_json
+    from gaia_gym.policy import ActionRange, policy_kwargs
+    from gaia_gym.prior import fit_prior
+
+    torch.manual_seed(a.seed)
+    t0 = time.perf_counter()
+    try:
+        bundle = load_bundle(a.model, a.device)
+        rng = ActionRange((-1.0, -1.0), (1.0, a.speed_max))
+        sets = {s: split_arrays(a.data, s, bundle, rng, a.gamma, a.out / f"obs_{s}.npz", a.rows, a.max_episodes,
+                                not a.no_progress) for s in ("train", "val")}
+    except (DatasetError, ModelFileError, FileNotFoundError) as e:
+        raise SystemExit(f"behaviour_prior: {e}") from None
+    replay_s = time.perf_counter() - t0
+    venv = GaiaDriveVecEnv(num_envs=1, bundle=bundle, obs_mode=f"{bundle.backend.latent_key}+features", horizon=8)
+    arch = [int(x) for x in a.net_arch.split(",") if x.strip()]
+    agent = PPO("MultiInputPolicy", venv, policy_kwargs=policy_kwargs(world_model=a.model, net_arch=arch, spatial=a.spatial),
+                seed=a.seed, device=a.device, verbose=0)
+    agent.gaia_action_range = rng.as_dict()
+    fit = fit_prior(agent, sets["train"], sets["val"], epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+                    value_coef=a.value_coef, log_std=a.log_std, seed=a.seed, progress=not a.no_progress)
+    a.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(a.out / "prior.zip", lambda f: agent.save(f))
+    rec = {"command": "python agents/behaviour_prior.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "data": str(a.data), "train_steps": int(len(sets["train"]["target"])),
+           "val_steps": int(len(sets["val"]["target"])), "epochs": a.epochs,
+           "train_action_mse": fit.train_action_mse, "val_action_mse": fit.val_action_mse,
+           "val_value_mse": fit.val_value_mse, "replay_seconds": round(replay_s, 1), "fit_seconds": fit.seconds,
+           "torch_threads": torch.get_num_threads(), "action_range": rng.as_dict(),
+           "real_env_steps_used": 0}
+    atomic_write_json(a.out / "prior.json", rec)
+    venv.close()
+    print(f"wrote {a.out / 'prior.zip'}: val action mse {fit.val_action_mse[-1]:.4f} "
+          f"(replay {replay_s / 60:.1f} min, fit {fit.seconds / 60:.1f} min)")
+    return rec
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
