@@ -19,7 +19,7 @@ prior.json (the fit: per-epoch train/val action MSE, seconds).
 from __future__ import annotations
 
 import argparse
-import json
+import io
 import sys
 import time
 from pathlib import Path
@@ -76,8 +76,6 @@ def split_arrays(data: Path, split: str, bundle, action_range, gamma: float, out
         parts["target"] += [expert_targets(e, bundle.codec, action_range) for e in eps]
         parts["returns"] += [discounted_returns(e["reward"], gamma) for e in eps]
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
-    import io
-
     buf = io.BytesIO()
     np.savez(buf, **arrays, key=np.array(key))
     out.parent.mkdir(parents=True, exist_ok=True)

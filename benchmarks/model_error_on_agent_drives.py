@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     from gaia_gym.bundle import load_bundle
     from gaia_gym.data import format as fmt
     from gaia_gym.data.loader import EpisodeIndex
+    from gaia_gym.envs.real import ZOOM_PENALTY
     from gaia_gym.fileio import merge_json
 
     prog = not a.no_progress
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
         "policy": a.policy, "tracks": a.tracks,
         "agent_drives": {"reward_head_closed_loop": reward_error(bundle, agent_eps, prog),
                          "open_loop": frames_error(bundle, a.drives, "val", prog),
-                         "real_return_mean": round(float(np.mean([e["reward"].sum() - 5.0 for e in agent_eps])), 1)},
+                         "real_return_mean": round(float(np.mean([e["reward"].sum() + ZOOM_PENALTY for e in agent_eps])), 1)},
         "collector_val_drives": {"reward_head_closed_loop": reward_error(bundle, val_eps, prog),
                                  "open_loop": frames_error(bundle, a.data, "val", prog)},
     }

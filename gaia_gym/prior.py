@@ -179,7 +179,7 @@ def fit_prior(agent, train: dict[str, np.ndarray], val: dict[str, np.ndarray], e
             loss.backward()
             opt.step()
         va, vv = score(val)
-        fit.train_action_mse.append(round(tot / n / 1.0, 5))
+        fit.train_action_mse.append(round(tot / n, 5))
         fit.val_action_mse.append(round(va, 5))
         fit.val_value_mse.append(round(vv, 3))
         if progress:
