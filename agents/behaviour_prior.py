@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def split_arrays(data: Path, split: str, bundle, action_range, gamma: float, out: Path, rows: int,
                  max_episodes: int | None, progress: bool) -> dict[str, np.ndarray]:
-    """Observations, targets and returns of one split, cached in `out` (atomic; reused when present)."""
+    """Observations, targets and returns of one split, cached in `out` (atomic; reused when it was made
+    from the same episodes, world-model weights, action range and discount)."""
+    from gaia_gym.bundle import weights_sha256
     from gaia_gym.data.format import load_episode
     from gaia_gym.data.loader import EpisodeIndex
     from gaia_gym.fileio import atomic_write_bytes
@@ -61,7 +63,8 @@ def split_arrays(data: Path, split: str, bundle, action_range, gamma: float, out
 
     idx = EpisodeIndex(data, split=split)
     paths = idx.paths[:max_episodes] if max_episodes else idx.paths
-    key = f"{len(paths)}:{sum(idx.lengths[:len(paths)])}"
+    key = (f"{len(paths)}:{sum(idx.lengths[:len(paths)])}:{weights_sha256(bundle.path)}:"
+           f"{action_range.as_dict()}:{gamma}")
     if out.exists():
         with np.load(out) as z:
             if str(z["key"]) == key:
