@@ -6,7 +6,7 @@
 Every step of the CarRacing dataset (noisy and excursion segments included) carries the clean expert's
 action at that state (`expert_steering`, `expert_speed_mps`). The logged episodes are replayed through
 the world model with the real frames observed, exactly as the real-simulator env does at test time
-(`gaia_gym.prior.real_observations`), and an SB3 PPO agent with the same network as
+(`gaia_gym.rl.prior.real_observations`), and an SB3 PPO agent with the same network as
 agents/train_imagination.py (`WorldModelExtractor` + MLP) is fit to those labels: its action mean by
 regression, its value to the data's discounted reward-to-go. No real transition beyond the dataset's.
 The validation episodes (held-out tracks) are scored, never fit.
@@ -19,12 +19,11 @@ prior.json (the fit: per-epoch train/val action MSE, seconds).
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from gaia_gym.errors import run_script
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--net-arch", default="256,256", help="hidden layers after the extractor")
     p.add_argument("--spatial", type=int, default=0, help="per-position token projection width (0: mean-pool; "
-                                                         "gaia_gym.policy.WorldModelExtractor)")
+                                                         "gaia_gym.rl.extractor.WorldModelExtractor)")
     p.add_argument("--speed-max", type=float, default=0.6, help="the agent's highest speed action (as train_imagination)")
     p.add_argument("--log-std", type=float, default=-1.2, help="the policy's log std after the fit (PPO's exploration)")
     p.add_argument("--value-coef", type=float, default=0.5, help="weight of the value regression (0: leave it)")
@@ -51,41 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def split_arrays(data: Path, split: str, bundle, action_range, gamma: float, out: Path, rows: int,
-                 max_episodes: int | None, progress: bool) -> dict[str, np.ndarray]:
-    """Observations, targets and returns of one split, cached in `out` (atomic; reused when it was made
-    from the same episodes, world-model weights, action range and discount)."""
-    from gaia_gym.bundle import weights_sha256
-    from gaia_gym.data.format import load_episode
-    from gaia_gym.data.loader import EpisodeIndex
-    from gaia_gym.fileio import atomic_write_bytes
-    from gaia_gym.prior import discounted_returns, expert_targets, real_observations
-
-    idx = EpisodeIndex(data, split=split)
-    paths = idx.paths[:max_episodes] if max_episodes else idx.paths
-    key = (f"{len(paths)}:{sum(idx.lengths[:len(paths)])}:{weights_sha256(bundle.path)}:"
-           f"{action_range.as_dict()}:{gamma}")
-    if out.exists():
-        with np.load(out) as z:
-            if str(z["key"]) == key:
-                return {k: z[k] for k in z.files if k != "key"}
-    parts: dict[str, list] = {"tokens": [], "features": [], "target": [], "returns": []}
-    fields = ["frames", "steering", "target_speed_mps", "reward", "expert_steering", "expert_speed_mps"]
-    for i in range(0, len(paths), rows):
-        eps = [load_episode(p, fields=fields) for p in paths[i : i + rows]]
-        obs = real_observations(bundle, eps, rows=rows, progress=progress)
-        parts["tokens"].append(obs["tokens"])
-        parts["features"].append(obs["features"])
-        parts["target"] += [expert_targets(e, bundle.codec, action_range) for e in eps]
-        parts["returns"] += [discounted_returns(e["reward"], gamma) for e in eps]
-    arrays = {k: np.concatenate(v) for k, v in parts.items()}
-    buf = io.BytesIO()
-    np.savez(buf, **arrays, key=np.array(key))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, lambda f: f.write(buf.getvalue()))
-    return arrays
-
-
 def main(argv: list[str] | None = None) -> dict:
     a = build_parser().parse_args(argv)
     import torch
@@ -93,10 +57,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     from gaia_gym.bundle import load_bundle
     from gaia_gym.envs import GaiaDriveVecEnv
-    from gaia_gym.errors import DatasetError, ModelFileError
-    from gaia_gym.fileio import atomic_write_bytes, atomic_write_json
-    from gaia_gym.policy import ActionRange, policy_kwargs
-    from gaia_gym.prior import fit_prior
+    from gaia_gym.errors import GaiaGymError, exit_with
+    from gaia_gym.fileio import atomic_write_json
+    from gaia_gym.rl.agent import ActionRange, save_agent
+    from gaia_gym.rl.extractor import policy_kwargs
+    from gaia_gym.rl.prior import fit_prior, split_arrays
 
     torch.manual_seed(a.seed)
     t0 = time.perf_counter()
@@ -105,18 +70,18 @@ def main(argv: list[str] | None = None) -> dict:
         rng = ActionRange((-1.0, -1.0), (1.0, a.speed_max))
         sets = {s: split_arrays(a.data, s, bundle, rng, a.gamma, a.out / f"obs_{s}.npz", a.rows, a.max_episodes,
                                 not a.no_progress) for s in ("train", "val")}
-    except (DatasetError, ModelFileError, FileNotFoundError) as e:
-        raise SystemExit(f"behaviour_prior: {e}") from None
+    except (GaiaGymError, FileNotFoundError) as e:
+        exit_with(f"behaviour_prior: {e}")
     replay_s = time.perf_counter() - t0
     venv = GaiaDriveVecEnv(num_envs=1, bundle=bundle, obs_mode=f"{bundle.backend.latent_key}+features", horizon=8)
     arch = [int(x) for x in a.net_arch.split(",") if x.strip()]
-    agent = PPO("MultiInputPolicy", venv, policy_kwargs=policy_kwargs(world_model=a.model, net_arch=arch, spatial=a.spatial),
+    agent = PPO("MultiInputPolicy", venv, policy_kwargs=policy_kwargs(bundle, net_arch=arch, spatial=a.spatial),
                 seed=a.seed, device=a.device, verbose=0)
     agent.gaia_action_range = rng.as_dict()
     fit = fit_prior(agent, sets["train"], sets["val"], epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                     value_coef=a.value_coef, log_std=a.log_std, seed=a.seed, progress=not a.no_progress)
     a.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(a.out / "prior.zip", lambda f: agent.save(f))
+    save_agent(agent, a.out / "prior.zip")
     rec = {"command": "python agents/behaviour_prior.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "data": str(a.data), "train_steps": int(len(sets["train"]["target"])),
            "val_steps": int(len(sets["val"]["target"])), "epochs": a.epochs,
@@ -132,4 +97,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_script("behaviour_prior", main, sys.argv[1:])

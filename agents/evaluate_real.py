@@ -22,7 +22,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from gaia_gym.evaluation.real import TEST_SEEDS, default_key, evaluate_policy, pipeline_costs
+from gaia_gym.errors import run_script
+from gaia_gym.evaluation.costs import pipeline_costs
+from gaia_gym.evaluation.real import default_key, evaluate_policy
+from gaia_gym.seeds import TEST_TRACKS
 from gaia_gym.fileio import merge_json
 
 
@@ -30,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policy", required=True, help="PATH.zip (an SB3 agent), 'shipped', 'random' or 'scripted'")
     p.add_argument("--model", default=None, help="world-model directory (default: the shipped model)")
-    p.add_argument("--episodes", type=int, default=len(TEST_SEEDS), help="number of tracks (default: %(default)s)")
-    p.add_argument("--first-seed", type=int, default=TEST_SEEDS[0], help="first track seed (default: %(default)s)")
+    p.add_argument("--episodes", type=int, default=len(TEST_TRACKS), help="number of tracks (default: %(default)s)")
+    p.add_argument("--first-seed", type=int, default=TEST_TRACKS[0], help="first track seed (default: %(default)s)")
     p.add_argument("--max-steps", type=int, default=None, help="cap each episode (smoke tests only)")
     p.add_argument("--json", type=Path, default=None, help="merge the result into this JSON file")
     p.add_argument("--key", default=None, help="key in --json, dotted to nest ('baselines.random'), '.' for the "
@@ -49,20 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     a = build_parser().parse_args(argv)
     if a.episodes < 1:
-        raise SystemExit(f"evaluate_real: --episodes must be >= 1, got {a.episodes}")
-    from gaia_gym.errors import ModelFileError
+        exit_with(f"evaluate_real: --episodes must be >= 1, got {a.episodes}")
+    from gaia_gym.errors import GaiaGymError, exit_with
 
     seeds = range(a.first_seed, a.first_seed + a.episodes)
     try:
         r = evaluate_policy(a.policy, seeds, model=a.model, max_steps=a.max_steps, video=a.video,
                             device=a.device, seed=a.seed, progress=not a.no_progress)
-    except (FileNotFoundError, ModelFileError, ValueError) as e:
-        raise SystemExit(f"evaluate_real: {e}") from None
+    except (GaiaGymError, FileNotFoundError, ValueError) as e:
+        exit_with(f"evaluate_real: {e}")
     print(f"{a.policy}: real return {r['real_return_mean']:.1f} +- {r['real_return_std']:.1f} over {r['episodes']} "
           f"tracks ({r['laps_finished']} laps finished, {r['steps_mean']:.0f} steps, {r['wall_seconds']:.0f} s)")
     if a.as_result:
         if a.policy in ("random", "scripted"):
-            raise SystemExit("evaluate_real: --as-result is for a trained policy")
+            exit_with("evaluate_real: --as-result is for a trained policy")
         r = {**r, **pipeline_costs(Path(a.policy)), "command": "python agents/evaluate_real.py " + " ".join(
             argv if argv is not None else sys.argv[1:])}
         r["wall_clock_minutes"]["evaluation_20_tracks"] = round(r["wall_seconds"] / 60, 1)
@@ -77,4 +80,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_script("evaluate_real", main, sys.argv[1:])

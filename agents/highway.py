@@ -21,48 +21,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 
-from gaia_gym.envs.real_highway import SCENARIOS, TEST_SEEDS, RealHighwayEnv, run_highway_episode
+from gaia_gym.errors import run_script
+from gaia_gym.envs.real_highway import SCENARIOS, RealHighwayEnv, RealKinematicsEnv
+from gaia_gym.evaluation.real import run_episode
 from gaia_gym.fileio import merge_json
-
-
-class Checkpoint(BaseCallback):
-    def __init__(self, out: Path, minutes: float, budget_s: float, t0: float) -> None:
-        super().__init__()
-        self.out, self.every, self.budget, self.t0 = out, minutes * 60, budget_s, t0
-        self.last = time.time()
-
-    def _on_step(self) -> bool:
-        if time.time() - self.last > self.every:
-            save_atomic(self.model, self.out / "last.zip")
-            self.last = time.time()
-        return time.time() - self.t0 < self.budget
-
-
-def save_atomic(model, path: Path) -> None:
-    tmp = path.with_suffix(".tmp.zip")
-    model.save(tmp)
-    os.replace(tmp, path)
+from gaia_gym.rl.training import Checkpoint, save_model_atomic
+from gaia_gym.seeds import HIGHWAY_TEST_SEED
 
 
 def _train(model, venv, out: Path, timesteps: int, minutes: float) -> dict:
     t0 = time.time()
     left = max(0, timesteps - model.num_timesteps)
     if left:
-        model.learn(left, callback=Checkpoint(out, 3.0, minutes * 60, t0), reset_num_timesteps=False,
+        model.learn(left, callback=Checkpoint(out / "last.zip", 3.0, minutes * 60, t0), reset_num_timesteps=False,
                     progress_bar=False)
-    save_atomic(model, out / "last.zip")
+    save_model_atomic(model, out / "last.zip")
     state = {"timesteps": int(model.num_timesteps), "minutes_this_run": round((time.time() - t0) / 60, 2)}
     (out / "state.json").write_text(json.dumps(state))
     return state
@@ -85,61 +67,15 @@ def cmd_imagination(a) -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(a.model or HIGHWAY_WORLD_MODEL)
-    venv = VecMonitor(GaiaDriveVecEnv(a.envs, bundle=bundle, obs_mode="features", horizon=a.horizon))
+    venv = VecMonitor(GaiaDriveVecEnv(a.envs, bundle=bundle, obs_mode="features", horizon=a.horizon))  # one key: a Box
     venv.seed(a.seed)
-    print(json.dumps(_train(_ppo("MultiInputPolicy", venv, out, a), venv, out, a.timesteps, a.minutes)))
-
-
-class RealKinematics(gym.Env):
-    """The real highway-env scenarios (round-robin over episodes) with the Kinematics observation
-    flattened (ego + 8 nearest, 7 features each, scaled) and the [steering, speed] action."""
-
-    def __init__(self, seed: int = 0, max_steps: int = 40) -> None:
-        from gaia_gym.config import HighwayCollectConfig
-
-        self.cfg = HighwayCollectConfig()
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (63,), np.float32)
-        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
-        self.episode, self.seed0, self.max_steps = 0, seed, max_steps
-        self.env = None
-        from gaia_gym.models.layout import HIGHWAY_CODEC
-
-        self.codec = HIGHWAY_CODEC
-
-    def _obs(self, o) -> np.ndarray:
-        o = np.asarray(o, np.float32).copy()
-        o[1:, 1:5] /= np.array([40.0, 10.0, 10.0, 10.0], np.float32)
-        o[0, 3:5] /= 40.0
-        o[0, 1:3] = 0.0  # the ego's absolute position says nothing transferable
-        return o.reshape(-1)
-
-    def reset(self, *, seed=None, options=None):
-        from gaia_gym.sims.highway import make_env, scene_variation
-
-        super().reset(seed=seed)
-        scen = SCENARIOS[self.episode % len(SCENARIOS)]
-        s = self.seed0 + 100_000 + self.episode  # training seeds: never the test seeds (1,000,000+)
-        self.episode += 1
-        if self.env is not None:
-            self.env.close()
-        self.env = make_env(scen, self.cfg, scene_variation(scen, s, self.cfg), render=False)
-        o, _ = self.env.reset(seed=s)
-        self.t = 0
-        return self._obs(o), {}
-
-    def step(self, action):
-        steering, target = self.codec.decode(np.asarray(action, np.float32))
-        v = float(self.env.unwrapped.vehicle.speed)
-        accel = float(np.clip((float(target) - v) * self.cfg.policy_frequency / 5.0, -1, 1))
-        o, r, term, trunc, info = self.env.step(np.array([accel, float(steering)], np.float32))
-        self.t += 1
-        return self._obs(o), float(r), bool(term), bool(trunc) or self.t >= self.max_steps, {}
+    print(json.dumps(_train(_ppo("MlpPolicy", venv, out, a), venv, out, a.timesteps, a.minutes)))
 
 
 def cmd_real(a) -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    venv = VecMonitor(DummyVecEnv([lambda i=i: RealKinematics(seed=1000 * i) for i in range(a.envs)]))
+    venv = VecMonitor(DummyVecEnv([lambda i=i: RealKinematicsEnv(seed=1000 * i) for i in range(a.envs)]))
     print(json.dumps(_train(_ppo("MlpPolicy", venv, out, a), venv, out, a.timesteps, a.minutes)))
 
 
@@ -148,22 +84,21 @@ def cmd_evaluate(a) -> None:
 
     bundle = load_bundle(a.model or HIGHWAY_WORLD_MODEL)
     env = RealHighwayEnv(bundle=bundle, obs_mode="features")
-    seeds = [TEST_SEEDS + i for i in range(a.seeds)]
+    seeds = [HIGHWAY_TEST_SEED + i for i in range(a.seeds)]
     policies: dict = {} if a.no_baselines else {"random": "random", "scripted_cruise": "scripted"}
     if a.imagined:
         m = PPO.load(a.imagined, device="cpu")
-        policies["ppo_imagined"] = lambda obs: m.predict({"features": obs["features"]}, deterministic=True)[0]
+        dict_agent = hasattr(m.observation_space, "spaces")  # an agent trained on the former one-key Dict
+        policies["ppo_imagined"] = lambda obs: m.predict({"features": obs} if dict_agent else obs, deterministic=True)[0]
     if a.real:
         m2 = PPO.load(a.real, device="cpu")
-        kin = RealKinematics()
-
-        def real_act(obs, m2=m2, kin=kin):
+        def real_act(obs, m2=m2):
             o = env.env.unwrapped.observation_type.observe()
-            return m2.predict(kin._obs(o), deterministic=True)[0]
+            return m2.predict(RealKinematicsEnv.observe(o), deterministic=True)[0]
 
         policies["ppo_real"] = real_act
     if a.planner:
-        from gaia_gym.planning import Planner, PlannerConfig
+        from gaia_gym.rl.planner import Planner, PlannerConfig
 
         planner = Planner(bundle, PlannerConfig(horizon=a.plan_horizon, candidates=a.plan_samples, iterations=2,
                                                 elites=min(6, a.plan_samples), high=(1.0, 1.0)))
@@ -173,7 +108,7 @@ def cmd_evaluate(a) -> None:
         t0 = time.time()
         per = {}
         for scen in SCENARIOS:
-            per[scen] = [run_highway_episode(env, act, s, scen) for s in seeds]
+            per[scen] = [run_episode(env, act, s, scenario=scen) for s in seeds]
         rets = {k: [round(r["return"], 3) for r in v] for k, v in per.items()}
         results[name] = {
             "real_return_per_seed": rets,
@@ -242,4 +177,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script("highway", main)

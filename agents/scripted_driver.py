@@ -16,8 +16,10 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
+from gaia_gym.errors import run_script
 from gaia_gym.sims.carracing import CarRacingDrive, PursuitDriver
 from gaia_gym.sims.carracing_collect import evaluate_scripted_driver
+from gaia_gym.seeds import HELD_OUT_FROM
 
 
 def record_video(seed: int, path: Path, every: int = 1, scale: int = 3) -> float:
@@ -43,7 +45,7 @@ def record_video(seed: int, path: Path, every: int = 1, scale: int = 3) -> float
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--episodes", type=int, default=10, help="number of tracks")
-    p.add_argument("--seed", type=int, default=1_000_000, help="first track seed (held out from collection)")
+    p.add_argument("--seed", type=int, default=HELD_OUT_FROM, help="first track seed (held out from collection)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", type=Path, help="write the returns here")
     p.add_argument("--video", type=Path, help="also write a GIF (or .mp4) of the first track")
@@ -59,4 +61,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script("scripted_driver", main)

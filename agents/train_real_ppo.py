@@ -24,7 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-from gaia_gym.evaluation.real import TEST_SEEDS, summarize
+from gaia_gym.errors import exit_with, run_script
+from gaia_gym.evaluation.real import summarize
+from gaia_gym.seeds import TEST_TRACKS
 from gaia_gym.fileio import merge_json
 
 FRAME_SKIP = 2  # the zoo's CarRacing wrapper repeats each action for 2 simulator frames
@@ -66,7 +68,7 @@ def new_agent(venv, tb: str, seed: int):
                tensorboard_log=tb, seed=seed, verbose=0, device="cpu")
 
 
-def evaluate(agent, vecnorm_path: Path | None, seeds=TEST_SEEDS) -> list[dict]:
+def evaluate(agent, vecnorm_path: Path | None, seeds=TEST_TRACKS) -> list[dict]:
     """Deterministic episodes on `seeds`; returns are the Monitor's (every frame of the episode)."""
     from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack, VecNormalize, VecTransposeImage
 
@@ -98,10 +100,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="checkpoint every N minutes")
     p.add_argument("--json", type=Path, default=None, help="score on the 20 test tracks and merge here")
     p.add_argument("--key", default="ppo_real_sim", help="key under `baselines` in --json")
-    p.add_argument("--episodes", type=int, default=len(TEST_SEEDS), help="test tracks to score (default 20)")
+    p.add_argument("--episodes", type=int, default=len(TEST_TRACKS), help="test tracks to score (default 20)")
     a = p.parse_args(argv)
     if a.minutes <= 0 or a.envs < 1:
-        raise SystemExit("train_real_ppo: --minutes must be > 0 and --envs >= 1")
+        exit_with("train_real_ppo: --minutes must be > 0 and --envs >= 1")
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.vec_env import VecNormalize
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     if a.json is None:
         return state
     t = time.perf_counter()
-    eps = evaluate(agent, vn_p, TEST_SEEDS[: a.episodes])
+    eps = evaluate(agent, vn_p, TEST_TRACKS[: a.episodes])
     rec = summarize("ppo_real_sim", eps, time.perf_counter() - t, zoom_penalty_included=0.0,
                     train_minutes=round(state["elapsed_s"] / 60, 1), real_env_steps_used=int(agent.num_timesteps),
                     real_sim_frames_used=int(agent.num_timesteps) * FRAME_SKIP,
@@ -167,4 +169,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_script("train_real_ppo", main, sys.argv[1:])

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gaia_gym.evaluation.real import TEST_SEEDS
+from gaia_gym.errors import exit_with
 from gaia_gym.fileio import merge_json
+from gaia_gym.seeds import TEST_TRACKS
 
 
 def _actor(policy: str, bundle):
@@ -33,9 +34,9 @@ def _actor(policy: str, bundle):
         g = np.random.default_rng(0)
         return "tokens", lambda obs: g.uniform(-1, 1, (len(obs["tokens"]), 2)).astype(np.float32)
     from gaia_gym.envs.core import parse_obs_mode
-    from gaia_gym.policy import ActionRange, load_agent
+    from gaia_gym.rl.agent import ActionRange, load_agent
 
-    agent = load_agent(policy, device="cpu")
+    agent = load_agent(policy, world_model=bundle, device="cpu")
     rng = ActionRange.of_agent(agent)
     mode = "+".join(parse_obs_mode("+".join(agent.observation_space.spaces)))
     return mode, lambda obs: rng(agent.predict(obs, deterministic=True)[0])
@@ -57,7 +58,7 @@ def measure(policy: str, bundle, tracks, horizon: int, futures: int, seed: int =
             start = env.engine.state()
             real, model = 0.0, 0.0
             for _ in range(horizon):
-                a = act({k: v[None] for k, v in obs.items()})[0]
+                a = act({k: v[None] for k, v in (obs if isinstance(obs, dict) else {mode: obs}).items()})[0]
                 obs, r, term, trunc, info = env.step(a)
                 real, model = real + r, model + info["model_reward"]
                 if term or trunc:
@@ -91,15 +92,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", type=Path, default=None, help="merge the result here")
     a = p.parse_args(argv)
     if a.horizon < 1 or a.futures < 2 or not 1 <= a.episodes <= 20:
-        raise SystemExit("imagined_vs_real: need --horizon >= 1, --futures >= 2 and 1 <= --episodes <= 20")
+        exit_with("imagined_vs_real: need --horizon >= 1, --futures >= 2 and 1 <= --episodes <= 20")
     from gaia_gym.bundle import load_bundle
-    from gaia_gym.errors import ModelFileError
+    from gaia_gym.errors import GaiaGymError
 
     try:
         bundle = load_bundle(a.model)
-        out = {pol: measure(pol, bundle, TEST_SEEDS[: a.episodes], a.horizon, a.futures) for pol in a.policy}
-    except (FileNotFoundError, ModelFileError, ValueError) as e:
-        raise SystemExit(f"imagined_vs_real: {e}") from None
+        out = {pol: measure(pol, bundle, TEST_TRACKS[: a.episodes], a.horizon, a.futures) for pol in a.policy}
+    except (GaiaGymError, FileNotFoundError, ValueError) as e:
+        exit_with(f"imagined_vs_real: {e}")
     for pol, r in out.items():
         print(f"{pol}: first {a.horizon} steps from the real start: imagined {r['imagined_return_mean']:.1f}, real "
               f"{r['real_return_mean']:.1f} (gap {r['gap_imagined_minus_real']:+.1f}); reward head along the real "

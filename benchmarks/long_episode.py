@@ -19,6 +19,7 @@ import gymnasium as gym
 import numpy as np
 
 import gaia_gym  # noqa: F401  (registers GaiaDrive-v0)
+from gaia_gym.errors import exit_with
 from gaia_gym.fileio import atomic_write_json
 
 
@@ -45,7 +46,7 @@ def main() -> None:
     for t in range(1, a.steps + 1):
         obs, r, term, trunc, _ = env.step(rng.uniform(-1, 1, 2).astype(np.float32))
         if term or trunc:
-            raise SystemExit(f"the episode ended at step {t} (terminated={term}, truncated={trunc})")
+            exit_with(f"the episode ended at step {t} (terminated={term}, truncated={trunc})")
         nonfinite += int(not np.isfinite(obs["features"]).all()) + int(not math.isfinite(r))
         rewards.append(r)
         if t % 500 == 0:

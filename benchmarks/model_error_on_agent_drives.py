@@ -6,7 +6,7 @@
    evaluation drives themselves, no new track); each is written as a dataset episode into `--drives`
    (same format as the collector's, so every dataset tool reads it).
 2. Reward head, closed loop: each drive and each collector validation episode is replayed through the
-   world model with the real frames observed (`gaia_gym.prior.real_observations`, exactly what the
+   world model with the real frames observed (`gaia_gym.rl.prior.real_observations`, exactly what the
    real env computes) and the predicted reward of every step is compared with the real one (MAE, bias).
 3. Frames: `gaia_gym.evaluation.world_model` on both sets of drives, greedy open-loop rollouts under
    the real actions from real contexts: PSNR at 1, 2, 4 and 8 steps ahead (and copy-last, the ceiling).
@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gaia_gym.errors import exit_with
+
 
 def drive(policy: str, bundle, tracks: list[int], out: Path, progress: bool) -> list[dict]:
     """Drive `policy` on `tracks` and write each drive as a dataset episode under `out`."""
@@ -30,9 +32,9 @@ def drive(policy: str, bundle, tracks: list[int], out: Path, progress: bool) -> 
 
     from gaia_gym.data import format as fmt
     from gaia_gym.envs.real import RealCarRacingEnv
-    from gaia_gym.policy import agent_actor, load_agent
+    from gaia_gym.rl.agent import agent_actor, load_agent
 
-    agent = load_agent(policy, device="cpu")
+    agent = load_agent(policy, world_model=bundle, device="cpu")
     act = agent_actor(agent)
     env = RealCarRacingEnv(bundle=bundle, obs_mode="+".join(agent.observation_space.spaces))
     eps = []
@@ -64,7 +66,7 @@ def drive(policy: str, bundle, tracks: list[int], out: Path, progress: bool) -> 
 
 def reward_error(bundle, episodes: list[dict], progress: bool) -> dict:
     """The reward head's per-step error along `episodes`, replayed with their real frames observed."""
-    from gaia_gym.prior import real_observations
+    from gaia_gym.rl.prior import real_observations
 
     obs = real_observations(bundle, episodes, rows=32, progress=progress)
     real = np.concatenate([e["reward"] for e in episodes]).astype(np.float32)
@@ -101,14 +103,15 @@ def main(argv: list[str] | None = None) -> dict:
     from gaia_gym.data.loader import EpisodeIndex
     from gaia_gym.envs.real import ZOOM_PENALTY
     from gaia_gym.fileio import merge_json
+    from gaia_gym.seeds import test_tracks
 
     prog = not a.no_progress
     t0 = time.perf_counter()
     bundle = load_bundle(a.model, "cpu")
     if a.drives.exists() and any((a.drives / fmt.EPISODES).glob("ep_*.npz")):
-        raise SystemExit(f"model_error: {a.drives} already holds drives; remove it or pass another --drives")
+        exit_with(f"model_error: {a.drives} already holds drives; remove it or pass another --drives")
     header = fmt.read_manifest(a.data, episodes=False)
-    agent_eps = drive(a.policy, bundle, list(range(1_000_000, 1_000_000 + a.tracks)), a.drives, prog)
+    agent_eps = drive(a.policy, bundle, test_tracks(a.tracks), a.drives, prog)
     fmt.rebuild_manifest(a.drives, {k: v for k, v in header.items() if k != "episodes"})
     val_idx = EpisodeIndex(a.data, split="val")
     fields = ["frames", "steering", "target_speed_mps", "reward"]

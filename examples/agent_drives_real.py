@@ -17,26 +17,28 @@ import argparse
 import sys
 from pathlib import Path
 
+from gaia_gym.errors import exit_with, run_script
 from gaia_gym.evaluation.real import evaluate_policy
+from gaia_gym.seeds import TEST_TRACKS
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policy", default="shipped", help="agent zip (default: the shipped agent)")
-    p.add_argument("--track", type=int, default=1_000_000, help="track seed (default: %(default)s)")
+    p.add_argument("--track", type=int, default=TEST_TRACKS[0], help="track seed (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("agent_real.gif"), help="GIF to write (default: %(default)s)")
     p.add_argument("--max-steps", type=int, default=None, help="cap the episode (default: the whole lap)")
     a = p.parse_args(argv)
-    from gaia_gym.errors import ModelFileError
+    from gaia_gym.errors import GaiaGymError
 
     try:
         r = evaluate_policy(a.policy, [a.track], max_steps=a.max_steps, video=a.out)
-    except (FileNotFoundError, ModelFileError, ValueError) as e:
-        raise SystemExit(f"agent_drives_real: {e}") from None
+    except (GaiaGymError, FileNotFoundError, ValueError) as e:
+        exit_with(f"agent_drives_real: {e}")
     print(f"track {a.track}: real return {r['real_return_mean']:.1f} in {r['steps_mean']:.0f} steps "
           f"({'lap finished' if r['laps_finished'] else 'lap not finished'}); wrote {a.out}")
     return r
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_script("agent_drives_real", main, sys.argv[1:])

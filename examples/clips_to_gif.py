@@ -11,6 +11,7 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
+from gaia_gym.errors import run_script
 from gaia_gym.data.loader import ClipDataset
 
 
@@ -36,4 +37,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script("clips_to_gif", main)

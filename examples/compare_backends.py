@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gaia_gym.errors import exit_with, run_script
 from gaia_gym.bundle import load_bundle
 from gaia_gym.errors import GaiaGymError
 from gaia_gym.evaluation.pictures import compare_models_picture
@@ -31,15 +32,15 @@ def main() -> None:
         for spec in a.model:
             name, _, d = spec.partition("=")
             if not d:
-                raise SystemExit(f"compare_backends: --model wants NAME=DIR, got {spec!r}")
+                exit_with(f"compare_backends: --model wants NAME=DIR, got {spec!r}")
             b = load_bundle(d)
             models[name] = (b.world_model, b.tokenizer)
         out = compare_models_picture(models, Path(a.data), Path(a.out), split=a.split, steps=a.steps, clip=a.clip,
                                      temperature=a.temperature)
     except GaiaGymError as e:
-        raise SystemExit(f"compare_backends: {e}") from None
+        exit_with(f"compare_backends: {e}")
     print(f"wrote {out} and {out.with_suffix('.gif')}")
 
 
 if __name__ == "__main__":
-    main()
+    run_script("compare_backends", main)

@@ -18,11 +18,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from gaia_gym.errors import exit_with, run_script
 from gaia_gym.fileio import merge_json
 from gaia_gym.media import save_figure, subplots
-from gaia_gym.planning import add_planner_args, planner_config_from_args
-
-VAL_TRACKS = 1_000_100  # the tracks agents/train_imagination.py evaluates on during training
+from gaia_gym.rl.planner import add_planner_args, planner_config_from_args
+from gaia_gym.seeds import validation_tracks
 
 
 def variants(base, ks=(8, 16, 32, 64), hs=(3, 6, 10), ss=(1, 2)) -> list:
@@ -76,19 +76,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--work", type=Path, default=Path("runs/planning_sweep"), help="resume directory")
     a = p.parse_args(argv)
     if a.episodes < 1 or a.max_steps < 1:
-        raise SystemExit("plan_compute_sweep: --episodes and --max-steps must be >= 1")
+        exit_with("plan_compute_sweep: --episodes and --max-steps must be >= 1")
     from gaia_gym.bundle import load_bundle
-    from gaia_gym.errors import ModelFileError
-    from gaia_gym.planning import drive_tracks, summarize_planning
+    from gaia_gym.errors import GaiaGymError
+    from gaia_gym.evaluation.real import drive_tracks, summarize_planning
 
     ints = lambda s: tuple(int(x) for x in s.split(",") if x.strip())  # noqa: E731
     try:
         base = planner_config_from_args(a)
         todo = variants(base, ints(a.ks), ints(a.hs), ints(a.ss))
         bundle = load_bundle(a.model)
-    except (ValueError, ModelFileError) as e:
-        raise SystemExit(f"plan_compute_sweep: {e}") from None
-    tracks = list(range(VAL_TRACKS, VAL_TRACKS + a.episodes))
+    except (GaiaGymError, ValueError) as e:
+        exit_with(f"plan_compute_sweep: {e}")
+    tracks = validation_tracks(a.episodes)
     rows = []
     for i, cfg in enumerate(todo):
         name = f"{cfg.method}_K{cfg.candidates}_H{cfg.horizon}_S{cfg.samples}_I{cfg.iterations}_E{cfg.execute}_cap{a.max_steps}"
@@ -110,4 +110,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_script("plan_compute_sweep", main, sys.argv[1:])

@@ -4,7 +4,7 @@
     python examples/plan_real.py --candidates 16 --horizon 6 --episodes 3 --json /tmp/p.json --work /tmp/plan
 
 At every step the world model's memory is rebuilt from the real frames seen so far
-(`RealCarRacingEnv`), the planner (`gaia_gym.planning.Planner`) imagines K candidate action sequences of
+(`RealCarRacingEnv`), the planner (`gaia_gym.rl.planner.Planner`) imagines K candidate action sequences of
 H steps (S sampled futures each) from there, scores them with the reward and end heads, refines
 (`--iterations`), and the first action is driven in the real simulator. Tracks are the 20 test seeds
 1,000,000..1,000,019 of `gaia_gym.evaluation.real`, scored the same way (CarRacing's return, zoom-in
@@ -27,10 +27,11 @@ import json
 import sys
 from pathlib import Path
 
-from gaia_gym.evaluation.real import TEST_SEEDS
+from gaia_gym.errors import exit_with, run_script
 from gaia_gym.fileio import merge_json
 from gaia_gym.media import save_figure, subplots
-from gaia_gym.planning import add_planner_args, planner_config_from_args
+from gaia_gym.rl.planner import add_planner_args, planner_config_from_args
+from gaia_gym.seeds import TEST_TRACKS
 
 
 def compare(agents_json: Path) -> dict:
@@ -104,15 +105,16 @@ def main(argv: list[str] | None = None) -> dict:
             rec = json.loads(a.json.read_text())
             plot(a.plot, rec)
         except (OSError, ValueError, KeyError) as e:
-            raise SystemExit(f"plan_real: cannot replot from {a.json}: {e!r}") from None
+            exit_with(f"plan_real: cannot replot from {a.json}: {e!r}")
         print(f"wrote {a.plot}")
         return rec
     if not 1 <= a.episodes <= 20:
-        raise SystemExit("plan_real: --episodes must be in [1, 20] (the test tracks)")
+        exit_with("plan_real: --episodes must be in [1, 20] (the test tracks)")
     from gaia_gym.bundle import load_bundle
-    from gaia_gym.errors import ModelFileError
-    from gaia_gym.planning import PolicyProposal, PolicyValue, drive_tracks, summarize_planning
-    from gaia_gym.policy import load_agent, resolve_agent_path
+    from gaia_gym.errors import GaiaGymError
+    from gaia_gym.evaluation.real import drive_tracks, summarize_planning
+    from gaia_gym.rl.agent import load_agent, resolve_agent_path
+    from gaia_gym.rl.planner import PolicyProposal, PolicyValue
 
     try:
         cfg = planner_config_from_args(a)
@@ -120,12 +122,13 @@ def main(argv: list[str] | None = None) -> dict:
         proposal = None
         if a.proposal:
             agent_path = resolve_agent_path(a.proposal)
-            proposal = PolicyProposal(load_agent(agent_path, device="cpu"), bundle, cfg.horizon, seed=a.seed)
+            proposal = PolicyProposal(load_agent(agent_path, world_model=bundle, device="cpu"), bundle, cfg.horizon, seed=a.seed)
         value_fn = None
         if a.terminal_value:
-            value_fn = PolicyValue(load_agent(resolve_agent_path(a.terminal_value), device="cpu"), a.value_scale)
-    except (ValueError, FileNotFoundError, ModelFileError) as e:
-        raise SystemExit(f"plan_real: {e}") from None
+            value_fn = PolicyValue(load_agent(resolve_agent_path(a.terminal_value), world_model=bundle, device="cpu"),
+                                   a.value_scale)
+    except (GaiaGymError, ValueError, FileNotFoundError) as e:
+        exit_with(f"plan_real: {e}")
     name = f"{cfg.method}_K{cfg.candidates}_H{cfg.horizon}_S{cfg.samples}_I{cfg.iterations}_E{cfg.execute}_seed{a.seed}"
     if a.proposal:
         name += "_proposal-" + Path(a.proposal).parent.name + Path(a.proposal).stem
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
         name += f"_value-{Path(a.terminal_value).parent.name}{Path(a.terminal_value).stem}x{a.value_scale:g}"
     if a.max_steps:
         name += f"_cap{a.max_steps}"
-    eps = drive_tracks(bundle, cfg, list(TEST_SEEDS)[: a.episodes], a.work / f"{name}.json", seed=a.seed,
+    eps = drive_tracks(bundle, cfg, list(TEST_TRACKS)[: a.episodes], a.work / f"{name}.json", seed=a.seed,
                        max_steps=a.max_steps, video_path=a.video, proposal=proposal, value_fn=value_fn)
     rec = summarize_planning(eps, cfg)
     if a.proposal:
@@ -159,4 +162,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_script("plan_real", main, sys.argv[1:])

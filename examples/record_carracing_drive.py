@@ -18,6 +18,7 @@ from pathlib import Path
 
 import cv2
 
+from gaia_gym.errors import exit_with, run_script
 from gaia_gym.data.frames import SIM_FPS
 from gaia_gym.sims.carracing import CarRacingDrive, PursuitDriver
 
@@ -40,7 +41,7 @@ def main() -> None:
     video = a.out.with_suffix("." + a.ext)
     vw = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*a.codec), float(SIM_FPS), (96, 96))
     if not vw.isOpened():
-        raise SystemExit(f"OpenCV cannot write {a.codec} video here")
+        exit_with(f"OpenCV cannot write {a.codec} video here")
     rows = []
     n = int(a.seconds * SIM_FPS)
     for k in range(n):
@@ -63,4 +64,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script("record_carracing_drive", main)

@@ -44,7 +44,9 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from dataclasses import asdict, is_dataclass
+import types
+import typing
+from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -288,6 +290,45 @@ def read_weights(path: str | Path, info: dict | None = None) -> dict[str, torch.
     return state
 
 
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether a JSON value fits a config field's type (int, float, bool, str, tuples, optionals; other
+    types, e.g. nested configs stored as objects, are left to the config class)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if tp in (tuple, list) or origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return True
+    return True
+
+
+def check_config(stored: dict, cls: type, where: str | Path) -> None:
+    """ModelFileError naming `where` for a stored config with a key `cls` (a config dataclass) does not
+    have or a value whose type does not fit its field ("256" for an int, 4.5 for an int)."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(k for k in stored if k not in names)
+    if unknown:
+        raise ModelFileError(f"{where}: unknown config key {', '.join(map(repr, unknown))} for {cls.__name__}")
+    for k, v in stored.items():
+        if k in hints and not _fits(v, hints[k]):
+            want = getattr(hints[k], "__name__", str(hints[k]))
+            raise ModelFileError(f"{where}: config {k!r} is {v!r}, expected {want}")
+
+
 def _fmt_keys(keys: list[str], limit: int = 6) -> str:
     more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
@@ -320,11 +361,15 @@ def load_model(
     kind: str | None,
     build: Callable[[dict], nn.Module],
     device: str | torch.device = "cpu",
+    config_class: type | None = None,
 ) -> tuple[nn.Module, dict, dict]:
     """Rebuild a model from DIR (or either of its files): returns (model in eval mode on `device`, config, meta).
 
     `kind` is the expected model kind (None accepts any); `build(config_dict)` constructs the module
-    from the stored config (turn the dict back into the config dataclass there). Nothing is unpickled.
+    from the stored config (turn the dict back into the config dataclass there). `config_class` (the
+    config dataclass) has the stored config checked first, key by key (else it is checked after `build`
+    against the model's ``cfg``): a wrong type or an unknown key is a ModelFileError naming config.json.
+    Weights that are not finite are one too. Nothing is unpickled.
     """
     directory = model_dir(path)
     info = read_model_info(directory)
@@ -339,10 +384,22 @@ def load_model(
         info, state = again, read_weights(directory, again)  # a save published between the two reads
         if kind is not None and info["kind"] != kind:
             raise ModelFileError(f"{directory} is a {info['kind']} file, expected a {kind}") from None
-    model = build(info["config"])
+    where = directory / CONFIG
+    if config_class is not None and isinstance(info["config"], dict):
+        check_config(info["config"], config_class, where)
+    try:
+        model = build(info["config"])
+    except (TypeError, ValueError, KeyError, ZeroDivisionError) as e:  # a config the model class cannot take
+        raise ModelFileError(f"{where}: the config does not fit a {info['kind']} ({_one_line(e)})") from None
     if not isinstance(model, nn.Module):
         raise TypeError(f"build() must return an nn.Module, got {type(model).__name__}")
+    cfg = getattr(model, "cfg", None)
+    if is_dataclass(cfg) and isinstance(info["config"], dict):
+        check_config(info["config"], type(cfg), where)
     load_weights_into(model, directory, state)
+    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:  # NaN/inf weights would surface later as a raw sampling error in torch
+        raise ModelFileError(f"{directory / WEIGHTS}: non-finite values (NaN or inf) in {_fmt_keys(bad)}")
     model.to(device)
     model.eval()
     return model, info["config"], info["meta"]

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 from gaia_gym.errors import ConfigError
+from gaia_gym.seeds import VAL_EVERY
 
 T = TypeVar("T")
 
@@ -21,7 +22,7 @@ class CarRacingCollectConfig:
 
     episodes: int = 840  # 840 x <=238 steps <= 200k transitions: the project's whole CarRacing budget
     seed: int = 0  # episode i drives track seed `seed + i`
-    val_every: int = 10  # every 10th episode (i % 10 == 9) is validation: held-out tracks, never frames
+    val_every: int = VAL_EVERY  # every 10th episode (i % 10 == 9) is validation: held-out tracks, never frames
     workers: int = 2  # collector processes (one per core)
     frame_size: int = 64  # dataset frames are frame_size x frame_size RGB, HUD cropped
     frame_skip: int = 4  # simulator frames (50 Hz) per recorded step -> 12.5 Hz
@@ -40,7 +41,7 @@ class HighwayCollectConfig:
     scenarios: tuple[str, ...] = ("highway-fast-v0", "merge-v0", "roundabout-v0", "intersection-v0")
     episodes: int = 1000  # spread round-robin over the scenarios (<= episodes x max_steps transitions)
     seed: int = 0
-    val_every: int = 10
+    val_every: int = VAL_EVERY
     workers: int = 2
     frame_size: int = 64
     max_steps: int = 40  # recorded steps per episode (the scenarios' own limits also apply)

@@ -7,6 +7,8 @@ Subclasses that also derive from a builtin (`ValueError`) keep working with code
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 
 class GaiaGymError(Exception):
     """Base of every gaia_gym error whose message is meant to be shown to a user as one line."""
@@ -45,5 +47,22 @@ class ImaginationError(GaiaGymError, RuntimeError):
     """Misuse of the imagination engine (stepping before reset...)."""
 
 
+def exit_with(message: str, code: int = 2) -> NoReturn:
+    """End a script as the gaia-gym command line ends on a user's error: `message` as one line on stderr,
+    exit code 2."""
+    import sys
+
+    print(" ".join(str(message).split("\n")), file=sys.stderr)
+    raise SystemExit(code)
+
+
+def run_script(name: str, main, *args):
+    """`main(*args)` of a script named `name`; a `GaiaGymError` it lets out ends it as `exit_with` does."""
+    try:
+        return main(*args)
+    except GaiaGymError as e:
+        exit_with(f"{name}: {e}")
+
+
 __all__ = ["ConfigError", "CorruptShardError", "DatasetError", "GaiaGymError", "ImaginationError", "MissingFileError",
-           "ModelFileError", "ResumeError", "TrainingError"]
+           "ModelFileError", "ResumeError", "TrainingError", "exit_with", "run_script"]

@@ -41,7 +41,6 @@ import torch
 from gaia_gym.backends import Backend, Memory
 from gaia_gym.errors import ConfigError, ImaginationError
 from gaia_gym.models.layout import check_actions
-from gaia_gym.models.world_model import DEFAULT_TOP_K
 from gaia_gym.precision import autocast
 
 
@@ -92,7 +91,7 @@ class SceneRows:
     def conditions(self, spec, blocks: int = 1):
         """This step's `Conditions` (agents repeated over `blocks` blocks) and the agents' dropped mask."""
         from gaia_gym.models.conditions import Conditions
-        from gaia_gym.sims.highway_scene import normalise_boxes
+        from gaia_gym.specs import normalise_boxes
 
         dropped = {}
         agents = None
@@ -156,20 +155,20 @@ def _real(x, name: str, allowed: str, lo: float = -math.inf, hi: float = math.in
     return float(x)
 
 
-def check_sampling(temperature, top_k, guidance, end_threshold) -> tuple[float, int, float, float]:
+def check_sampling(temperature, top_k, guidance, end_threshold) -> tuple[float, int | None, float, float]:
     """The engine's sampling arguments, checked before the model loads (the envs call this before a model
-    loads), as Python numbers (numpy scalars welcome): (temperature, top_k (None -> the default), guidance,
-    end_threshold)."""
+    loads), as Python numbers (numpy scalars welcome): (temperature, top_k (None stays None: the backend's
+    `default_top_k`), guidance, end_threshold)."""
     temperature = _real(temperature, "temperature", "a finite number >= 0 (0 = always the likeliest code)", lo=0.0)
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral)
                               or top_k < 0):
-        raise ConfigError(f"top_k must be None (the default, {DEFAULT_TOP_K}) or an integer >= 0 "
+        raise ConfigError(f"top_k must be None (the model's default) or an integer >= 0 "
                           f"(0 = every code), got {top_k!r}")
     guidance = _real(guidance, "guidance", "a finite number > 0 (1 = no classifier-free guidance)", lo=0.0,
                      lo_open=True)
     end_threshold = _real(end_threshold, "end_threshold", "a probability in [0, 1] (1 = never terminate)",
                           lo=0.0, hi=1.0)
-    return temperature, DEFAULT_TOP_K if top_k is None else int(top_k), guidance, end_threshold
+    return temperature, None if top_k is None else int(top_k), guidance, end_threshold
 
 
 def check_guide(guide, spec) -> tuple[str, ...]:
@@ -190,13 +189,22 @@ def check_guide(guide, spec) -> tuple[str, ...]:
     return guide
 
 
-def _check_settings(n, temperature, top_k, guidance, horizon, end_threshold) -> tuple[int, float, int, float, float]:
+def check_horizon(horizon) -> int | None:
+    """A horizon: a positive integer (numpy and integral floats welcome) or None (never truncate)."""
+    if horizon is None:
+        return None
+    if (isinstance(horizon, bool) or not isinstance(horizon, numbers.Real) or not math.isfinite(horizon)
+            or int(horizon) != horizon or horizon < 1):
+        raise ConfigError(f"horizon must be a positive integer or None (never truncate), got {horizon!r}")
+    return int(horizon)
+
+
+def _check_settings(n, temperature, top_k, guidance, horizon, end_threshold) -> tuple[int, float, int | None, float, float]:
     """One-line errors for engine settings, at construction (not at the first step); the settings as
     Python numbers (n, temperature, top_k, guidance, end_threshold)."""
     n = check_count(n, "n (number of rows / envs)")
     temperature, top_k, guidance, end_threshold = check_sampling(temperature, top_k, guidance, end_threshold)
-    if horizon is not None and (isinstance(horizon, bool) or not isinstance(horizon, numbers.Integral) or horizon < 1):
-        raise ConfigError(f"horizon must be a positive integer or None (never truncate), got {horizon!r}")
+    check_horizon(horizon)
     return n, temperature, top_k, guidance, end_threshold
 
 
@@ -206,7 +214,7 @@ class Imagination:
     `model`: a `Backend`, or a `WorldBundle` (its backend, and its prompt bank unless `prompts` is given).
     `prompts`: a `PromptBank` of real context clips for `reset()` without a context (optional)."""
 
-    def __init__(self, model, n: int = 1, temperature: float = 1.0, top_k: int = DEFAULT_TOP_K,
+    def __init__(self, model, n: int = 1, temperature: float = 1.0, top_k: int | None = None,
                  guidance: float = 1.0, horizon: int | None = None, end_threshold: float = 0.5,
                  seed: int | None = None, bf16: bool = True, prompts=None, guide: tuple[str, ...] = ("action",),
                  step_seconds: float = 0.2) -> None:
@@ -220,8 +228,10 @@ class Imagination:
         self.prompts = prompts if prompts is not None else getattr(model, "prompts", None)
         self.n = int(n)
         self.device = backend.device
+        if top_k is None:  # the sampler's default is the backend's (a flow model ignores top_k)
+            top_k = getattr(backend, "default_top_k", 0)
         self.temperature, self.top_k, self.guidance = float(temperature), int(top_k), float(guidance)
-        self.horizon = horizon
+        self.horizon = check_horizon(horizon)
         self.end_threshold = float(end_threshold)
         self.bf16 = bf16
         self.generator = torch.Generator(device=self.device)
@@ -352,12 +362,19 @@ class Imagination:
 
     @torch.no_grad()
     def step(self, actions, observed: torch.Tensor | None = None) -> StepOutput:
-        """Advance every row by one step under `actions` (n, A) in [-1, 1] (clipped; NaN/inf raise).
+        """Advance every row by one step under `actions` (n, A) in [-1, 1] (clipped). A float32 (n, A) tensor
+        on the engine's device is trusted as validated (the envs check actions at their boundary); anything
+        else is checked here (NaN/inf, shapes: ConfigError).
 
         `observed` (n, *L): the frame that really came next (e.g. a real simulator's, encoded); it
         replaces the imagined one, so the model's memory follows the real history (nothing is sampled)."""
         self._require_reset()
-        a = check_actions(actions, self.n, self.action_dim, self.device)
+        a = actions
+        if (isinstance(a, torch.Tensor) and a.dtype == torch.float32 and a.device == self.device
+                and tuple(a.shape) == (self.n, self.action_dim)):
+            a = a.clamp(-1, 1)  # a float tensor is trusted (the envs validated it): no finiteness check, no sync
+        else:  # lists, numpy arrays, other dtypes or devices from direct callers: checked and converted here
+            a = check_actions(actions, self.n, self.action_dim, self.device)
         if observed is not None:
             observed = torch.as_tensor(observed, device=self.device).to(self.backend.latent_dtype)
             if observed.shape != self.latents.shape:
@@ -446,6 +463,9 @@ def scene_rows(bundle, k: int, prompts: torch.Tensor | None = None, scene: dict 
     if scene.get("metadata") is not None:
         ids = torch.from_numpy(spec.metadata_ids(scene["metadata"])).to(dev)
         rows.metadata[:] = torch.where(ids >= 0, ids, rows.metadata)
+    if scene.get("negative") is not None and scene.get("text") is None:
+        raise ConfigError("negative needs text: a negative prompt replaces the text condition it is contrasted "
+                          "with under guidance (give text= too)")
     for key in ("text", "negative"):
         t = scene.get(key)
         if t is None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gaia_gym.bundle import save_bundle, tiny_bundle
+from gaia_gym.bundle import save_bundle
+from gaia_gym.testing import tiny_bundle
 from gaia_gym.data import format as fmt
 
 S = 64  # frame size of the synthetic drives

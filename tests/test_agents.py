@@ -13,12 +13,14 @@ import pytest
 import torch
 from stable_baselines3 import PPO
 
-from gaia_gym.bundle import tiny_bundle
+from gaia_gym.testing import tiny_bundle
 from gaia_gym.envs import GaiaDriveVecEnv
-from gaia_gym.envs.real import ZOOM_PENALTY, RealCarRacingEnv, run_real_episode
-from gaia_gym.evaluation.real import evaluate_policy, pipeline_costs, random_actor
+from gaia_gym.envs.real import ZOOM_PENALTY, RealCarRacingEnv
+from gaia_gym.evaluation.costs import pipeline_costs
+from gaia_gym.evaluation.real import evaluate_policy, random_actor, run_episode
 from gaia_gym.fileio import merge_json
-from gaia_gym.policy import WorldModelExtractor, agent_actor, load_agent, policy_kwargs
+from gaia_gym.rl.agent import agent_actor, load_agent
+from gaia_gym.rl.extractor import WorldModelExtractor, policy_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 OBS = "tokens+features"
@@ -41,7 +43,7 @@ def train_imagination_main(argv: list[str]) -> dict:
 def _ppo(bundle, model_dir, freeze: bool, **kw) -> PPO:
     venv = GaiaDriveVecEnv(num_envs=2, bundle=bundle, obs_mode=OBS, horizon=20)
     return PPO("MultiInputPolicy", venv, n_steps=64, batch_size=64, n_epochs=2, seed=0, device="cpu",
-               policy_kwargs=policy_kwargs(world_model=model_dir, freeze=freeze, net_arch=[32]), **kw)
+               policy_kwargs=policy_kwargs(bundle, freeze=freeze, net_arch=[32]), **kw)
 
 
 def _table(model) -> torch.Tensor:
@@ -51,8 +53,9 @@ def _table(model) -> torch.Tensor:
 def test_extractor_embeds_tokens_as_the_world_model(bundle):
     wm = bundle.world_model
     venv = GaiaDriveVecEnv(num_envs=2, bundle=bundle, obs_mode=OBS)
-    ext = WorldModelExtractor(venv.observation_space, embedding=wm.tok_emb.weight, patch=wm.cfg.patch,
-                              vocab=wm.cfg.vocab)
+    kw = policy_kwargs(bundle)["features_extractor_kwargs"]
+    assert all(not isinstance(v, torch.Tensor) for v in kw.values())  # pickled into the zip: small, path-free
+    ext = WorldModelExtractor(venv.observation_space, **kw)
     assert isinstance(ext.embedding, torch.nn.Embedding) and not ext.embedding.weight.requires_grad
     assert ext.features_dim == 2 * wm.cfg.d_model
     obs = venv.reset()
@@ -61,10 +64,12 @@ def test_extractor_embeds_tokens_as_the_world_model(bundle):
     with torch.no_grad():
         want = wm.embed_image(wm.patchify(tokens[:, None]))[:, 0].mean(1)  # (B, d): positions mean-pooled
     torch.testing.assert_close(out[:, :wm.cfg.d_model], want)
-    only = WorldModelExtractor(GaiaDriveVecEnv(bundle=bundle, obs_mode="features").observation_space)
+    from gymnasium import spaces
+
+    only = WorldModelExtractor(spaces.Dict({"features": venv.observation_space["features"]}), **kw)
     assert only.features_dim == wm.cfg.d_model
     with pytest.raises(ValueError, match="tokens.*features"):
-        WorldModelExtractor(GaiaDriveVecEnv(bundle=bundle, obs_mode="all").observation_space)
+        WorldModelExtractor(GaiaDriveVecEnv(bundle=bundle, obs_mode="all").observation_space, **kw)
 
 
 def test_table_survives_ortho_init_and_stays_frozen(bundle, model_dir):
@@ -91,7 +96,7 @@ def test_real_env_matches_imagination_and_evaluate_real_runs(bundle, model_dir, 
     real = RealCarRacingEnv(bundle=bundle, obs_mode=OBS, render_mode="rgb_array")
     assert real.observation_space == venv.observation_space and real.action_space == venv.action_space
     # a random policy, one capped episode: zoom-in penalty counted, as run_scripted_episode does
-    ep = run_real_episode(real, random_actor(real.action_space), 1_000_000, max_steps=3, video=True)
+    ep = run_episode(real, random_actor(real.action_space), 1_000_000, max_steps=3, video=True)
     assert ep["steps"] == 3 and ep["capped"] and len(ep["frames"]) == 4
     assert ep["return"] == pytest.approx(sum(ep["rewards"]) + ZOOM_PENALTY)
     real.close()
@@ -109,16 +114,25 @@ def test_real_env_matches_imagination_and_evaluate_real_runs(bundle, model_dir, 
     assert r["episodes"] == 1 and r["capped"] and np.isfinite(r["real_return_mean"])
 
 
-def test_one_line_errors(model_dir, tmp_path):
-    with pytest.raises(SystemExit, match="no such policy file"):
-        evaluate_real_main(["--policy", str(tmp_path / "missing.zip"), "--model", str(model_dir), "--no-progress"])
+def _exit_2(capsys, fn, argv, match: str) -> None:
+    import re
+
+    with pytest.raises(SystemExit) as e:
+        fn(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and re.search(match, err) and err.count("\n") == 1, err
+
+
+def test_one_line_errors(model_dir, tmp_path, capsys):
+    _exit_2(capsys, evaluate_real_main, ["--policy", str(tmp_path / "missing.zip"), "--model", str(model_dir),
+                                         "--no-progress"], "no such policy file")
     with pytest.raises(FileNotFoundError, match="no such policy file"):
         load_agent(tmp_path / "missing.zip")
-    with pytest.raises(SystemExit, match=r"v\.txt: write the video as a \.gif or \.mp4"):  # before driving
-        evaluate_real_main(["--policy", "random", "--model", str(model_dir), "--video", str(tmp_path / "v.txt"),
-                            "--no-progress"])
-    with pytest.raises(SystemExit, match="no such world-model directory"):
-        train_imagination_main(["--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"), "--no-progress"])
+    _exit_2(capsys, evaluate_real_main, ["--policy", "random", "--model", str(model_dir), "--video",
+                                         str(tmp_path / "v.txt"), "--no-progress"],
+            r"v\.txt: write the video as a \.gif or \.mp4")  # before driving
+    _exit_2(capsys, train_imagination_main, ["--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"),
+                                             "--no-progress"], "no such world-model directory")
 
 
 def _train(model_dir, out, *extra) -> dict:
@@ -128,7 +142,7 @@ def _train(model_dir, out, *extra) -> dict:
                                    "--no-progress", *extra])
 
 
-def test_train_ppo_then_resume(model_dir, tmp_path):
+def test_train_ppo_then_resume(model_dir, tmp_path, capsys):
     out = tmp_path / "agent_ppo"
     s = _train(model_dir, out, "--timesteps", "256", "--eval-every", "128")
     assert s["num_timesteps"] == 256 and (out / "last.zip").exists() and (out / "best.zip").exists()
@@ -143,8 +157,7 @@ def test_train_ppo_then_resume(model_dir, tmp_path):
     assert s["num_timesteps"] == 512 and s["elapsed_s"] > first_elapsed
     assert [e["timesteps"] for e in s["evals"]] == [128, 256, 384, 512]
     assert load_agent(out / "last.zip").num_timesteps == 512
-    with pytest.raises(SystemExit, match="holds a ppo run"):
-        _train(model_dir, out, "--algo", "sac")
+    _exit_2(capsys, lambda argv: _train(model_dir, out, *argv), ["--algo", "sac"], "holds a ppo run")
 
 
 def test_minutes_budget_stops_training(model_dir, tmp_path):
@@ -180,7 +193,7 @@ def _token_split(path: Path, episodes: int = 3, steps: int = 30) -> Path:
 
 def test_training_starts_from_data_contexts_in_the_data_speed_range(model_dir, tmp_path):
     from gaia_gym.bundle import PromptBank
-    from gaia_gym.policy import ActionRange
+    from gaia_gym.rl.agent import ActionRange
 
     split = _token_split(tmp_path / "train.npz")
     C = tiny_bundle().prompts.context
@@ -204,7 +217,7 @@ def test_training_starts_from_data_contexts_in_the_data_speed_range(model_dir, t
 
 
 def test_exported_agent_acts_the_same_and_results_merge(bundle, model_dir, tmp_path):
-    from gaia_gym.policy import export_agent
+    from gaia_gym.rl.agent import export_agent
 
     model = _ppo(bundle, model_dir, freeze=True)
     model.learn(64)
@@ -270,7 +283,7 @@ def test_imagined_vs_real_keeps_other_policies_in_the_json(tmp_path):
     assert pols["random"]["tracks"] == 1 and pols["random"]["command"].startswith("python benchmarks/imagined_vs_real.py")
 
 
-def test_behaviour_prior_then_imagination_from_it(bundle, model_dir, tmp_path):
+def test_behaviour_prior_then_imagination_from_it(bundle, model_dir, tmp_path, capsys):
     """agents/behaviour_prior.py on a tiny real collection (expert labels, both splits) writes a prior
     agent that evaluate_real scores; train_imagination --init copies its weights (at lr ~0 they stay)
     and --prior adds the prior term; a prior of another network is refused in one line."""
@@ -297,8 +310,10 @@ def test_behaviour_prior_then_imagination_from_it(bundle, model_dir, tmp_path):
     a, b = load_agent(run / "last.zip").policy.state_dict(), prior.policy.state_dict()
     for k in b:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
-    with pytest.raises(SystemExit, match="does not fit"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
         _train(model_dir, tmp_path / "ft2", "--timesteps", "64", "--eval-every", "0", "--init", str(out / "prior.zip"))
+    assert e.value.code == 2 and "does not fit" in capsys.readouterr().err
 
 
 def test_sigterm_stops_training_and_saves(model_dir, tmp_path):

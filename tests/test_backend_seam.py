@@ -119,7 +119,7 @@ def test_gymnasium_env_over_a_continuous_backend_passes_the_checker(flow_bundle)
 
 def test_sb3_vecenv_and_planner_over_a_continuous_backend(flow_bundle):
     from gaia_gym.envs import GaiaDriveVecEnv
-    from gaia_gym.planning import Planner, PlannerConfig
+    from gaia_gym.rl.planner import Planner, PlannerConfig
 
     venv = GaiaDriveVecEnv(num_envs=2, bundle=flow_bundle, obs_mode="latents+features", horizon=5)
     obs = venv.reset()

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from gaia_gym.bundle import (DEFAULT_WORLD_MODEL, SOURCES, Sources, load_bundle, record_training_sources, save_bundle,
-                             tiny_bundle, weights_sha256)
+                             weights_sha256)
+from gaia_gym.testing import tiny_bundle
 from gaia_gym.checkpoint import save_model
 from gaia_gym.errors import ConfigError, GaiaGymError, ModelFileError
 from gaia_gym.imagination import Imagination
@@ -124,3 +125,103 @@ def test_engine_from_components_without_a_prompt_bank(bundle):
     lat, act = bundle.prompts.tokens[:2], bundle.prompts.actions[:2]
     latents, _ = eng.reset(context=(lat, act))
     assert eng.n == 2 and torch.equal(latents, lat[:, -1])
+
+
+# ----------------------------------------------------------------------------------------------
+# the one builder: every option applied in one place, kept by every later `with_*`
+# ----------------------------------------------------------------------------------------------
+def _quantized(backend) -> bool:
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    return any(isinstance(m, DynamicLinear) for m in backend.world_model.modules())
+
+
+def _text(texts):
+    return torch.ones(len(texts), 16)
+
+
+BUILDS = {  # name -> (tiny bundle maker, options of load_bundle, check of the built bundle)
+    "cameras+int8": (lambda: tiny_bundle(cameras=("front", "rear")), {"cameras": "front", "int8": True},
+                     lambda b: b.world_model.cfg.camera_names == ("front",) and _quantized(b.backend)),
+    "cameras+decoder": (lambda: tiny_bundle(cameras=("front", "rear")), {"cameras": "rear", "decoder": "same"},
+                        lambda b: b.world_model.cfg.camera_names == ("rear",)),
+    "int8+text_encoder": (lambda: tiny_bundle(conditions="cross"), {"int8": True, "text_encoder": _text},
+                          lambda b: b.text_encoder is _text and _quantized(b.backend)),
+    "int8+decoder": (tiny_bundle, {"int8": True, "decoder": "same"}, lambda b: _quantized(b.backend)),
+    "decoder+text_encoder": (lambda: tiny_bundle(conditions="adaln"), {"decoder": "same", "text_encoder": _text},
+                             lambda b: b.text_encoder is _text),
+    "steps+int8": (None, {"steps": 4, "int8": True},
+                   lambda b: b.backend.steps == 4 and _quantized(b.backend)),
+}
+
+
+def _maker(name):
+    from gaia_gym.testing import tiny_flow_bundle
+
+    return tiny_flow_bundle if name.startswith("steps") else BUILDS[name][0]
+
+
+@pytest.mark.parametrize("name", list(BUILDS))
+@pytest.mark.parametrize("source", ["bundle", "directory"])
+def test_every_option_pair_of_the_builder_is_applied_and_kept(name, source, tmp_path):
+    make, options, check = _maker(name), dict(BUILDS[name][1]), BUILDS[name][2]
+    b0 = make()
+    if options.get("decoder") == "same":  # a tokenizer that reads the same codes: a module, or its directory
+        options["decoder"] = b0.tokenizer
+        if source == "directory":
+            save_model(tmp_path / "dec", b0.tokenizer, "tokenizer", b0.tokenizer.cfg)
+            options["decoder"] = tmp_path / "dec"
+    model = b0 if source == "bundle" else save_bundle(b0, tmp_path / "wm")
+    b = load_bundle(model, **options)
+    assert check(b), name
+    # a later replace() of the bundle keeps the backend options (they are a field, not a private attribute)
+    if "int8" in options or "steps" in options:
+        again = b.with_decoder(b.tokenizer)
+        assert again.backend_options == b.backend_options and check(again)
+
+
+def test_with_methods_keep_the_backend_options_in_any_order():
+    from gaia_gym.testing import tiny_flow_bundle
+
+    f = tiny_flow_bundle()
+    a = f.with_backend(steps=4).with_backend(int8=True)
+    b = f.with_backend(int8=True).with_decoder(f.tokenizer).with_backend(steps=4)
+    for x in (a, b):
+        assert x.backend.steps == 4 and _quantized(x.backend) and x.backend_options == {"steps": 4, "int8": True}
+    c = tiny_bundle(conditions="cross").with_backend(int8=True).with_text_encoder(_text)
+    assert _quantized(c.backend) and c.text_encoder is _text
+
+
+def test_gym_make_applies_options_to_a_loaded_bundle():
+    import gymnasium as gym
+
+    import gaia_gym  # noqa: F401  (registers the envs)
+    from gaia_gym.testing import tiny_flow_bundle
+
+    env = gym.make("GaiaDrive-v0", bundle=tiny_flow_bundle().with_backend(steps=4), int8=True)
+    be = env.unwrapped.core.bundle.backend
+    assert be.steps == 4 and _quantized(be)
+    env.reset(seed=0)
+    env.step(env.action_space.sample())
+
+
+def test_highway_int8_with_a_text_encoder_runs_quantized():
+    import gymnasium as gym
+
+    import gaia_gym  # noqa: F401
+
+    env = gym.make("GaiaHighway-v0", bundle=tiny_bundle(conditions="cross"), int8=True, text_encoder=_text)
+    b = env.unwrapped.core.bundle
+    assert _quantized(b.backend) and b.text_encoder is _text
+    env.reset(seed=0)
+    env.step(env.action_space.sample())
+
+
+def test_builder_errors_are_one_line(tmp_path):
+    b = tiny_bundle()
+    with pytest.raises(ConfigError) as e:
+        load_bundle(b, int8="yes")
+    one_line(e)
+    with pytest.raises(ConfigError) as e:
+        load_bundle(b, steps=4)  # a token model takes no sampling steps
+    one_line(e)

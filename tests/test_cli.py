@@ -1,6 +1,6 @@
-"""Every CLI verb, run as the README shows it: required arguments only, plus the knobs that only shrink the
-work (steps, clips, seconds) — never a path the verb should find by itself. Run from a directory other
-than the repository's, so nothing is found relative to the working directory by accident."""
+"""Every CLI verb, run as README.md and docs/cli.md show it: required arguments only, plus the knobs that
+only shrink the work (steps, clips, seconds) — never a path the verb should find by itself. Run from a
+directory other than the repository's, so nothing is found relative to the working directory by accident."""
 
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import gaia_gym  # noqa: F401  (registers the envs)
-from gaia_gym.bundle import save_bundle, load_bundle, tiny_bundle
+from gaia_gym.bundle import save_bundle, load_bundle
+from gaia_gym.testing import tiny_bundle
 from gaia_gym.errors import ConfigError
 from gaia_gym.imagination import Imagination, SceneRows
 from gaia_gym.models.conditions import ConditionSpec, Conditions, training_conditions
@@ -258,7 +259,7 @@ def test_vector_and_sb3_adapters_take_a_conditioned_model(cbundle):
     obs, _ = venv.reset(seed=0)
     for _ in range(3):
         obs, *_ = venv.step(np.zeros((3, 2), np.float32))
-    assert obs["features"].shape[0] == 3
+    assert obs.shape[0] == 3  # a single key: the bare (3, d) features
     sb = GaiaDriveVecEnv(2, bundle=cbundle, obs_mode="features", horizon=3)
     sb.reset()
     for _ in range(4):
@@ -376,7 +377,8 @@ def test_imagine_takes_scene_flags(tiny_highway, tmp_path):
 
 def test_eval_highway_quick_and_the_real_env(tiny_highway, tmp_path):
     from gaia_gym import cli
-    from gaia_gym.envs.real_highway import RealHighwayEnv, run_highway_episode
+    from gaia_gym.envs.real_highway import RealHighwayEnv
+    from gaia_gym.evaluation.real import run_episode
 
     data, wm = tiny_highway
     js = tmp_path / "hw.json"
@@ -390,5 +392,5 @@ def test_eval_highway_quick_and_the_real_env(tiny_highway, tmp_path):
     assert set(r["fidelity"]["psnr_by_horizon"]) == {"1", "2", "4", "8"} or r["fidelity"]["clips"] == 0
     env = RealHighwayEnv(model=str(wm), obs_mode="features", max_steps=3)
     for act in ("scripted", "random"):
-        ep = run_highway_episode(env, act, seed=1_000_000, scenario="merge-v0")
+        ep = run_episode(env, act, seed=1_000_000, scenario="merge-v0")
         assert 1 <= ep["steps"] <= 3 and isinstance(ep["return"], float)

@@ -221,7 +221,7 @@ def test_make_vec_async_default_context_does_not_hang():
         obs, info = envs.reset(seed=0)
         obs, rew, te, tr, info = envs.step(np.zeros((2, 2), np.float32))
         envs.close()
-        print("ok", obs["tokens"].shape)
+        print("ok", obs.shape)
     """
     r = run_script(code, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -379,3 +379,106 @@ def test_bench_formatting_helpers():
     assert summary_line(r) == ("real CarRacing-v3: n/a driving s/s (2 processes); imagined at batch 64: "
                                "tokens 12.3x, frames n/a")
     assert "batch 64: tokens n/a, frames n/a" in summary_line({"batches": {}})
+
+
+# ----------------------------------------------------------------------------------------------
+# model files, scene options, camera poses and sampling steps a demanding user tries
+# ----------------------------------------------------------------------------------------------
+def test_huge_vehicle_boxes_are_a_config_error_not_a_torch_error():
+    from gaia_gym.testing import tiny_bundle
+
+    env = gym.make("GaiaHighway-v0", bundle=tiny_bundle(conditions="cross"))
+    with pytest.raises(ConfigError) as e:
+        env.reset(seed=0, options={"vehicles": [[1e30, -1e30, 1e30, 0]]})
+    assert "vehicles" in one_line(e)
+    env.reset(seed=0, options={"vehicles": [[20.0, 4.0, -2.0, 0.0]]})  # a real scene still works
+
+
+def file_line(e: pytest.ExceptionInfo) -> str:
+    """The one-line message of a ModelFileError."""
+    from gaia_gym.checkpoint import ModelFileError
+
+    msg = str(e.value)
+    assert isinstance(e.value, ModelFileError) and "\n" not in msg and msg
+    return msg
+
+
+def test_a_model_with_nan_weights_fails_to_load_naming_the_file(tmp_path):
+    from gaia_gym.bundle import load_bundle, save_bundle
+    from gaia_gym.checkpoint import ModelFileError
+    from gaia_gym.testing import tiny_bundle
+
+    b = tiny_bundle()
+    with torch.no_grad():
+        next(b.world_model.parameters()).fill_(float("nan"))
+    d = save_bundle(b, tmp_path / "wm")  # the sha256 is computed over the NaN weights: only finiteness catches it
+    with pytest.raises(ModelFileError) as e:
+        load_bundle(d)
+    assert "model.safetensors" in file_line(e) and "non-finite" in file_line(e)
+
+
+def test_a_prompt_bank_with_nan_actions_fails_to_load_naming_the_file(tmp_path):
+    from gaia_gym.bundle import load_bundle, save_bundle
+    from gaia_gym.checkpoint import ModelFileError
+    from gaia_gym.testing import tiny_bundle
+
+    b = tiny_bundle()
+    b.prompts.actions[0, 0, 0] = float("nan")
+    d = save_bundle(b, tmp_path / "wm")
+    with pytest.raises(ModelFileError) as e:
+        load_bundle(d)
+    assert "prompts.npz" in file_line(e) and "actions" in file_line(e)
+
+
+@pytest.mark.parametrize("change", [{"d_model": "256"}, {"n_heads": 4.5}, {"no_such_key": 1}])
+def test_config_json_with_wrong_types_is_a_model_file_error(tmp_path, change):
+    from gaia_gym.bundle import load_bundle, save_bundle
+    from gaia_gym.checkpoint import ModelFileError
+    from gaia_gym.testing import tiny_bundle
+
+    d = save_bundle(tiny_bundle(), tmp_path / "wm")
+    info = json.loads((d / "config.json").read_text())
+    info["config"].update(change)
+    (d / "config.json").write_text(json.dumps(info))
+    with pytest.raises(ModelFileError) as e:
+        load_bundle(d)
+    assert "config.json" in file_line(e)
+
+
+@pytest.mark.parametrize("cameras", [[("front", float("nan"), 0.5, 0.75)], [("rear", 180.0, float("inf"), 0.5)], 5,
+                                     [("front", 0.0)]])
+def test_a_bad_camera_pose_is_a_config_error(cameras):
+    from gaia_gym.testing import tiny_bundle
+
+    with pytest.raises(ConfigError) as e:
+        gym.make("GaiaDrive-v0", bundle=tiny_bundle(cameras=("front", "rear")), cameras=cameras)
+    one_line(e)
+
+
+def test_flow_steps_are_bounded_powers_of_two():
+    from gaia_gym.backends.flow import FlowBackend
+    from gaia_gym.models.flow import MAX_SAMPLING_STEPS
+    from gaia_gym.testing import tiny_flow_bundle
+
+    f = tiny_flow_bundle()
+    for steps in (3, 1000, MAX_SAMPLING_STEPS * 2):
+        with pytest.raises(ConfigError) as e:
+            FlowBackend(f.world_model, f.tokenizer, steps=steps)
+        assert "power of two" in one_line(e)
+    for steps in (1, 2, 4, MAX_SAMPLING_STEPS):
+        assert FlowBackend(f.world_model, f.tokenizer, steps=steps).steps == steps
+
+
+def test_integral_float_metadata_and_negative_without_text():
+    from gaia_gym.testing import tiny_bundle
+
+    b = tiny_bundle(conditions="cross")
+    spec = b.conditions
+    assert (spec.metadata_ids({"lanes": 4.0}) == spec.metadata_ids({"lanes": 4})).all()
+    with pytest.raises(ConfigError):
+        spec.metadata_ids({"lanes": 4.5})
+    env = gym.make("GaiaHighway-v0", bundle=b)
+    with pytest.raises(ConfigError) as e:
+        env.reset(seed=0, options={"negative": "a crash"})
+    assert "negative" in one_line(e)
+    env.reset(seed=0, options={"text": "two lanes", "negative": "a crash"})

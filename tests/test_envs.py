@@ -95,7 +95,8 @@ def test_spaces(bundle):
     assert sp["features"].shape == (32,) and sp["features"].dtype == np.float32
     two = GaiaDriveEnv(bundle=bundle, obs_mode="tokens+features")
     assert set(two.observation_space.keys()) == {"tokens", "features"}
-    assert set(GaiaDriveEnv(bundle=bundle, obs_mode="frame").observation_space.keys()) == {"frame"}
+    one = GaiaDriveEnv(bundle=bundle, obs_mode="frame").observation_space  # a single key: that key's Box
+    assert isinstance(one, gym.spaces.Box) and one == sp["frame"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,9 +126,9 @@ def test_prompt_option_info_and_reward_fn(bundle):
     # fp32: the frame is compared bit for bit with a plain decode (bf16 autocast runs where it is fast)
     env = GaiaDriveEnv(bundle=bundle, obs_mode="frame", reward_fn=reward_fn, bf16=False, **NEVER_END)
     obs, info = env.reset(seed=0, options={"prompt": 3})
-    assert info == {"prompt": 3} and set(obs) == {"frame"}
+    assert info == {"prompt": 3} and isinstance(obs, np.ndarray)  # a single key: the bare frame
     want = bundle.tokenizer.decode(bundle.prompts.tokens[3, -1:]).numpy()[0]
-    assert np.array_equal(obs["frame"], want)
+    assert np.array_equal(obs, want)
     obs, r, _, _, info = env.step([2.0, -0.5])  # steering clipped to +1
     assert calls[0][0] == (4, 4) and calls[0][2] == (32,) and np.allclose(calls[0][1], [1.0, -0.5])
     assert r == float(env.engine.latents.sum())
@@ -328,7 +329,7 @@ def test_vector_matches_sync_vector_env_semantics(bundle):
     for _ in range(2):
         o1, rw1, te1, tr1, i1 = ours.step(a)
         o2, rw2, te2, tr2, i2 = sync.step(a)
-        assert set(o1) == set(o2) and all(o1[k].shape == o2[k].shape and o1[k].dtype == o2[k].dtype for k in o1)
+        assert o1.shape == o2.shape and o1.dtype == o2.dtype  # obs_mode "tokens": the bare (3, g, g) array
         assert rw1.dtype == rw2.dtype and np.array_equal(te1, te2) and np.array_equal(tr1, tr2)
         assert set(i1) == set(i2), (set(i1) ^ set(i2))
         for k in i1:
@@ -337,7 +338,7 @@ def test_vector_matches_sync_vector_env_semantics(bundle):
     assert tr1.all()
     assert set(i1["final_info"]) == set(i2["final_info"])
     for j in range(3):
-        assert set(i1["final_obs"][j]) == set(i2["final_obs"][j])
+        assert i1["final_obs"][j].shape == i2["final_obs"][j].shape  # the bare tokens, as SyncVectorEnv's
     sync.close()
 
 
@@ -436,3 +437,40 @@ def test_pessimism_subtracts_the_reward_heads_spread(bundle):
     for bad in (-1.0, float("nan"), True):
         with pytest.raises(ConfigError, match="pessimism"):
             GaiaDriveVecEnv(1, bundle=bundle, pessimism=bad)
+
+
+def test_a_single_key_is_that_keys_box_everywhere(bundle):
+    """obs_mode with one key: the key's Box and the bare array (SB3's MlpPolicy takes it); several: a Dict."""
+    from stable_baselines3 import PPO
+
+    from gaia_gym.envs.real import RealCarRacingEnv
+    from gaia_gym.envs.sb3 import GaiaDriveVecEnv
+
+    for mode in ("tokens", "features", "frame"):
+        env = GaiaDriveEnv(bundle=bundle, obs_mode=mode, **NEVER_END)
+        assert isinstance(env.observation_space, gym.spaces.Box)
+        obs, _ = env.reset(seed=0)
+        assert isinstance(obs, np.ndarray) and env.observation_space.contains(obs)
+        obs, *_ = env.step(np.zeros(2, np.float32))
+        assert env.observation_space.contains(obs)
+    venv = GaiaDriveVectorEnv(num_envs=2, bundle=bundle, obs_mode="features")
+    assert isinstance(venv.single_observation_space, gym.spaces.Box) and venv.reset(seed=0)[0].shape == (2, 32)
+    sb = GaiaDriveVecEnv(num_envs=2, bundle=bundle, obs_mode="features", horizon=4)
+    PPO("MlpPolicy", sb, n_steps=4, batch_size=8, n_epochs=1, verbose=0).learn(8)
+    assert isinstance(RealCarRacingEnv(bundle=bundle, obs_mode="tokens").observation_space, gym.spaces.Box)
+    assert isinstance(GaiaDriveEnv(bundle=bundle, obs_mode="tokens+features").observation_space, gym.spaces.Dict)
+
+
+def test_engine_settings_are_one_config_validated_once(bundle):
+    from gaia_gym.envs import EngineConfig
+    from gaia_gym.errors import ConfigError
+
+    cfg = EngineConfig(horizon=7.0, temperature=0.5, guide="action")
+    assert cfg.horizon == 7 and isinstance(cfg.horizon, int) and cfg.guide == ("action",)
+    env = GaiaDriveEnv(bundle=bundle, config=cfg, top_k=3)  # keywords on top of a config
+    assert env.core.config == EngineConfig(horizon=7, temperature=0.5, top_k=3)
+    assert env.engine.top_k == 3 and env.engine.horizon == 7 and env.horizon == 7
+    assert gym.make("GaiaDrive-v0", bundle=bundle, horizon=5).unwrapped.horizon == 5
+    for bad in ({"horizon": 0}, {"horizon": 2.5}, {"temperature": -1}, {"no_such_setting": 1}, {"config": 3}):
+        with pytest.raises(ConfigError):
+            GaiaDriveEnv(bundle=bundle, **bad)

@@ -14,7 +14,8 @@ from gymnasium.utils.env_checker import check_env
 
 from conftest import fit, make_dataset
 from gaia_gym.backends.flow import FlowBackend
-from gaia_gym.bundle import load_bundle, save_bundle, tiny_flow_bundle
+from gaia_gym.bundle import load_bundle, save_bundle
+from gaia_gym.testing import tiny_flow_bundle
 from gaia_gym.errors import ConfigError, ModelFileError
 from gaia_gym.imagination import Imagination
 from gaia_gym.models.flow import FLOW_PRESETS, FlowConfig, FlowMemory, FlowWorldModel, sample_tau, step_index
@@ -179,11 +180,12 @@ def test_vec_env_and_policy_on_latents(flow_dir):
     from stable_baselines3 import PPO
 
     from gaia_gym.envs.sb3 import GaiaDriveVecEnv
-    from gaia_gym.policy import policy_kwargs
+    from gaia_gym.rl.extractor import policy_kwargs
 
-    venv = GaiaDriveVecEnv(num_envs=2, model=str(flow_dir), obs_mode="latents+features", horizon=6)
+    bundle = load_bundle(flow_dir)
+    venv = GaiaDriveVecEnv(num_envs=2, bundle=bundle, obs_mode="latents+features", horizon=6)
     agent = PPO("MultiInputPolicy", venv, n_steps=8, batch_size=8, n_epochs=1,
-                policy_kwargs=policy_kwargs(world_model=str(flow_dir), net_arch=[16]))
+                policy_kwargs=policy_kwargs(bundle, net_arch=[16]))
     agent.learn(16)
     obs = venv.reset()
     act, _ = agent.predict(obs, deterministic=True)
@@ -231,7 +233,8 @@ def test_train_and_eval_verbs_on_tiny_presets(tmp_path):
     assert set(r["quality_by_sampling_steps"]) == {"shortcut", "flow_matching"}
     assert "val_flow_loss" in r and "flicker" in r and "psnr_by_horizon" in r
     # flow-only options on a discrete model: a one-line error before any work
-    from gaia_gym.bundle import save_bundle, tiny_bundle
+    from gaia_gym.bundle import save_bundle
+    from gaia_gym.testing import tiny_bundle
 
     disc = save_bundle(tiny_bundle(), tmp_path / "disc")
     assert main(["eval", "world-model", "--data", str(data), "--model", str(disc), "--steps-sweep", "1",
@@ -242,7 +245,7 @@ def test_train_and_eval_verbs_on_tiny_presets(tmp_path):
 
 
 def test_planner_on_flow_model(flow_bundle):
-    from gaia_gym.planning import Planner, PlannerConfig
+    from gaia_gym.rl.planner import Planner, PlannerConfig
 
     planner = Planner(flow_bundle, PlannerConfig(candidates=4, horizon=2, samples=1, iterations=1, elites=2))
     eng = Imagination(flow_bundle, n=1, seed=0)
@@ -299,3 +302,16 @@ def test_memory_compaction_and_growth_change_nothing(flow_bundle):
         assert mem.length == wm.window
         outs.append(torch.stack(seq))
     assert torch.equal(outs[0], outs[1])
+
+
+def test_qk_norm_under_bf16_autocast_uses_the_fused_path(flow_bundle):
+    """bf16 queries with float32 norm weights made rms_norm warn and fall back to its slow path."""
+    import warnings
+
+    attn = flow_bundle.world_model.blocks[0].spatial
+    x = torch.randn(2, 5, flow_bundle.world_model.cfg.d_model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            q, k, _v = attn.qkv_heads(x)
+    assert q.dtype == k.dtype == torch.bfloat16 and torch.isfinite(q.float()).all()

@@ -194,7 +194,7 @@ def test_gaia_drive_over_a_rig_passes_both_checkers_and_renders_the_rig():
     from stable_baselines3.common.env_checker import check_env as sb3_check
 
     import gaia_gym  # noqa: F401
-    from gaia_gym.bundle import tiny_bundle
+    from gaia_gym.testing import tiny_bundle
 
     b = tiny_bundle(cameras=["front", "left", "rear", "right"])
     env = gym.make("GaiaDrive-v0", bundle=b, render_mode="rgb_array", horizon=20)
@@ -210,16 +210,16 @@ def test_gaia_drive_over_a_rig_passes_both_checkers_and_renders_the_rig():
 def test_sb3_vecenv_and_ppo_run_on_a_rig():
     from stable_baselines3 import PPO
 
-    from gaia_gym.bundle import tiny_bundle
+    from gaia_gym.testing import tiny_bundle
     from gaia_gym.envs.sb3 import GaiaDriveVecEnv
 
     venv = GaiaDriveVecEnv(num_envs=4, bundle=tiny_bundle(cameras=["front", "rear"]), obs_mode="features", horizon=8)
-    PPO("MultiInputPolicy", venv, n_steps=8, batch_size=16, n_epochs=1, verbose=0).learn(32)
-    assert venv.reset()["features"].shape == (4, 32)
+    PPO("MlpPolicy", venv, n_steps=8, batch_size=16, n_epochs=1, verbose=0).learn(32)  # one key: a Box
+    assert venv.reset().shape == (4, 32)
 
 
 def test_real_env_renders_the_models_rig():
-    from gaia_gym.bundle import tiny_bundle
+    from gaia_gym.testing import tiny_bundle
     from gaia_gym.envs.real import RealCarRacingEnv
 
     env = RealCarRacingEnv(bundle=tiny_bundle(cameras=["front", "rear"]), render_mode="rgb_array")
@@ -232,9 +232,9 @@ def test_real_env_renders_the_models_rig():
 
 
 def test_planner_runs_on_a_rig():
-    from gaia_gym.bundle import tiny_bundle
+    from gaia_gym.testing import tiny_bundle
     from gaia_gym.imagination import Imagination
-    from gaia_gym.planning import Planner, PlannerConfig
+    from gaia_gym.rl.planner import Planner, PlannerConfig
 
     b = tiny_bundle(cameras=["front", "rear"])
     eng = Imagination(b, n=1, seed=0)
@@ -276,7 +276,8 @@ def test_rig_dataset_holds_the_views_and_the_poses(rig_data):
 @pytest.fixture(scope="module")
 def rig_run(rig_data, tmp_path_factory):
     """(single-camera tiny model dir, tiny rig model trained 3 steps from it on `rig_data`)."""
-    from gaia_gym.bundle import save_bundle, tiny_bundle
+    from gaia_gym.bundle import save_bundle
+    from gaia_gym.testing import tiny_bundle
     from gaia_gym.train.loop import TrainConfig
     from gaia_gym.train.world_model import train_world_model
 
@@ -319,7 +320,8 @@ def test_eval_multiview_cli_writes_the_record_and_the_picture(rig_data, rig_run,
 
 
 def test_rig_training_refuses_a_camera_the_dataset_lacks(rig_data, tmp_path):
-    from gaia_gym.bundle import save_bundle, tiny_bundle
+    from gaia_gym.bundle import save_bundle
+    from gaia_gym.testing import tiny_bundle
     from gaia_gym.train.world_model import train_world_model
 
     save_bundle(tiny_bundle(), tmp_path / "single")
@@ -332,7 +334,7 @@ def test_a_sub_rig_of_the_same_weights_through_the_env_and_its_errors():
     import gymnasium as gym
 
     import gaia_gym  # noqa: F401
-    from gaia_gym.bundle import tiny_bundle
+    from gaia_gym.testing import tiny_bundle
 
     b = tiny_bundle(cameras=["front", "left", "rear"])
     env = gym.make("GaiaDrive-v0", bundle=b, cameras="rear,front", horizon=5)
@@ -349,7 +351,7 @@ def test_a_sub_rig_of_the_same_weights_through_the_env_and_its_errors():
 
 
 def test_rig_cost_measures_every_rig_size_against_the_real_rig():
-    from gaia_gym.bundle import tiny_bundle
+    from gaia_gym.testing import tiny_bundle
     from gaia_gym.evaluation.multiview import rig_cost
 
     r = rig_cost(tiny_bundle(cameras=["front", "rear"]), view_counts=(1, 2), batch=4, seconds=0.2, real_seconds=0.5,

@@ -13,7 +13,7 @@ import torch
 
 from gaia_gym.bundle import save_bundle
 from gaia_gym.imagination import Imagination
-from gaia_gym.planning import Planner, PlannerConfig, add_planner_args, planner_config_from_args
+from gaia_gym.rl.planner import Planner, PlannerConfig, add_planner_args, planner_config_from_args
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -210,7 +210,7 @@ class _ScriptedAgent:
 
 
 def test_policy_proposal_drives_the_agent_in_imagination_and_leaves_the_state(bundle):
-    from gaia_gym.planning import PolicyProposal
+    from gaia_gym.rl.planner import PolicyProposal
 
     eng = fresh_engine(bundle, n=1)
     state = eng.state()
@@ -258,7 +258,7 @@ def test_policy_value_reads_an_sb3_critic(bundle):
     from stable_baselines3 import PPO
 
     from gaia_gym.errors import ConfigError
-    from gaia_gym.planning import PolicyValue
+    from gaia_gym.rl.planner import PolicyValue
 
     env = gym.make("GaiaDrive-v0", bundle=bundle, obs_mode="tokens+features")
     agent = PPO("MultiInputPolicy", env, n_steps=16, batch_size=16, seed=0, device="cpu")
@@ -273,7 +273,7 @@ def test_policy_value_reads_an_sb3_critic(bundle):
         PolicyValue(object())
 
 
-def test_plan_real_example_takes_a_terminal_value(examples, bundle, tmp_path):
+def test_plan_real_example_takes_a_terminal_value(examples, bundle, tmp_path, capsys):
     import gymnasium as gym
     from stable_baselines3 import PPO
 
@@ -287,5 +287,7 @@ def test_plan_real_example_takes_a_terminal_value(examples, bundle, tmp_path):
     saved = json.loads((tmp_path / "p.json").read_text())
     assert saved["with_terminal_value"]["real_return_per_seed"] == rec["real_return_per_seed"]
     assert rec["terminal_value"].endswith("agent.zip") and rec["value_scale"] == 10.0
-    with pytest.raises(SystemExit, match="plan_real"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
         plan_real.main(args[:-4] + ["--terminal-value", str(tmp_path / "missing.zip")])
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("plan_real: ")

@@ -7,9 +7,10 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from gaia_gym.bundle import tiny_bundle
+from gaia_gym.testing import tiny_bundle
 from gaia_gym.envs.gaia_drive import GaiaDriveEnv
-from gaia_gym.envs.real import TEST_TRACKS, RealCarRacingEnv
+from gaia_gym.envs.real import RealCarRacingEnv
+from gaia_gym.seeds import HELD_OUT_FROM
 
 
 def test_same_spaces_as_gaia_drive_and_the_checker_passes(bundle):
@@ -33,7 +34,7 @@ def test_features_follow_the_real_history():
     bundle.world_model = build_world_model(replace(bundle.world_model.cfg, context=10)).eval()
     env = RealCarRacingEnv(bundle=bundle, bf16=False)  # fp32, to compare with plain forward passes
     obs, info = env.reset(seed=3)
-    assert info["track"] >= TEST_TRACKS
+    assert info["track"] >= HELD_OUT_FROM
     wm, tok = bundle.world_model, bundle.tokenizer
     tokens, actions = [torch.from_numpy(obs["tokens"])], []
     rng = np.random.default_rng(0)

@@ -312,3 +312,59 @@ def test_ddp_checkpoint_on_the_last_step_does_not_hang(tmp_path: Path):
     r0, r1 = (out / "rank0.txt").read_text().split(), (out / "rank1.txt").read_text().split()
     assert r0 == r1 and r0[0] == "10"
     assert _checkpoint_step(out) == 10 and not (out / PENDING).exists()
+
+
+def test_train_world_model_killed_after_its_first_checkpoint_resumes_from_it(tmp_path: Path, monkeypatch, capsys):
+    """`gaia-gym train world-model --checkpoint-minutes M`: a SIGKILL after the first checkpoint loses at most
+    M minutes; the same command resumes from that checkpoint (and trains only the steps left)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import make_dataset
+    from gaia_gym.cli import main
+    from gaia_gym.fileio import recover_files
+
+    data = make_dataset(tmp_path / "data", train=(40,) * 2, val=(40,))
+    tok, out = tmp_path / "tok", tmp_path / "wm"
+    assert main(["train", "tokenizer", "--data", str(data), "--out", str(tok), "--preset", "tiny", "--steps", "2",
+                 "--quiet"]) == 0
+    argv = ["train", "world-model", "--data", str(data), "--tokenizer", str(tok), "--out", str(out), "--preset", "tiny",
+            "--quiet"]
+    assert main([*argv, "--checkpoint-minutes", "0"]) == 2
+    assert "checkpoint_minutes must be > 0" in capsys.readouterr().err
+
+    proc = subprocess.Popen([sys.executable, "-m", "gaia_gym.cli", *argv, "--steps", "1000000",
+                             "--checkpoint-minutes", "0.002"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / TRAIN_STATE).exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
+            time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    recover_files(out)  # the kill may have cut a later save short: its checkpoint or the one before stands
+    saved = ck.read_model_info(out)["meta"]["step"]
+    assert saved >= 1
+
+    steps = []
+    step = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self, batch: (steps.append(self.step), step(self, batch))[1])
+    assert main([*argv, "--steps", str(saved + 3)]) == 0
+    assert steps == [saved, saved + 1, saved + 2]  # resumed at the checkpoint's step, not from 0
+    assert ck.read_model_info(out)["meta"]["step"] == saved + 3
+
+
+@pytest.mark.parametrize("stage", ["tokenizer", "vae", "world-model", "flow-world-model"])
+def test_tiny_preset_is_a_seconds_long_run(stage):
+    """`--preset tiny` means a smoke run: a few small steps (about 0.015 s each for the tiny world model on a
+    laptop CPU), whatever the stage's full-size defaults."""
+    from gaia_gym.cli import build_parser
+    from gaia_gym.cli.train import _train_config
+
+    extra = {"world-model": ["--tokenizer", "T"], "flow-world-model": ["--vae", "V"]}.get(stage, [])
+    a = build_parser().parse_args(["train", stage, "--data", "D", "--out", "O", "--preset", "tiny", *extra])
+    tc = _train_config(a, steps=4000, batch_size=64, lr=1e-3)
+    assert tc.steps <= 20 and tc.batch_size <= 8 and tc.warmup_steps <= 2

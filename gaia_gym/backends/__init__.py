@@ -56,6 +56,7 @@ class Backend(Protocol):
     frame_shape: tuple[int, ...]  # one decoded frame: (S, S, 3), or (V, S, S, 3) for a camera rig
     cameras: tuple  # () for one camera; a rig: (name, yaw_deg, anchor_x, anchor_y) per view
     window: int  # frames of context the model attends to
+    # optional: `default_top_k` (int), the sampler's top_k when the user gives none (absent: 0, every code)
 
     @property
     def device(self) -> torch.device: ...

@@ -45,6 +45,7 @@ class FlowBackend:
     """`gaia_gym.backends.Backend` over a `FlowWorldModel` and its `VAE`."""
 
     latent_key = "latents"
+    default_top_k = 0  # a flow model samples no codes: top_k does not apply
     latent_dtype = torch.float32
     latent_range = (-LATENT_BOUND, LATENT_BOUND)  # latents have unit global scale; generated ones are clipped here
 

@@ -17,7 +17,7 @@ import torch
 
 from gaia_gym.errors import ConfigError
 from gaia_gym.models.tokenizer import Tokenizer
-from gaia_gym.models.world_model import KVCache, WorldModel, make_sampler, reward_spread
+from gaia_gym.models.world_model import DEFAULT_TOP_K, KVCache, WorldModel, make_sampler, reward_spread
 from gaia_gym.precision import int8_linears
 
 
@@ -29,6 +29,7 @@ class TokenBackend:
     """`gaia_gym.backends.Backend` over a discrete-token `WorldModel` and its `Tokenizer`."""
 
     latent_key = "tokens"
+    default_top_k = DEFAULT_TOP_K
 
     def __init__(self, world_model: WorldModel, tokenizer: Tokenizer, int8: bool = False) -> None:
         tc, wc = tokenizer.cfg, world_model.cfg

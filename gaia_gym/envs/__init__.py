@@ -20,6 +20,7 @@ _LAZY = {
     "GaiaHighwayEnv": "gaia_gym.envs.gaia_highway",
     "GaiaHighwayVectorEnv": "gaia_gym.envs.vector",
     "RealHighwayEnv": "gaia_gym.envs.real_highway",
+    "EngineConfig": "gaia_gym.envs.config",
 }
 
 __all__ = list(_LAZY)

@@ -20,7 +20,8 @@ from gymnasium import spaces
 from gaia_gym.bundle import WorldBundle, load_bundle
 from gaia_gym.errors import ConfigError, ImaginationError
 from gaia_gym.media import rig_mosaics
-from gaia_gym.imagination import Imagination, check_count, check_sampling
+from gaia_gym.envs.config import EngineConfig
+from gaia_gym.imagination import Imagination, check_count
 
 OBS_KEYS = ("tokens", "frame", "features")  # a discrete-token model's keys, in observation order
 LATENT_KEYS = ("tokens", "latents")  # a frame's latent: int tokens (GAIA-1 backend) or float latents (GAIA-2)
@@ -96,6 +97,17 @@ def observation_space(bundle: WorldBundle, keys: Sequence[str]) -> spaces.Dict:
     return spaces.Dict({k: every[k] for k in keys})
 
 
+def public_space(space: spaces.Dict) -> spaces.Space:
+    """The space an env shows: one observed key gives that key's Box (what SB3's MlpPolicy and
+    FilterObservation users expect), several keys the Dict."""
+    return next(iter(space.spaces.values())) if len(space.spaces) == 1 else space
+
+
+def public_obs(obs: dict[str, np.ndarray]):
+    """An observation as `public_space` describes it: the bare array for one key, else the dict."""
+    return next(iter(obs.values())) if len(obs) == 1 else obs
+
+
 def action_space() -> spaces.Box:
     """[steering, speed] in [-1, 1] (see ActionCodec for the physical units)."""
     return spaces.Box(-1.0, 1.0, (2,), np.float32)
@@ -132,44 +144,32 @@ class ImaginedBatch:
     the current state are cached until the next step or reset.
     """
 
-    def __init__(self, n: int = 1, model=None, obs_mode: str = "all", horizon: int | None = 250,
-                 reward_fn: RewardFn | None = None, temperature: float = 1.0, top_k: int | None = None,
-                 guidance: float = 1.0, device: str | torch.device = "cpu", bundle: WorldBundle | None = None,
-                 end_threshold: float = 0.5, bf16: bool = True, int8: bool = False, cameras=None,
-                 guide=("action",), text_encoder=None, pessimism: float = 0.0) -> None:
+    def __init__(self, n: int = 1, model=None, obs_mode: str = "all", reward_fn: RewardFn | None = None,
+                 config: EngineConfig | None = None, device: str | torch.device = "cpu",
+                 bundle: WorldBundle | None = None, int8: bool = False, cameras=None, text_encoder=None) -> None:
         n = check_count(n)
         named = [k for k in LATENT_KEYS if isinstance(obs_mode, str) and k in obs_mode.split("+")]
         parse_obs_mode(obs_mode, named[0] if named else "tokens")  # a malformed obs_mode fails before the model loads
-        if horizon is not None and (isinstance(horizon, (bool, np.bool_)) or not isinstance(horizon, numbers.Real)
-                                    or not math.isfinite(horizon) or int(horizon) != horizon or horizon < 1):
-            raise ConfigError(f"horizon must be a positive integer or None (never truncate), got {horizon!r}")
         if reward_fn is not None and not callable(reward_fn):
             raise ConfigError(f"reward_fn must be callable(tokens, action, features) -> float, got {reward_fn!r}")
-        temperature, top_k, guidance, end_threshold = check_sampling(temperature, top_k, guidance, end_threshold)
-        if isinstance(pessimism, bool) or not isinstance(pessimism, numbers.Real) or not 0 <= pessimism < math.inf:
-            raise ConfigError(f"pessimism must be a finite number >= 0 (reward minus pessimism x the reward "
-                              f"head's spread), got {pessimism!r}")
-        self.pessimism = float(pessimism)
+        cfg = self.config = config if config is not None else EngineConfig()  # validated when it was made
+        self.pessimism = cfg.pessimism
         single_thread_after_fork()
-        self.bundle = bundle if bundle is not None else load_bundle(model, device)
-        if cameras is not None:  # a camera-rig model over a sub-rig (e.g. "front,rear"): WorldBundle.with_cameras
-            self.bundle = self.bundle.with_cameras(cameras)
-        if int8:  # the world model's Linear layers in int8 (CPU; docs/performance.md)
-            self.bundle = self.bundle.with_backend(int8=True)
-        if text_encoder is not None:  # a user's text encoder (CLIP, T5...) of the width the model was trained on
-            self.bundle = self.bundle.with_text_encoder(text_encoder)
+        # the one builder: a directory or an already loaded bundle, every option applied in one place
+        self.bundle = load_bundle(bundle if bundle is not None else model, device, cameras=cameras, int8=int8,
+                                  text_encoder=text_encoder)
         self.spec = self.bundle.conditions
         self.latent_key = self.bundle.backend.latent_key
         self.keys = parse_obs_mode(obs_mode, self.latent_key)  # again, now that the model's latent key is known
         self.codec = self.bundle.codec
-        self.horizon = None if horizon is None else int(horizon)
+        self.horizon = cfg.horizon
         self.reward_fn = reward_fn
-        self.engine = Imagination(self.bundle, n=n, temperature=temperature, top_k=top_k, guidance=guidance,
-                                  horizon=self.horizon, end_threshold=end_threshold, seed=None, bf16=bf16,
-                                  guide=guide, step_seconds=self.bundle.step_seconds)
+        self.engine = Imagination(self.bundle, n=n, temperature=cfg.temperature, top_k=cfg.top_k,
+                                  guidance=cfg.guidance, horizon=cfg.horizon, end_threshold=cfg.end_threshold,
+                                  seed=None, bf16=cfg.bf16, guide=cfg.guide, step_seconds=self.bundle.step_seconds)
         self.n = int(n)
         self.num_prompts = len(self.bundle.prompts)
-        self.single_observation_space = observation_space(self.bundle, self.keys)
+        self.single_observation_space = public_space(observation_space(self.bundle, self.keys))
         self.single_action_space = action_space()
         self._frames: np.ndarray | None = None  # decoded frames of the current state (never mutated)
         # what the overlay shows, per row

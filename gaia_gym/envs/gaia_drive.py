@@ -19,7 +19,8 @@ from typing import Any
 import gymnasium as gym
 import torch
 
-from gaia_gym.envs.core import ImaginedBatch, RewardFn, check_options
+from gaia_gym.envs.config import EngineConfig, engine_config
+from gaia_gym.envs.core import ImaginedBatch, RewardFn, check_options, public_obs
 from gaia_gym.errors import ConfigError
 from gaia_gym.models.layout import check_action
 
@@ -39,7 +40,8 @@ class GaiaDriveEnv(gym.Env):
     ``info["steering"]`` and ``info["speed_mps"]`` report the applied action in physical units.
 
     **Observation** ``Dict`` with the keys chosen by ``obs_mode`` ("all" = all three, or "+"-joined keys
-    such as "tokens", "tokens+features", "frame"):
+    such as "tokens+features"); a single key ("tokens", "features", "frame") gives that key's ``Box`` and
+    the bare array instead of a one-key Dict (so SB3's ``MlpPolicy`` and ``FilterObservation`` users take it):
 
     - ``tokens``: ``Box(0, vocab-1, (g, g), int64)``: the tokenizer codes of the current imagined frame
       (a discrete, GAIA-1 model);
@@ -67,9 +69,13 @@ class GaiaDriveEnv(gym.Env):
     **Model**: ``model`` is a world-model directory (default: the shipped model); a missing or wrong path
     raises `gaia_gym.checkpoint.ModelFileError` naming it. ``bundle`` passes an already loaded
     `WorldBundle` instead (then ``model`` and ``device`` are ignored: the bundle's device is used).
-    ``temperature``, ``top_k`` (None: the engine's default, 50) and ``guidance`` (classifier-free
-    guidance on the action) control the sampling of imagined frames. ``int8=True`` runs the world model's
-    Linear layers in int8 on the CPU (faster, lower precision; docs/performance.md measures both).
+    The engine settings (``horizon``, ``temperature``, ``top_k`` (None: the model's default, 50 for a
+    token model), ``guidance`` (classifier-free guidance on the action), ``end_threshold``, ``bf16``,
+    ``guide``, ``pessimism``) are one `gaia_gym.envs.EngineConfig`: pass ``config=`` or the same names as
+    keywords (on top of ``config``); an unknown name or a bad value is a one-line `ConfigError`.
+    ``int8=True`` runs the world model's Linear layers in int8 on the CPU (faster, lower precision;
+    docs/performance.md measures both); ``model``, ``bundle``, ``int8``, ``cameras`` and ``text_encoder``
+    go through `gaia_gym.bundle.load_bundle`, the one builder of a ready model.
     With a camera-rig model (docs/multiview.md) ``frame`` is ``(V, H, W, 3)`` and the tokens ``(V, g, g)``,
     one per camera; ``cameras="front,rear"`` runs the same model over a sub-rig of its cameras.
 
@@ -85,26 +91,23 @@ class GaiaDriveEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 12}
     RESET_OPTIONS = ("prompt",)
 
-    def __init__(self, model=None, obs_mode: str = "all", horizon: int | None = 250, render_mode: str | None = None,
-                 reward_fn: RewardFn | None = None, temperature: float = 1.0, top_k: int | None = None,
-                 guidance: float = 1.0, device: str | torch.device = "cpu", bundle=None,
-                 end_threshold: float = 0.5, bf16: bool = True,
-                 int8: bool = False, cameras=None, pessimism: float = 0.0) -> None:
+    DEFAULT_SETTINGS: dict = {}  # engine settings this env's default differs in (GaiaHighway: horizon 40)
+
+    def __init__(self, model=None, obs_mode: str = "all", render_mode: str | None = None,
+                 reward_fn: RewardFn | None = None, config: EngineConfig | None = None, *, bundle=None,
+                 device: str | torch.device = "cpu", int8: bool = False, cameras=None, text_encoder=None,
+                 **settings) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ConfigError(f"render_mode must be one of {self.metadata['render_modes']} or None, "
                               f"got {render_mode!r}")
-        self.core = self._make_core(model=model, obs_mode=obs_mode, horizon=horizon, reward_fn=reward_fn,
-                                    temperature=temperature, top_k=top_k, guidance=guidance, device=device,
-                                    bundle=bundle, end_threshold=end_threshold, bf16=bf16, int8=int8,
-                                    cameras=cameras, pessimism=pessimism)
+        config = engine_config(config, settings, **self.DEFAULT_SETTINGS)
+        self.core = ImaginedBatch(1, model=model, obs_mode=obs_mode, reward_fn=reward_fn, config=config,
+                                  device=device, bundle=bundle, int8=int8, cameras=cameras, text_encoder=text_encoder)
         self.obs_mode, self.horizon, self.render_mode = obs_mode, self.core.horizon, render_mode
         self.observation_space = self.core.single_observation_space
         self.action_space = self.core.single_action_space
         self._needs_reset = True
         self._viewer = None
-
-    def _make_core(self, **kw) -> ImaginedBatch:
-        return ImaginedBatch(1, **kw)
 
     @property
     def engine(self):
@@ -123,7 +126,7 @@ class GaiaDriveEnv(gym.Env):
         self._needs_reset = False
         if self.render_mode == "human":
             self.render()
-        return {k: v[0] for k, v in obs.items()}, {"prompt": int(prompts[0])}
+        return public_obs({k: v[0] for k, v in obs.items()}), {"prompt": int(prompts[0])}
 
     def step(self, action):
         if self._needs_reset:
@@ -134,7 +137,7 @@ class GaiaDriveEnv(gym.Env):
         self._needs_reset = terminated or truncated
         if self.render_mode == "human":
             self.render()
-        return {k: v[0] for k, v in tr.obs.items()}, float(tr.reward[0]), terminated, truncated, tr.info(0)
+        return public_obs({k: v[0] for k, v in tr.obs.items()}), float(tr.reward[0]), terminated, truncated, tr.info(0)
 
     def render(self):
         if self.render_mode is None:

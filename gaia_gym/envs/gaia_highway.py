@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from gaia_gym.envs.core import check_options
+from gaia_gym.envs.core import check_options, public_obs
 from gaia_gym.envs.gaia_drive import GaiaDriveEnv
 from gaia_gym.errors import ConfigError
 from gaia_gym.imagination import SCENE_OPTIONS
@@ -59,20 +59,16 @@ class GaiaHighwayEnv(GaiaDriveEnv):
 
     RESET_OPTIONS = ("prompt", *SCENE_OPTIONS)
 
-    def __init__(self, model=None, horizon: int | None = 40, guide=("action",), text_encoder=None, **kwargs) -> None:
+    DEFAULT_SETTINGS = {"horizon": 40}
+
+    def __init__(self, model=None, **kwargs) -> None:
         from gaia_gym.envs.real_highway import default_highway_model
 
-        self._guide, self._text_encoder = guide, text_encoder
         super().__init__(model=model if model is not None or kwargs.get("bundle") is not None
-                         else default_highway_model(), horizon=horizon, **kwargs)
+                         else default_highway_model(), **kwargs)
         if self.core.spec is None:
             raise ConfigError(f"{self.core.bundle.path} takes no scene conditions: GaiaHighway-v0 needs a conditioned "
                               "highway-env world model (gaia-gym train world-model on a highway dataset)")
-
-    def _make_core(self, **kw):
-        from gaia_gym.envs.core import ImaginedBatch
-
-        return ImaginedBatch(1, guide=self._guide, text_encoder=self._text_encoder, **kw)
 
     @property
     def conditions(self):
@@ -94,5 +90,5 @@ class GaiaHighwayEnv(GaiaDriveEnv):
         self._needs_reset = False
         if self.render_mode == "human":
             self.render()
-        return {k: v[0] for k, v in obs.items()}, {"prompt": int(prompts[0]), "scratch": scratch}
+        return public_obs({k: v[0] for k, v in obs.items()}), {"prompt": int(prompts[0]), "scratch": scratch}
 

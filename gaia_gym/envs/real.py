@@ -22,14 +22,14 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from gaia_gym.envs.core import action_space, observation_space, parse_obs_mode, to_numpy
+from gaia_gym.envs.core import action_space, observation_space, parse_obs_mode, public_obs, public_space, to_numpy
 from gaia_gym.models.layout import check_action
 from gaia_gym.imagination import Imagination
 from gaia_gym.media import rig_mosaics
+from gaia_gym.seeds import HELD_OUT_FROM
 from gaia_gym.sims.carracing import ZOOM_FRAMES
 from gaia_gym.sims.rig import Camera, render_rig
 
-TEST_TRACKS = 1_000_000  # track seeds from here up are never collected (gaia_gym.config)
 ZOOM_PENALTY = -0.1 * ZOOM_FRAMES  # CarRacing's -0.1 per frame over the zoom-in, before the first observation
 
 
@@ -51,14 +51,15 @@ class RealCarRacingEnv(gym.Env):
     the real frame (64x64 crop of the 96x96 observation, HUD removed), its tokens from the model's
     tokenizer, and the world model's hidden features after seeing the real frames so far. With a camera
     rig model the frame is the rig's views (V, 64, 64, 3), rendered by the simulator from the model's
-    camera poses (`gaia_gym.sims.rig`), and the tokens (V, 8, 8).
+    camera poses (`gaia_gym.sims.rig`), and the tokens (V, 8, 8). A single key (e.g. ``obs_mode="tokens"``)
+    gives that key's ``Box`` and the bare array, as GaiaDrive-v0 does.
 
     ## Rewards
     CarRacing-v3's own: -0.1 per simulator frame and +1000/N per new track tile (summed over the 4
     frames of a step). ``info["model_reward"]`` is the world model's reward head for the same step.
 
     ## Starting State
-    After CarRacing's 50-frame zoom-in (its -5 reward is counted by `run_real_episode` as
+    After CarRacing's 50-frame zoom-in (its -5 reward is counted by `gaia_gym.evaluation.real.run_episode` as
     ``ZOOM_PENALTY``), the car stands still; the world model's context is the first frame held for the
     prompt length under "stand still" actions. The track is ``options={"track": seed}`` or drawn from
     `np_random` among the test tracks (1,000,000 and up, never collected).
@@ -70,7 +71,8 @@ class RealCarRacingEnv(gym.Env):
     ## Arguments
     ``model`` (model directory, default the shipped one) or ``bundle``; ``obs_mode``; ``device``;
     ``render_mode="rgb_array"`` (the frame enlarged 4x); ``frame_skip`` (simulator frames per step, 4);
-    ``bf16`` (autocast where the hardware is fast at it); ``cameras`` (a rig model: a sub-rig of its cameras).
+    ``bf16`` (autocast where the hardware is fast at it); ``cameras`` (a rig model: a sub-rig of its cameras);
+    ``int8`` (int8 Linear layers, CPU): both applied by `gaia_gym.bundle.load_bundle`, as in GaiaDrive-v0.
 
     ## Version History
     - v0: observations as GaiaDrive-v0's; the engine is stepped with the observed frames' tokens.
@@ -85,20 +87,20 @@ class RealCarRacingEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 12}
 
     def __init__(self, model=None, obs_mode: str = "all", bundle=None, device: str | torch.device = "cpu",
-                 render_mode: str | None = None, frame_skip: int = 4, bf16: bool = True, cameras=None) -> None:
+                 render_mode: str | None = None, frame_skip: int = 4, bf16: bool = True, cameras=None,
+                 int8: bool = False) -> None:
         from gaia_gym.bundle import load_bundle
         from gaia_gym.sims.carracing import CarRacingDrive
 
-        self.bundle = bundle if bundle is not None else load_bundle(model, device)
-        if cameras is not None:  # a rig model over a sub-rig of its cameras (WorldBundle.with_cameras)
-            self.bundle = self.bundle.with_cameras(cameras)
+        # the one builder, as GaiaDrive-v0 uses it: a directory or a loaded bundle, cameras and int8 applied there
+        self.bundle = load_bundle(bundle if bundle is not None else model, device, cameras=cameras, int8=int8)
         self.keys = parse_obs_mode(obs_mode, self.bundle.backend.latent_key)
         self.engine = Imagination(self.bundle, n=1, temperature=0.0, end_threshold=1.0, bf16=bf16)
         self.codec = self.bundle.codec
         self.drive = CarRacingDrive(frame_skip=frame_skip, frame_size=self.bundle.tokenizer.cfg.frame_size)
         # a rig model sees the simulator through the same cameras it was trained on (gaia_gym.sims.rig)
         self.cameras = tuple(Camera(*c) for c in self.bundle.backend.cameras)
-        self.observation_space = observation_space(self.bundle, self.keys)
+        self.observation_space = public_space(observation_space(self.bundle, self.keys))
         self.action_space = action_space()
         self.render_mode = render_mode
         self._frame: np.ndarray | None = None
@@ -115,16 +117,16 @@ class RealCarRacingEnv(gym.Env):
             return frame
         return render_rig(self.drive.sim, self.cameras, self.drive.last_obs, self.drive.frame_size)
 
-    def _obs(self, tokens: torch.Tensor, features: torch.Tensor) -> dict[str, np.ndarray]:
+    def _obs(self, tokens: torch.Tensor, features: torch.Tensor):
         every = {self.bundle.backend.latent_key: lambda: to_numpy(tokens[0]), "frame": lambda: self._frame.copy(),
                  "features": lambda: to_numpy(features[0]).astype(np.float32)}
-        return {k: every[k]() for k in self.keys}
+        return public_obs({k: every[k]() for k in self.keys})
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         options = options or {}
         track = options.get("track")
-        self.track = int(track) if track is not None else TEST_TRACKS + int(self.np_random.integers(1_000_000))
+        self.track = int(track) if track is not None else HELD_OUT_FROM + int(self.np_random.integers(1_000_000))
         self._frame = self._seen(self.drive.reset(self.track))
         tok = self._tokens(self._frame)
         C = self.bundle.prompts.context
@@ -157,32 +159,3 @@ class RealCarRacingEnv(gym.Env):
     def close(self) -> None:
         self.drive.close()
         super().close()
-
-
-def run_real_episode(env: RealCarRacingEnv, act, track: int, max_steps: int | None = None, video: bool = False) -> dict:
-    """One real episode of `env` on `track` with `act(obs) -> action` (a policy, or a planner reading
-    `env.engine`). Returns the real return as CarRacing counts it (every frame -0.1, the zoom-in's
-    ZOOM_PENALTY included), the world model's predicted return (``info["model_reward"]`` summed), the
-    per-step real rewards, steps, whether the lap was finished, whether `max_steps` cut it (then the
-    return is not comparable) and the wall seconds; with ``video`` also the frames (`render()`)."""
-    import time
-
-    t0 = time.perf_counter()
-    obs, _ = env.reset(options={"track": int(track)})
-    rewards, model_return, frames, info = [], 0.0, [], {}
-    if video:
-        frames.append(env.render())
-    done = False
-    while not done and (max_steps is None or len(rewards) < max_steps):
-        obs, r, terminated, truncated, info = env.step(act(obs))
-        rewards.append(float(r))
-        model_return += info["model_reward"]
-        done = terminated or truncated
-        if video:
-            frames.append(env.render())
-    out = {"track": int(track), "return": float(sum(rewards)) + ZOOM_PENALTY, "model_return": float(model_return),
-           "rewards": rewards, "steps": len(rewards), "lap_finished": bool(info.get("lap_finished", False)),
-           "capped": not done, "wall_seconds": time.perf_counter() - t0}
-    if video:
-        out["frames"] = frames
-    return out

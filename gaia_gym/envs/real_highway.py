@@ -19,17 +19,19 @@ import numpy as np
 import torch
 
 from gaia_gym.config import HighwayCollectConfig
-from gaia_gym.envs.core import action_space, observation_space, parse_obs_mode, to_numpy
+from gaia_gym.envs.core import action_space, observation_space, parse_obs_mode, public_obs, public_space, to_numpy
 from gaia_gym.errors import ConfigError
 from gaia_gym.imagination import Imagination, scene_rows
 from gaia_gym.models.layout import check_action
+from gaia_gym.seeds import HIGHWAY_TEST_SEED
 
-TEST_SEEDS = 1_000_000  # episode seeds from here up are never collected
 SCENARIOS = HighwayCollectConfig().scenarios
 
 
 class RealHighwayEnv(gym.Env):
-    """The real highway-env scenario `scenario`, observed as GaiaHighway-v0 observes imagination.
+    """The real highway-env scenario `scenario`, observed as GaiaHighway-v0 observes imagination (the
+    keys of ``obs_mode``; a single key gives that key's ``Box`` and the bare array). ``int8`` and
+    ``text_encoder`` are applied by `gaia_gym.bundle.load_bundle`, as in GaiaHighway-v0.
 
     ``info``: ``model_reward`` (the world model's reward head for the same step), ``crashed``,
     ``speed_mps``, ``seed``, ``scenario``. ``scripted_action()`` is the collector's cruise controller
@@ -40,17 +42,19 @@ class RealHighwayEnv(gym.Env):
 
     def __init__(self, model=None, scenario: str = "highway-fast-v0", obs_mode: str = "all", bundle=None,
                  device: str | torch.device = "cpu", max_steps: int = 40, bf16: bool = True,
-                 render_mode: str | None = None) -> None:
+                 render_mode: str | None = None, int8: bool = False, text_encoder=None) -> None:
         from gaia_gym.bundle import load_bundle
 
-        self.bundle = bundle if bundle is not None else load_bundle(model or default_highway_model(), device)
+        # the one builder, as GaiaHighway-v0 uses it: a directory or a loaded bundle, every option applied there
+        self.bundle = load_bundle(bundle if bundle is not None else (model or default_highway_model()), device,
+                                  int8=int8, text_encoder=text_encoder)
         self.keys = parse_obs_mode(obs_mode, self.bundle.backend.latent_key)
         self.engine = Imagination(self.bundle, n=1, temperature=0.0, end_threshold=1.0, bf16=bf16)
         self.codec = self.bundle.codec
         self.scenario = scenario
         self.cfg = HighwayCollectConfig(frame_size=self.bundle.tokenizer.cfg.frame_size)
         self.max_steps = int(max_steps)
-        self.observation_space = observation_space(self.bundle, self.keys)
+        self.observation_space = public_space(observation_space(self.bundle, self.keys))
         self.action_space = action_space()
         self.render_mode = render_mode
         self.env = None
@@ -60,10 +64,10 @@ class RealHighwayEnv(gym.Env):
     def _encode(self, frame: np.ndarray) -> torch.Tensor:
         return self.engine.encode(torch.from_numpy(np.ascontiguousarray(frame))[None])
 
-    def _obs(self, tokens, features) -> dict:
+    def _obs(self, tokens, features):
         every = {self.bundle.backend.latent_key: lambda: to_numpy(tokens[0]), "frame": lambda: self._frame.copy(),
                  "features": lambda: to_numpy(features[0]).astype(np.float32)}
-        return {k: every[k]() for k in self.keys}
+        return public_obs({k: every[k]() for k in self.keys})
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         from gaia_gym.sims.highway import BehaviourPolicy, grab_frame, lane_count, make_env, scene_variation
@@ -78,7 +82,7 @@ class RealHighwayEnv(gym.Env):
         if self.scenario not in SCENARIOS:
             raise ConfigError(f"unknown scenario {self.scenario!r}; choose from {', '.join(SCENARIOS)}")
         s = options.get("seed")
-        self.seed_ = int(s) if s is not None else TEST_SEEDS + int(self.np_random.integers(1_000_000))
+        self.seed_ = int(s) if s is not None else HIGHWAY_TEST_SEED + int(self.np_random.integers(1_000_000))
         if self.env is not None:
             self.env.close()
         self.env = make_env(self.scenario, self.cfg, scene_variation(self.scenario, self.seed_, self.cfg))
@@ -117,11 +121,9 @@ class RealHighwayEnv(gym.Env):
         if self._needs_reset:
             raise RuntimeError("RealHighway: the episode has ended (or never started): call reset() before step()")
         a = check_action(action)
-        steering, target = self.codec.decode(a)
         u = self.env.unwrapped
-        v = float(u.vehicle.speed)
-        accel = float(np.clip((float(target) - v) * self.cfg.policy_frequency / 5.0, -1.0, 1.0))
-        obs, reward, terminated, truncated, info = self.env.step(np.array([accel, float(steering)], np.float32))
+        obs, reward, terminated, truncated, info = self.env.step(
+            highway_control(self.codec, a, float(u.vehicle.speed), self.cfg.policy_frequency))
         self.others = np.asarray(obs, dtype=np.float32)[1:]
         self._frame = grab_frame(self.env, self.cfg.frame_size)
         self.steps += 1
@@ -151,23 +153,59 @@ def default_highway_model():
     return HIGHWAY_WORLD_MODEL
 
 
-def run_highway_episode(env: RealHighwayEnv, act, seed: int, scenario: str) -> dict:
-    """One real episode with `act(obs) -> action` (or ``act="scripted"`` / ``"random"``): its return,
-    steps, whether it crashed, and the world model's predicted return for the same steps."""
-    obs, _ = env.reset(options={"seed": int(seed), "scenario": scenario})
-    rng = np.random.default_rng(seed)
-    rewards, model_return, crashed, done = [], 0.0, False, False
-    while not done:
-        if act == "scripted":
-            a = env.scripted_action()
-        elif act == "random":
-            a = rng.uniform(-1, 1, 2).astype(np.float32)
-        else:
-            a = act(obs)
-        obs, r, term, trunc, info = env.step(a)
-        rewards.append(r)
-        model_return += info["model_reward"]
-        crashed |= info["crashed"]
-        done = term or trunc
-    return {"seed": int(seed), "scenario": scenario, "return": float(sum(rewards)), "steps": len(rewards),
-            "crashed": bool(crashed), "model_return": float(model_return)}
+def highway_control(codec, action, speed: float, policy_frequency: float) -> np.ndarray:
+    """A [steering, speed] action in model units -> highway-env's ContinuousAction [acceleration, steering]:
+    the target speed reached in one step (``(target - v) * policy_frequency``), as the collector records it."""
+    steering, target = codec.decode(np.asarray(action, np.float32))
+    accel = float(np.clip((float(target) - speed) * policy_frequency / 5.0, -1.0, 1.0))
+    return np.array([accel, float(steering)], np.float32)
+
+
+class RealKinematicsEnv(gym.Env):
+    """The real highway-env scenarios (round-robin over episodes, training seeds `seed + 100,000 + i`, never
+    the test seeds) with highway-env's Kinematics observation flattened (ego + 8 nearest, 7 features each,
+    scaled) and the [steering, speed] action through `highway_control`: the baseline a PPO trains on in
+    the real simulator, with no world model."""
+
+    def __init__(self, seed: int = 0, max_steps: int = 40) -> None:
+        from gaia_gym.models.layout import HIGHWAY_CODEC
+
+        self.cfg = HighwayCollectConfig()
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (63,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.episode, self.seed0, self.max_steps = 0, seed, max_steps
+        self.env = None
+        self.codec = HIGHWAY_CODEC
+
+    @staticmethod
+    def observe(o) -> np.ndarray:
+        """highway-env's Kinematics rows (9, 7) -> the flat, scaled observation (63,)."""
+        o = np.asarray(o, np.float32).copy()
+        o[1:, 1:5] /= np.array([40.0, 10.0, 10.0, 10.0], np.float32)
+        o[0, 3:5] /= 40.0
+        o[0, 1:3] = 0.0  # the ego's absolute position says nothing transferable
+        return o.reshape(-1)
+
+    def reset(self, *, seed=None, options=None):
+        from gaia_gym.sims.highway import make_env, scene_variation
+
+        super().reset(seed=seed)
+        scen = SCENARIOS[self.episode % len(SCENARIOS)]
+        s = self.seed0 + 100_000 + self.episode  # training seeds: never the test seeds (1,000,000+)
+        self.episode += 1
+        if self.env is not None:
+            self.env.close()
+        self.env = make_env(scen, self.cfg, scene_variation(scen, s, self.cfg), render=False)
+        o, _ = self.env.reset(seed=s)
+        self.t = 0
+        return self.observe(o), {}
+
+    def step(self, action):
+        control = highway_control(self.codec, action, float(self.env.unwrapped.vehicle.speed), self.cfg.policy_frequency)
+        o, r, term, trunc, info = self.env.step(control)
+        self.t += 1
+        return self.observe(o), float(r), bool(term), bool(trunc) or self.t >= self.max_steps, {}
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()

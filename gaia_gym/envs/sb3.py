@@ -11,7 +11,8 @@ the step and its last observation is in ``infos[i]["terminal_observation"]``;
 ``infos[i]["TimeLimit.truncated"]`` is True when the row reached the horizon without terminating. Every
 info also carries ``end_prob``, ``steering`` and ``speed_mps`` (the applied action in physical units).
 Observations are a dict of numpy arrays with a leading row axis, in the Dict space of `GaiaDriveEnv`
-(see it for the action units and the observation keys).
+(see it for the action units and the observation keys); a single-key ``obs_mode`` gives the bare array
+(num_envs, ...) in that key's Box, as `GaiaDriveEnv` does.
 
 ``seed(s)`` (SB3: applied at the next ``reset()``) seeds the shared engine with the first env's seed;
 ``set_options({"prompt": i})`` picks prompt clips for the next reset (other keys, or options that are
@@ -32,7 +33,8 @@ import torch
 from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import tile_images
 
-from gaia_gym.envs.core import ImaginedBatch, RewardFn, check_options
+from gaia_gym.envs.core import ImaginedBatch, RewardFn, check_options, public_obs
+from gaia_gym.envs.config import EngineConfig, engine_config
 from gaia_gym.imagination import check_count
 from gaia_gym.errors import ConfigError
 from gaia_gym.models.layout import check_actions
@@ -41,18 +43,18 @@ from gaia_gym.models.layout import check_actions
 class GaiaDriveVecEnv(VecEnv):
     """`num_envs` imagined GaiaDrive-v0 episodes on one batched engine, for SB3 (see the module doc)."""
 
-    def __init__(self, num_envs: int = 1, model=None, obs_mode: str = "all", horizon: int | None = 250,
-                 render_mode: str | None = None, reward_fn: RewardFn | None = None, temperature: float = 1.0,
-                 top_k: int | None = None, guidance: float = 1.0, device: str | torch.device = "cpu",
-                 bundle=None, end_threshold: float = 0.5, bf16: bool = True,
-                 int8: bool = False, cameras=None, pessimism: float = 0.0) -> None:
+    DEFAULT_SETTINGS: dict = {}  # engine settings this env's default differs in (GaiaHighway: horizon 40)
+
+    def __init__(self, num_envs: int = 1, model=None, obs_mode: str = "all", render_mode: str | None = None,
+                 reward_fn: RewardFn | None = None, config: EngineConfig | None = None, *, bundle=None,
+                 device: str | torch.device = "cpu", int8: bool = False, cameras=None, text_encoder=None,
+                 **settings) -> None:
         num_envs = check_count(num_envs)
         if render_mode not in (None, "rgb_array", "human"):
             raise ConfigError(f"render_mode must be 'rgb_array', 'human' or None, got {render_mode!r}")
-        self.core = ImaginedBatch(num_envs, model=model, obs_mode=obs_mode, horizon=horizon, reward_fn=reward_fn,
-                                  temperature=temperature, top_k=top_k, guidance=guidance, device=device,
-                                  bundle=bundle, end_threshold=end_threshold, bf16=bf16, int8=int8,
-                                  cameras=cameras, pessimism=pessimism)
+        config = engine_config(config, settings, **self.DEFAULT_SETTINGS)
+        self.core = ImaginedBatch(num_envs, model=model, obs_mode=obs_mode, reward_fn=reward_fn, config=config,
+                                  device=device, bundle=bundle, int8=int8, cameras=cameras, text_encoder=text_encoder)
         self.obs_mode, self.horizon, self.render_mode = obs_mode, self.core.horizon, render_mode
         super().__init__(int(num_envs), self.core.single_observation_space, self.core.single_action_space)
         self._actions: torch.Tensor | None = None
@@ -65,7 +67,7 @@ class GaiaDriveVecEnv(VecEnv):
         return self.core.engine
 
     # ---- VecEnv API -------------------------------------------------------------------------------
-    def reset(self) -> dict[str, np.ndarray]:
+    def reset(self):
         seeds = [s for s in self._seeds if s is not None]
         if seeds:
             self.core.seed(int(seeds[0]))
@@ -75,7 +77,7 @@ class GaiaDriveVecEnv(VecEnv):
         self._reset_seeds()
         self._reset_options()
         self._needs_reset = False
-        return obs
+        return public_obs(obs)
 
     def set_options(self, options: list[dict] | dict | None = None) -> None:
         """Options for the next reset: one dict for every row, or a list of num_envs dicts; the only key is
@@ -104,10 +106,10 @@ class GaiaDriveVecEnv(VecEnv):
             info["TimeLimit.truncated"] = bool(tr.truncated[i] and not tr.terminated[i])
         rows, final, prompts = self.core.autoreset(tr)
         for i, o, p in zip(rows, final, prompts):
-            infos[i]["terminal_observation"] = o
+            infos[i]["terminal_observation"] = public_obs(o)
             self.reset_infos[i] = {"prompt": int(p)}
         dones = tr.terminated | tr.truncated
-        return tr.obs, tr.reward.astype(np.float32), dones, infos
+        return public_obs(tr.obs), tr.reward.astype(np.float32), dones, infos
 
     def close(self) -> None:
         if self._viewer is not None:

@@ -21,7 +21,7 @@ Gymnasium's own `SyncVectorEnv` in that mode:
 Rewards, terminations and truncations of ended rows are those of their final step.
 
 Spaces: ``single_observation_space`` / ``single_action_space`` are GaiaDrive-v0's (see `GaiaDriveEnv`
-for the action units and observation keys); ``observation_space`` / ``action_space`` are batched with
+for the action units and observation keys; a single-key ``obs_mode`` gives that key's Box, batched); ``observation_space`` / ``action_space`` are batched with
 `gymnasium.vector.utils.batch_space`. Actions: (num_envs, 2) in [-1, 1], clipped; NaN/inf, another
 shape or anything but real numbers raise `gaia_gym.errors.ConfigError` (a ValueError), as does a
 ``num_envs`` that is not a positive integer or an unknown reset option. ``reset(seed=...)`` seeds the
@@ -39,7 +39,8 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from gaia_gym.envs.core import ImaginedBatch, RewardFn, check_options
+from gaia_gym.envs.core import ImaginedBatch, RewardFn, check_options, public_obs
+from gaia_gym.envs.config import EngineConfig, engine_config
 from gaia_gym.imagination import check_count
 from gaia_gym.errors import ConfigError
 from gaia_gym.models.layout import check_actions
@@ -52,19 +53,19 @@ class GaiaDriveVectorEnv(VectorEnv):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 12, "autoreset_mode": AutoresetMode.SAME_STEP}
 
-    def __init__(self, num_envs: int = 1, model=None, obs_mode: str = "all", horizon: int | None = 250,
-                 render_mode: str | None = None, reward_fn: RewardFn | None = None, temperature: float = 1.0,
-                 top_k: int | None = None, guidance: float = 1.0, device: str | torch.device = "cpu",
-                 bundle=None, end_threshold: float = 0.5, bf16: bool = True,
-                 int8: bool = False, cameras=None, pessimism: float = 0.0) -> None:
+    DEFAULT_SETTINGS: dict = {}  # engine settings this env's default differs in (GaiaHighway: horizon 40)
+
+    def __init__(self, num_envs: int = 1, model=None, obs_mode: str = "all", render_mode: str | None = None,
+                 reward_fn: RewardFn | None = None, config: EngineConfig | None = None, *, bundle=None,
+                 device: str | torch.device = "cpu", int8: bool = False, cameras=None, text_encoder=None,
+                 **settings) -> None:
         num_envs = check_count(num_envs)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ConfigError(f"render_mode must be one of {self.metadata['render_modes']} or None, "
                               f"got {render_mode!r}")
-        self.core = ImaginedBatch(num_envs, model=model, obs_mode=obs_mode, horizon=horizon, reward_fn=reward_fn,
-                                  temperature=temperature, top_k=top_k, guidance=guidance, device=device,
-                                  bundle=bundle, end_threshold=end_threshold, bf16=bf16, int8=int8,
-                                  cameras=cameras, pessimism=pessimism)
+        config = engine_config(config, settings, **self.DEFAULT_SETTINGS)
+        self.core = ImaginedBatch(num_envs, model=model, obs_mode=obs_mode, reward_fn=reward_fn, config=config,
+                                  device=device, bundle=bundle, int8=int8, cameras=cameras, text_encoder=text_encoder)
         self.num_envs = int(num_envs)
         self.obs_mode, self.horizon, self.render_mode = obs_mode, self.core.horizon, render_mode
         self.single_observation_space = self.core.single_observation_space
@@ -110,7 +111,7 @@ class GaiaDriveVectorEnv(VectorEnv):
             rows = np.arange(self.num_envs)
             obs, prompts = self.core.reset(prompt=prompt)
         self._needs_reset = False
-        return obs, self._reset_info(rows, prompts)
+        return public_obs(obs), self._reset_info(rows, prompts)
 
     def step(self, actions):
         """One batched step; rows that end are reset in the same step (SAME_STEP, see the module doc)."""
@@ -132,11 +133,11 @@ class GaiaDriveVectorEnv(VectorEnv):
             rows, final, prompts = self.core.autoreset(tr)
             final_obs = np.full(self.num_envs, None, dtype=object)
             for i, o in zip(rows, final):
-                final_obs[i] = o
+                final_obs[i] = public_obs(o)
             infos.update(final_obs=final_obs, _final_obs=done.copy(), final_info=final_info,
                          _final_info=done.copy())
             infos.update(self._reset_info(rows, prompts))
-        return (tr.obs, tr.reward.astype(np.float64), tr.terminated, tr.truncated, infos)
+        return (public_obs(tr.obs), tr.reward.astype(np.float64), tr.terminated, tr.truncated, infos)
 
     def render(self) -> tuple[np.ndarray, ...] | None:
         """"rgb_array": a tuple of num_envs enlarged, annotated frames (as SyncVectorEnv returns)."""
@@ -152,10 +153,12 @@ class GaiaHighwayVectorEnv(GaiaDriveVectorEnv):
     """`GaiaDriveVectorEnv` over the highway-env world model by default (the vector entry point of
     "GaiaHighway-v0"); prompt-started rows are conditioned on their clip's recorded metadata."""
 
-    def __init__(self, num_envs: int = 1, model=None, horizon: int | None = 40, **kwargs) -> None:
+    DEFAULT_SETTINGS = {"horizon": 40}
+
+    def __init__(self, num_envs: int = 1, model=None, **kwargs) -> None:
         from gaia_gym.envs.real_highway import default_highway_model
 
         if model is None and kwargs.get("bundle") is None:
             model = default_highway_model()
-        super().__init__(num_envs, model=model, horizon=horizon, **kwargs)
+        super().__init__(num_envs, model=model, **kwargs)
 

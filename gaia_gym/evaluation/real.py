@@ -8,7 +8,7 @@ Policies scored here drive the REAL CarRacing-v3:
   - "random": uniform random [steering, speed] actions, through the same env;
   - "scripted": the privileged scripted driver (`gaia_gym.sims.carracing.run_scripted_episode`).
 
-Test tracks: `TEST_SEEDS`, the 20 track seeds 1,000,000..1,000,019 (the collector never uses seeds
+Test tracks: `gaia_gym.seeds.TEST_TRACKS`, the 20 track seeds 1,000,000..1,000,019 (the collector never uses seeds
 from 1,000,000 up; training's real-simulator evaluations use 1,000,100+).
 
 Returns are counted as CarRacing-v3 counts them, the same way for all three: every simulator frame
@@ -17,25 +17,28 @@ run with no action before the first observation, so ZOOM_PENALTY = -0.1 * ZOOM_F
 sum of the step rewards (as `run_scripted_episode` does). `max_steps` caps episodes (smoke tests);
 capped returns are flagged and are not comparable.
 
+`run_episode` is the one real-episode runner, for any real env (`RealCarRacingEnv`, `RealHighwayEnv`);
 `summarize` turns episodes into the JSON record every evaluation writes (results/agents.json);
-`pipeline_costs` adds what an imagination-trained policy cost (real transitions, wall-clock per stage).
-The command line is agents/evaluate_real.py.
+`drive_tracks` is the resumable real-track harness of a planner (`summarize_planning` its record);
+`gaia_gym.evaluation.costs.pipeline_costs` adds what an imagination-trained policy cost. The command
+line is agents/evaluate_real.py.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from gaia_gym.envs.real import TEST_TRACKS, ZOOM_PENALTY, run_real_episode
-from gaia_gym.fileio import read_json
-from gaia_gym.policy import agent_actor
+from gaia_gym.envs.real import ZOOM_PENALTY
 from gaia_gym.errors import ConfigError
+from gaia_gym.rl.agent import agent_actor
+from gaia_gym.rl.planner import Planner, PlannerConfig
+from gaia_gym.seeds import TEST_TRACKS
 
-TEST_SEEDS = tuple(range(TEST_TRACKS, TEST_TRACKS + 20))  # the final test tracks
 STEP_SECONDS = 0.08  # one env step: 4 simulator frames at 50 Hz
 Actor = Callable[[dict], np.ndarray]
 
@@ -46,24 +49,75 @@ def random_actor(action_space, seed: int = 0) -> Actor:
     return lambda obs: action_space.sample()
 
 
+def run_episode(env, act, seed: int, max_steps: int | None = None, video: bool = False,
+                scenario: str | None = None) -> dict:
+    """One real episode of `env` (a `RealCarRacingEnv` or a `RealHighwayEnv`) from `seed` (a CarRacing
+    track; a highway episode seed, with its `scenario`) with `act(obs) -> action` (a policy, or a planner
+    reading `env.engine`; on highway also "scripted" or "random").
+
+    Returns the real return (CarRacing's counts every frame -0.1, the zoom-in's ZOOM_PENALTY included),
+    the world model's predicted return (``info["model_reward"]`` summed), the per-step real rewards, the
+    steps, whether `max_steps` cut it (then the return is not comparable) and the wall seconds; on
+    CarRacing ``track`` and ``lap_finished``, on highway ``scenario`` and ``crashed``; with ``video``
+    also the frames (`render()`)."""
+    highway = scenario is not None or hasattr(env, "scripted_action")
+    t0 = time.perf_counter()
+    if highway:
+        obs, _ = env.reset(options={"seed": int(seed), **({"scenario": scenario} if scenario else {})})
+        rng = np.random.default_rng(seed)
+        if act == "scripted":
+            act = lambda obs: env.scripted_action()  # noqa: E731
+        elif act == "random":
+            act = lambda obs: rng.uniform(-1, 1, 2).astype(np.float32)  # noqa: E731
+    else:
+        obs, _ = env.reset(options={"track": int(seed)})
+    rewards, model_return, frames, info, crashed, done = [], 0.0, [], {}, False, False
+    if video:
+        frames.append(env.render())
+    while not done and (max_steps is None or len(rewards) < max_steps):
+        obs, r, terminated, truncated, info = env.step(act(obs))
+        rewards.append(float(r))
+        model_return += info["model_reward"]
+        crashed |= bool(info.get("crashed", False))
+        done = terminated or truncated
+        if video:
+            frames.append(env.render())
+    out = {"seed": int(seed), "return": float(sum(rewards)) + (0.0 if highway else ZOOM_PENALTY),
+           "model_return": float(model_return), "rewards": rewards, "steps": len(rewards), "capped": not done,
+           "wall_seconds": time.perf_counter() - t0}
+    if highway:
+        out.update(scenario=scenario, crashed=crashed)
+    else:
+        out.update(track=int(seed), lap_finished=bool(info.get("lap_finished", False)))
+    if video:
+        out["frames"] = frames
+    return out
+
+
+def _key(e: dict) -> int:
+    return e["track"] if "track" in e else e["seed"]
+
+
 def summarize(name: str, episodes: list[dict], seconds: float, **extra) -> dict:
     """The JSON record of an evaluation: per-seed returns, mean/std, steps, wall seconds."""
     ret = np.array([e["return"] for e in episodes], np.float64)
     out = {
         "policy": name,
-        "seeds": [e["track"] for e in episodes],
-        "real_return_per_seed": {str(e["track"]): round(e["return"], 3) for e in episodes},
+        "seeds": [_key(e) for e in episodes],
+        "real_return_per_seed": {str(_key(e)): round(e["return"], 3) for e in episodes},
         "real_return_mean": float(ret.mean()) if len(ret) else float("nan"),
         "real_return_std": float(ret.std()) if len(ret) else float("nan"),
-        "steps_per_seed": {str(e["track"]): e["steps"] for e in episodes},
+        "steps_per_seed": {str(_key(e)): e["steps"] for e in episodes},
         "steps_mean": float(np.mean([e["steps"] for e in episodes])) if episodes else 0.0,
-        "laps_finished": int(sum(e["lap_finished"] for e in episodes)),
+        "laps_finished": int(sum(e.get("lap_finished", False) for e in episodes)),
         "episodes": len(episodes),
         "wall_seconds": round(seconds, 2),
         "zoom_penalty_included": ZOOM_PENALTY,
     }
     if any("model_return" in e for e in episodes):
-        out["model_return_per_seed"] = {str(e["track"]): round(e["model_return"], 3) for e in episodes}
+        out["model_return_per_seed"] = {str(_key(e)): round(e["model_return"], 3) for e in episodes}
+    if any("crashed" in e for e in episodes):
+        out["crashes"] = int(sum(e.get("crashed", False) for e in episodes))
     if any(e.get("capped") for e in episodes):
         out["capped"] = True  # max_steps cut episodes: not comparable with full returns
     return {**out, **extra}
@@ -77,7 +131,7 @@ def evaluate_env_policy(env, act: Actor, seeds, max_steps: int | None = None, vi
 
     episodes, frames = [], []
     for i, s in enumerate(tqdm(list(seeds), desc="real episodes", unit="track", disable=not progress)):
-        e = run_real_episode(env, act, s, max_steps, video=video is not None and i == 0)
+        e = run_episode(env, act, s, max_steps, video=video is not None and i == 0)
         frames = e.pop("frames", frames)
         episodes.append(e)
     return episodes, frames
@@ -113,7 +167,7 @@ def scripted_episodes(seeds, max_steps: int | None = None, video: Path | None = 
     return episodes, frames
 
 
-def evaluate_policy(policy: str, seeds=TEST_SEEDS, model: str | None = None, bundle=None,
+def evaluate_policy(policy: str, seeds=TEST_TRACKS, model: str | None = None, bundle=None,
                     max_steps: int | None = None, video: Path | None = None, device: str = "cpu", seed: int = 0,
                     progress: bool = False, video_every: int = 2) -> dict:
     """Score `policy` ("random", "scripted", "shipped" or an agent's .zip path) on `seeds`; returns
@@ -132,12 +186,11 @@ def evaluate_policy(policy: str, seeds=TEST_SEEDS, model: str | None = None, bun
         from gaia_gym.bundle import load_bundle
         from gaia_gym.envs.core import parse_obs_mode
         from gaia_gym.envs.real import RealCarRacingEnv
-        from gaia_gym.policy import load_agent
+        from gaia_gym.rl.agent import load_agent
 
-        agent = None
-        if policy != "random":
-            agent = load_agent(policy, device=device, world_model=model)
         bundle = bundle if bundle is not None else load_bundle(model, device)
+        # the agent must have been trained on this world model's features (its zip records which)
+        agent = None if policy == "random" else load_agent(policy, world_model=bundle, device=device)
         # the agent's observation keys, in GaiaDrive's order (gymnasium sorts a Dict space's keys)
         key = bundle.backend.latent_key
         obs_mode = "+".join(parse_obs_mode("+".join(agent.observation_space.spaces), key)) if agent is not None else key
@@ -153,43 +206,68 @@ def evaluate_policy(policy: str, seeds=TEST_SEEDS, model: str | None = None, bun
     return summarize(policy, episodes, time.perf_counter() - t0, **extra)
 
 
-def pipeline_costs(policy: Path, results: Path = Path("results")) -> dict:
-    """What the imagination-trained `policy` cost, from the records each stage left: real transitions
-    (the collected dataset, results/data.json, plus the real-simulator evaluations made while training,
-    the run's state.json) and wall-clock minutes per stage (data.json, tokenizer.json, world_model.json,
-    the agent run's state.json)."""
-    results = Path(results)
-    rd = lambda name: read_json(results / name, {})  # noqa: E731
-    data, tok, wm = rd("data.json").get("default_carracing_dataset", {}), rd("tokenizer.json"), rd("world_model.json")
-    state = read_json(Path(policy).parent / "state.json", {})
-    args = state.get("args", {})
-    # the behaviour prior (agents/behaviour_prior.py): the policy itself, or the run's --init / --prior
-    prior_dirs = {Path(q).parent for q in (args.get("init"), args.get("prior")) if q}
-    if not state:
-        prior_dirs.add(Path(policy).parent)
-    priors = [r for r in (read_json(d / "prior.json", {}) for d in sorted(prior_dirs)) if r]
-    best_t = state.get("best_timesteps")
-    evals = state.get("evals", [])
-    # every evaluation counts, also those after the best checkpoint: they took part in picking it
-    eval_steps = int(round(sum(e["real_steps_mean"] * len(e["real_return_per_seed"]) for e in evals)))
-    prior_steps = sum(int(r.get("real_env_steps_used", 0)) for r in priors)
-    agent_s = next((e["elapsed_s"] for e in evals if e["timesteps"] == best_t), state.get("elapsed_s"))
-    wall = {"collect": data.get("wall_minutes_2_workers"), "tokenizer": tok.get("train_minutes"),
-            "world_model": wm.get("train_minutes"),
-            "agent_in_imagination": None if agent_s is None else round(agent_s / 60, 1)}
-    if priors:
-        wall["behaviour_prior"] = round(sum(r.get("replay_seconds", 0) + r.get("fit_seconds", 0) for r in priors) / 60, 1)
-    return {
-        "real_env_steps_used": int(data.get("transitions", 0)) + eval_steps + prior_steps,
-        "real_env_steps_detail": {"dataset_transitions": data.get("transitions"),
-                                  "training_time_real_evaluation_steps": eval_steps,
-                                  **({"behaviour_prior_extra_steps": prior_steps} if priors else {}),
-                                  "note": "evaluations (seeds 1,000,100+) only pick the checkpoint; no gradient "
-                                          "ever sees a real transition outside the dataset"},
-        "wall_clock_minutes": wall,
-        "agent_run": {"imagined_steps": best_t, "imagined_steps_trained": state.get("num_timesteps"),
-                      "real_evaluations": len(evals), "torch_threads": state.get("torch_threads"), "args": args},
-    }
+def plan_real_episode(env, planner: Planner, track: int, max_steps: int | None = None, video: bool = False) -> dict:
+    """Drive one REAL episode of `env` (a `RealCarRacingEnv`) on `track`, deciding every step with
+    `planner` from the world model's memory of the real frames; scored like every policy
+    (`run_episode`), plus the planner's decisions per second."""
+    planner.reset()
+    dec0, sec0 = planner.decisions, planner.seconds
+    out = run_episode(env, lambda obs: planner.act(env.engine.state(), 0).cpu().numpy(), track, max_steps, video)
+    out["decisions_per_s"] = (planner.decisions - dec0) / max(planner.seconds - sec0, 1e-9)
+    return out
+
+
+def drive_tracks(bundle, config: PlannerConfig, tracks, done_path=None, seed: int = 0, max_steps: int | None = None,
+                 video_path=None, progress: bool = True, proposal=None, value_fn=None) -> list[dict]:
+    """`plan_real_episode` on every track in `tracks`, resumable: each finished episode is appended to the
+    JSON file `done_path` (atomically), and tracks already there are not driven again. With
+    `video_path`, the first track driven in this call is also written as a GIF; `proposal` seeds every
+    decision (see `Planner`, `PolicyProposal`), `value_fn` values the horizon's end (`PolicyValue`). Returns all episodes (per-step rewards dropped) in
+    `tracks` order."""
+    import json
+
+    from tqdm import tqdm
+
+    from gaia_gym.fileio import atomic_write_json
+    from gaia_gym.envs.real import RealCarRacingEnv
+
+    done: dict[str, dict] = {}
+    if done_path is not None and Path(done_path).exists():
+        done = {str(e["track"]): e for e in json.loads(Path(done_path).read_text())}
+    todo = [int(t) for t in tracks if str(int(t)) not in done]
+    if todo:
+        env = RealCarRacingEnv(bundle=bundle, obs_mode="tokens", render_mode="rgb_array" if video_path else None)
+        planner = Planner(bundle, config, seed=seed, proposal=proposal, value_fn=value_fn)
+        try:
+            for i, t in enumerate(tqdm(todo, desc="planning (real tracks)", unit="track", disable=not progress)):
+                e = plan_real_episode(env, planner, t, max_steps, video=video_path is not None and i == 0)
+                frames = e.pop("frames", None)
+                if frames:
+                    from gaia_gym.media import write_video
+
+                    write_video(Path(video_path), np.stack(frames[::2]), fps=6.25)
+                e.pop("rewards")
+                done[str(t)] = e
+                if done_path is not None:
+                    Path(done_path).parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write_json(Path(done_path), list(done.values()))
+        finally:
+            env.close()
+    return [done[str(int(t))] for t in tracks]
+
+
+def summarize_planning(episodes: list[dict], config: PlannerConfig) -> dict:
+    """The JSON record of a planner's real episodes."""
+    ret = np.array([e["return"] for e in episodes], np.float64)
+    return {"real_return_mean": float(ret.mean()), "real_return_std": float(ret.std()),
+            "real_return_per_seed": {str(e["track"]): round(e["return"], 3) for e in episodes},
+            "model_return_per_seed": {str(e["track"]): round(e["model_return"], 3) for e in episodes},
+            "decisions_per_s": float(np.mean([e["decisions_per_s"] for e in episodes])),
+            "steps_mean": float(np.mean([e["steps"] for e in episodes])),
+            "laps_finished": int(sum(e["lap_finished"] for e in episodes)),
+            "wall_seconds": round(float(sum(e["wall_seconds"] for e in episodes)), 1),
+            "capped": any(e["capped"] for e in episodes), "episodes": len(episodes),
+            "planner": {**asdict(config), "imagined_steps_per_decision": config.imagined_steps()}}
 
 
 def default_key(policy: str) -> str:
@@ -200,5 +278,6 @@ def default_key(policy: str) -> str:
     return f"{p.parent.name}_{p.stem}" if p.parent.name else p.stem
 
 
-__all__ = ["TEST_SEEDS", "default_key", "evaluate_env_policy", "evaluate_policy", "pipeline_costs", "random_actor",
-           "scripted_episodes", "summarize"]
+__all__ = ["default_key", "drive_tracks", "evaluate_env_policy", "evaluate_policy", "plan_real_episode",
+           "random_actor", "run_episode", "scripted_episodes", "summarize", "summarize_planning"]
+

@@ -46,9 +46,10 @@ from einops import rearrange
 from torch import nn
 
 from gaia_gym.errors import ConfigError
-from gaia_gym.sims.highway_scene import AGENT_FIELDS
+from gaia_gym.specs import AGENT_FIELDS, DEFAULT_SIZE_M
 
 NAMES = ("metadata", "agents", "text")
+AGENT_LIMIT = 10_000.0  # metres / m/s: far past any scene a model was trained on, far from float32 overflow
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ class ConditionSpec:
             if k not in fields:
                 raise ConfigError(f"unknown metadata field {k!r}; this model knows {', '.join(fields) or 'none'}")
             vals = fields[k]
+            if isinstance(v, float) and v.is_integer() and str(v) not in vals:
+                v = int(v)  # lanes 4.0 is lanes 4 (values are stored as strings: "4")
             if str(v) not in vals:
                 raise ConfigError(f"unknown value {v!r} for metadata field {k!r}; choose from {', '.join(vals)}")
             out[list(fields).index(k)] = vals.index(str(v))
@@ -141,8 +144,6 @@ class ConditionSpec:
     def check_agents(self, boxes) -> np.ndarray:
         """A list of vehicles (N', F) in `agent_fields` without presence (x, y, vx, vy, cos_h, sin_h, length,
         width; trailing fields may be left out: heading 0, size 5 x 2 m) -> (agents, F) raw boxes."""
-        from gaia_gym.sims.highway_scene import DEFAULT_SIZE_M
-
         if not self.agents:
             raise ConfigError("this world model takes no agent boxes")
         width = len(self.agent_fields) - 1
@@ -163,6 +164,9 @@ class ConditionSpec:
             raise ConfigError(f"at most {self.agents} vehicles can be placed, got {len(a)}")
         if not np.isfinite(a).all():
             raise ConfigError("vehicles must be finite numbers")
+        if np.abs(a).max() > AGENT_LIMIT:  # huge boxes overflow the float32 embedding into NaN probabilities
+            raise ConfigError(f"vehicles: every value must be within +-{AGENT_LIMIT:g} (metres and m/s relative to "
+                              f"the ego), got {np.abs(a).max():g}")
         full = np.tile(default, (len(a), 1))
         full[:, : a.shape[1]] = a
         out = np.zeros((self.agents, width + 1), dtype=np.float32)

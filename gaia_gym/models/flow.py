@@ -103,11 +103,18 @@ FLOW_PRESETS = {
 }
 
 
+MAX_SAMPLING_STEPS = 64  # a frame's cost grows linearly with the steps; 64 is far past any gain in quality
+
+
 def check_steps(steps, cfg: FlowConfig | None = None) -> int:
-    """A number of sampling steps (a positive int). Powers of two up to 2^(shortcut_levels-1) sample with
-    their shortcut step embedding; other counts run as flow-matching steps (see `step_index`)."""
+    """A number of sampling steps: a power of two from 1 to MAX_SAMPLING_STEPS. Those up to
+    2^(shortcut_levels-1) sample with their shortcut step embedding; finer ones run as flow-matching steps
+    (see `step_index`). Other counts are refused: the step sizes were trained on halvings only."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"sampling steps must be a positive integer, got {steps!r}")
+    if steps & (steps - 1) or steps > MAX_SAMPLING_STEPS:
+        raise ConfigError(f"sampling steps must be a power of two from 1 to {MAX_SAMPLING_STEPS} (the step sizes "
+                          f"were trained on halvings 1, 1/2, 1/4, ...), got {steps}")
     return steps
 
 
@@ -240,7 +247,11 @@ class QKNormAttention(nn.Module):
     def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (N, L, d) -> q, k, v (N, H, L, hd), q and k normalised."""
         q, k, v = rearrange(self.qkv(x), "n l (three h e) -> three n h l e", three=3, h=self.h)
-        return self.q_norm(q), self.k_norm(k), v
+        if q.dtype == torch.float32:
+            return self.q_norm(q), self.k_norm(k), v
+        # under bf16 autocast q, k arrive in bf16 while the norms' weights stay float32: rms_norm would warn
+        # of the mismatch and fall back to its slow path; normalise in float32 (its fused kernel), cast back
+        return self.q_norm(q.float()).to(q.dtype), self.k_norm(k.float()).to(k.dtype), v
 
     def out(self, y: torch.Tensor) -> torch.Tensor:
         return self.proj(rearrange(y, "n h l e -> n l (h e)"))
@@ -566,4 +577,4 @@ def build_flow_model(config: dict | FlowConfig) -> FlowWorldModel:
 
 
 __all__ = ["FLOW_PRESETS", "FlowConfig", "FlowMemory", "FlowOutput", "FlowWorldModel", "build_flow_model",
-           "check_steps", "sample_tau", "step_index"]
+           "MAX_SAMPLING_STEPS", "check_steps", "sample_tau", "step_index"]

@@ -24,7 +24,7 @@ from torch import nn
 
 from gaia_gym.models.conditions import ConditionEncoder, Conditions, ConditionSpec, training_conditions
 from gaia_gym.models.layout import TokenLayout
-from gaia_gym.sims.rig import Camera
+from gaia_gym.specs import camera_pose
 from gaia_gym.errors import ConfigError
 
 
@@ -838,8 +838,8 @@ class WorldModel(nn.Module):
 
 
 def camera_poses(cameras) -> torch.Tensor:
-    """(V, 4) float32 pose vectors (`gaia_gym.sims.rig.Camera.pose`) of (name, yaw_deg, anchor_x, anchor_y) cameras."""
-    return torch.from_numpy(np.stack([Camera(*c).pose() for c in cameras]))
+    """(V, 4) float32 pose vectors (`gaia_gym.specs.camera_pose`) of (name, yaw_deg, anchor_x, anchor_y) cameras."""
+    return torch.from_numpy(np.stack([camera_pose(*(tuple(c[1:4]) + (0.0, 0.5, 0.75)[len(c) - 1:])) for c in cameras]))
 
 
 DEFAULT_TOP_K = 50  # imagination samples among the 50 likeliest codes (GAIA-1 samples top-k too)

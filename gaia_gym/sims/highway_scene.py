@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from gaia_gym.errors import ConfigError
+from gaia_gym.specs import AGENT_FIELDS, AGENT_SCALE, DEFAULT_SIZE_M, normalise_boxes  # noqa: F401 (the scene's boxes)
 
 SCENARIO_FAMILY = {"highway-fast-v0": "highway", "highway-v0": "highway", "merge-v0": "merge",
                    "roundabout-v0": "roundabout", "intersection-v0": "intersection"}
@@ -38,9 +39,6 @@ METADATA: dict[str, tuple[str, ...]] = {
     "lanes": ("1", "2", "3", "4"),
     "density": ("low", "medium", "high"),
 }
-AGENT_FIELDS = ("presence", "x", "y", "vx", "vy", "cos_h", "sin_h", "length", "width")
-AGENT_SCALE = (1.0, 20.0, 20.0, 10.0, 10.0, 1.0, 1.0, 5.0, 2.0)  # divisors: metres / 20, m/s / 10, ...
-DEFAULT_SIZE_M = (5.0, 2.0)  # highway-env's Vehicle.LENGTH x WIDTH (every vehicle of these scenarios)
 VIEW_M = 40.0  # metres spanned by the square frame, all scenarios (1.6 px/m at 64 px)
 VIEW_ORIGIN = {"highway": (0.3, 0.5), "merge": (0.3, 0.5), "roundabout": (0.5, 0.6),
                "intersection": (0.5, 0.6)}  # the ego's place (u, v) in the frame: highway-env's centering_position
@@ -101,19 +99,6 @@ def agent_boxes(others: np.ndarray, size_m=DEFAULT_SIZE_M) -> np.ndarray:
         raise ConfigError(f"others must have 7 features (presence, x, y, vx, vy, cos_h, sin_h), got {o.shape[-1]}")
     size = np.broadcast_to(np.asarray(size_m, dtype=np.float32), (*o.shape[:-1], 2)) * (o[..., :1] > 0.5)
     return np.concatenate([o, size], axis=-1)
-
-
-def normalise_boxes(boxes):
-    """Raw boxes (..., F) in `AGENT_FIELDS` order scaled by `AGENT_SCALE` for the network: a numpy array
-    in, float32 numpy out; a torch tensor in, a tensor out on its device (the engine's hot path)."""
-    try:
-        import torch
-
-        if isinstance(boxes, torch.Tensor):
-            return boxes.float() / torch.tensor(AGENT_SCALE, dtype=torch.float32, device=boxes.device)
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
-    return (np.asarray(boxes, dtype=np.float32) / np.asarray(AGENT_SCALE, dtype=np.float32)).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ import numpy as np
 
 from gaia_gym.data.frames import (CARRACING_HUD_ROWS, CARRACING_NATIVE, CARRACING_SIDE_COLS, carracing_frame)
 from gaia_gym.errors import ConfigError
+from gaia_gym.specs import camera_pose
 
 WINDOW_W, WINDOW_H = 1000, 800  # CarRacing-v3's render surface (gymnasium.envs.box2d.car_racing)
 
@@ -55,8 +56,7 @@ class Camera:
 
     def pose(self) -> np.ndarray:
         """(4,) float32 [cos yaw, sin yaw, anchor_x, anchor_y]: what the world model's camera embedding reads."""
-        y = math.radians(self.yaw_deg)
-        return np.array([math.cos(y), math.sin(y), self.anchor_x, self.anchor_y], np.float32)
+        return camera_pose(self.yaw_deg, self.anchor_x, self.anchor_y)
 
 
 CAMERAS = {

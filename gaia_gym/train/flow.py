@@ -43,7 +43,7 @@ def train_flow_world_model(data: Path, vae_dir: Path, out: Path, preset: str = "
     cfg = flow_config(preset, **{"latent_channels": vcfg.latent_channels, "grid": vcfg.grid, **overrides})
     codec = ActionCodec()
     train_cfg = train_cfg or TrainConfig(steps=3000, batch_size=16, lr=5e-4, warmup_steps=100,
-                                         checkpoint_minutes=5, log_every=25, image_every=0)
+                                         log_every=25, image_every=0)
     latents = tokenize_split(Path(data), vae_dir, "train", Path(out) / "tokens" / "train.npz", codec,
                              progress=progress)
     clips = TokenClips(latents, cfg.context, key="latents")

@@ -67,6 +67,8 @@ TB_DIR = "tb"
 STATE_VERSION = 1
 
 BatchFactory = Callable[[int, int, int], Iterator[Batch]]
+# A kill loses at most this much training: a checkpoint of the shipped models takes well under a second.
+DEFAULT_CHECKPOINT_MINUTES = 1.0
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0  # max global grad norm (0 = no clipping; the norm is still logged)
     max_minutes: float = 0.0  # total wall-clock training budget across resumed runs (0 = none)
-    checkpoint_minutes: float = 5.0  # checkpoint this often (and always at the end)
+    checkpoint_minutes: float = DEFAULT_CHECKPOINT_MINUTES  # checkpoint this often (and always at the end)
     log_every: int = 50  # TensorBoard scalars + progress-bar loss every this many steps
     image_every: int = 1000  # call `log_images` every this many steps (0 = never; also at the end)
     bf16: bool = True  # bf16 autocast where the hardware runs it fast (gaia_gym.precision); weights stay fp32
@@ -571,4 +573,5 @@ def train(
                    on_checkpoint=on_checkpoint, progress=progress).run()
 
 
-__all__ = ["ResumeError", "Trainer", "TrainConfig", "TrainingError", "data_seed", "lr_at", "train"]
+__all__ = ["DEFAULT_CHECKPOINT_MINUTES", "ResumeError", "Trainer", "TrainConfig", "TrainingError", "data_seed", "lr_at",
+           "train"]

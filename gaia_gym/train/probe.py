@@ -54,23 +54,29 @@ def train_probe(
     train_cfg=None,
     tokenizer: nn.Module | None = None,
     recon_fraction: float = 0.5,
+    checkpoint_minutes: float | None = None,
     **config_overrides,
 ) -> dict:
     """Train (or resume) a probe on the train split of `data` into model directory `out`, for `steps`
     optimizer steps or `minutes` of training, whichever ends first; then evaluate it on the val split
     (held-out tracks) and store those metrics in the model file's meta under ``"val"``.
 
+    `checkpoint_minutes`: checkpoint at least this often (default: the training loop's
+    DEFAULT_CHECKPOINT_MINUTES; ignored with `train_cfg`).
+
     `tokenizer` (optional): train on a `recon_fraction` of tokenizer reconstructions of the real pairs too
     (see `pair_batches`); validation then also reports the accuracy on reconstructions (``"val_recon"``).
 
     Returns the training loop's result plus ``"val"`` (see `evaluate_probe`; None without a val split).
     """
-    from gaia_gym.train.loop import TrainConfig, train
+    from gaia_gym.train.loop import DEFAULT_CHECKPOINT_MINUTES, TrainConfig, train
 
     data, out = Path(data), Path(out)
     cfg = ProbeConfig(**config_overrides)
     train_cfg = train_cfg or TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(100, steps // 10),
-                                         max_minutes=minutes, checkpoint_minutes=max(1.0, minutes / 2),
+                                         max_minutes=minutes,
+                                         checkpoint_minutes=DEFAULT_CHECKPOINT_MINUTES if checkpoint_minutes is None
+                                         else checkpoint_minutes,
                                          log_every=25, image_every=max(1, steps // 10), bf16=bf16, seed=seed,
                                          threads=threads)
     EpisodeIndex(data, split="train")  # a clear error now, not in a worker process later

@@ -73,7 +73,7 @@ def train_tokenizer(
 
     cfg = tokenizer_config(preset, **model_overrides)
     train_cfg = train_cfg or TrainConfig(steps=6000, batch_size=64, lr=1e-3, warmup_steps=200,
-                                         channels_last=True, checkpoint_minutes=5, log_every=25, image_every=500)
+                                         channels_last=True, log_every=25, image_every=500)
     EpisodeIndex(data, split="train")  # a clear error now, not in a worker process later
     model = Tokenizer(cfg, teacher=teacher)
     if init is not None and not (Path(out) / "config.json").exists():
@@ -133,7 +133,7 @@ def train_decoder(data: Path, tokenizer: Path | None, out: Path, channels, train
 
     teacher = load_tokenizer(tokenizer)
     train_cfg = train_cfg or TrainConfig(steps=4000, batch_size=64, lr=1e-3, warmup_steps=100, channels_last=True,
-                                         checkpoint_minutes=5, log_every=25, image_every=500)
+                                         log_every=25, image_every=500)
     EpisodeIndex(data, split="train")
     model = decoder_student(teacher, channels)
     return train(model, KIND, model.cfg, frame_batches(data, train_cfg.batch_size, views=views), train_cfg, out,

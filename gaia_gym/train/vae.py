@@ -49,7 +49,7 @@ def train_vae(data: Path, out: Path, preset: str = "default", train_cfg=None, te
 
     cfg = vae_config(preset, **model_overrides)
     train_cfg = train_cfg or TrainConfig(steps=8000, batch_size=32, lr=1e-3, warmup_steps=200, channels_last=True,
-                                         checkpoint_minutes=5, log_every=25, image_every=500)
+                                         log_every=25, image_every=500)
     EpisodeIndex(data, split="train")  # a clear error now, not in a worker process later
     model = VAE(cfg, teacher=teacher)
     return train(model, KIND, cfg, clip_batches(data, train_cfg.batch_size, cfg.decode_window), train_cfg, out,

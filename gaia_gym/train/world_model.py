@@ -265,7 +265,7 @@ def train_world_model(data: Path, tokenizer_dir: Path, out: Path, preset: str = 
     elif conditions not in ("cross", "adaln", "none"):
         raise ConfigError(f"conditions must be cross, adaln or none, got {conditions!r}")
     train_cfg = train_cfg or TrainConfig(steps=4000, batch_size=16, lr=6e-4, warmup_steps=200,
-                                         checkpoint_minutes=5, log_every=25, image_every=0)
+                                         log_every=25, image_every=0)
     tokens = tokenize_split(Path(data), tokenizer_dir, "train", Path(out) / "tokens" / "train.npz", codec,
                             progress=progress, cameras=tuple(cameras))
     clips = SceneClips(tokens, cfg.context, cfg.condition_spec, enc) if cfg.conditions else TokenClips(tokens, cfg.context)

@@ -13,15 +13,21 @@ ledger, kept in one JSON file so that a pipeline that stops and resumes keeps co
     budget.summary()                       # {"real_env_steps_used": ..., "by_purpose": {...}, ...}
 
 Spending past the limit is refused before anything is written (`BudgetExceeded`, a one-line error); a
-file written for another limit is refused too (a budget cannot be raised by reopening it). Writes are
-atomic: a crash leaves the previous ledger.
+file written for another limit is refused too (a budget cannot be raised by reopening it), and so is a
+file whose entries are not non-negative integer step counts. Several processes may share one ledger:
+each `spend` re-reads the file and appends under an exclusive lock (``<ledger>.lock``, `fcntl.flock`),
+so no entry is lost and the limit holds across writers. Writes are atomic: a crash leaves the previous
+ledger.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from gaia_gym.errors import ConfigError, GaiaGymError
 from gaia_gym.fileio import atomic_write_json
@@ -33,6 +39,32 @@ class BudgetExceeded(GaiaGymError):
     """A real-simulator step beyond the budget was asked for."""
 
 
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _read(p: Path, limit: int) -> list[dict]:
+    """The validated entries of the ledger at `p` (empty if absent); one-line `ConfigError` otherwise."""
+    if not p.exists():
+        return []
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{p}: not a real-step ledger ({FORMAT}): {type(e).__name__}") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT or not isinstance(d.get("entries"), list):
+        raise ConfigError(f"{p}: not a real-step ledger ({FORMAT})")
+    if not _is_count(d.get("limit")):
+        raise ConfigError(f"{p}: its limit {d.get('limit')!r} is not an integer >= 0")
+    if d["limit"] != limit:
+        raise ConfigError(f"{p} was kept for a budget of {d['limit']} real steps, not {limit}")
+    for i, e in enumerate(d["entries"]):
+        if not isinstance(e, dict) or not _is_count(e.get("steps")) or not isinstance(e.get("purpose"), str):
+            raise ConfigError(f"{p}: entry {i} is not {{'purpose': str, 'steps': integer >= 0}}: {e!r}"[:300])
+    if sum(e["steps"] for e in d["entries"]) > limit:
+        raise ConfigError(f"{p}: its entries spend more than its limit of {limit} real steps")
+    return list(d["entries"])
+
+
 @dataclass
 class RealBudget:
     path: Path | None
@@ -42,23 +74,30 @@ class RealBudget:
     @classmethod
     def open(cls, path: str | Path | None, limit: int) -> "RealBudget":
         """The ledger at `path` (created empty if absent; None: in memory only) for `limit` real steps."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        if not _is_count(limit):
             raise ConfigError(f"a real-step budget must be an integer >= 0, got {limit!r}")
         if path is None:
             return cls(None, limit)
         p = Path(path)
-        if not p.exists():
-            return cls(p, limit)
-        try:
-            d = json.loads(p.read_text())
-            ok = d.get("format") == FORMAT and isinstance(d.get("entries"), list)
-        except (OSError, ValueError, AttributeError):
-            ok = False
-        if not ok:
-            raise ConfigError(f"{p}: not a real-step ledger ({FORMAT})")
-        if int(d["limit"]) != limit:
-            raise ConfigError(f"{p} was kept for a budget of {d['limit']} real steps, not {limit}")
-        return cls(p, limit, list(d["entries"]))
+        return cls(p, limit, _read(p, limit))
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Exclusive access to the ledger file across processes (a lock file beside it: the ledger itself
+        is replaced by each atomic write, so a lock on it would not be shared)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def refresh(self) -> "RealBudget":
+        """Re-read the file (other processes may have spent since)."""
+        if self.path is not None:
+            self.entries = _read(self.path, self.limit)
+        return self
 
     @property
     def used(self) -> int:
@@ -70,20 +109,28 @@ class RealBudget:
 
     def cap(self, steps: int) -> int:
         """How many of `steps` may still be taken (0 when the budget is spent)."""
-        return max(0, min(int(steps), self.left))
+        return max(0, min(int(steps), self.refresh().left))
 
     def spend(self, steps: int, purpose: str, **info) -> int:
         """Record `steps` real steps taken for `purpose` (e.g. "dataset", "round", "checkpoint_eval"), with
         any JSON-able `info`; returns what is left. Over the budget: `BudgetExceeded`, nothing written."""
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        if not _is_count(steps):
             raise ConfigError(f"real steps must be an integer >= 0, got {steps!r}")
         if not purpose or not isinstance(purpose, str):
             raise ConfigError("a real-step entry needs a purpose (e.g. 'dataset', 'round', 'checkpoint_eval')")
+        if self.path is None:
+            return self._append(steps, purpose, info)
+        with self._locked():  # read-modify-write as one step: another writer's entries are kept
+            self.refresh()
+            left = self._append(steps, purpose, info)
+            atomic_write_json(self.path, {"format": FORMAT, "limit": self.limit, "entries": self.entries})
+        return left
+
+    def _append(self, steps: int, purpose: str, info: dict) -> int:
         if steps > self.left:
             raise BudgetExceeded(f"{steps} real steps for {purpose!r} exceed the budget: {self.used} of "
                                  f"{self.limit} used, {self.left} left")
         self.entries.append({"purpose": purpose, "steps": steps, **info})
-        self._write()
         return self.left
 
     def by_purpose(self) -> dict[str, int]:
@@ -97,11 +144,5 @@ class RealBudget:
         return {"real_env_steps_used": self.used, "real_env_steps_limit": self.limit,
                 "by_purpose": self.by_purpose(), "entries": len(self.entries)}
 
-    def _write(self) -> None:
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.path, {"format": FORMAT, "limit": self.limit, "entries": self.entries})
 
-
-__all__ = ["RealBudget", "BudgetExceeded"]
+__all__ = ["BudgetExceeded", "RealBudget"]

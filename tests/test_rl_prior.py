@@ -1,4 +1,4 @@
-"""The behaviour prior (gaia_gym.prior): expert labels, the replayed observations, the fit, the prior term."""
+"""The behaviour prior (gaia_gym.rl.prior): expert labels, the replayed observations, the fit, the prior term."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from stable_baselines3.common.vec_env import VecMonitor
 from gaia_gym.envs import GaiaDriveVecEnv
 from gaia_gym.envs.real import RealCarRacingEnv
 from gaia_gym.errors import DatasetError
-from gaia_gym.policy import ActionRange, policy_kwargs
-from gaia_gym.prior import (discounted_returns, expert_targets, fit_prior, inverse_range, prior_mean, prior_penalty,
-                            prior_reward_env, real_observations)
+from gaia_gym.rl.agent import ActionRange
+from gaia_gym.rl.extractor import policy_kwargs
+from gaia_gym.rl.prior import (discounted_returns, expert_targets, fit_prior, inverse_range, prior_mean, prior_penalty,
+                               real_observations)
+from gaia_gym.rl.wrappers import prior_reward_env
 
 
 def test_inverse_range_undoes_the_range():
@@ -70,7 +72,7 @@ def test_replayed_observations_are_what_the_real_env_sees(bundle):
 def _agent(model_dir, bundle):
     venv = GaiaDriveVecEnv(num_envs=2, bundle=bundle, obs_mode="tokens+features", horizon=5)
     return PPO("MultiInputPolicy", venv, n_steps=8, batch_size=8, n_epochs=1, device="cpu",
-               policy_kwargs=policy_kwargs(world_model=model_dir, net_arch=[32])), venv
+               policy_kwargs=policy_kwargs(bundle, net_arch=[32])), venv
 
 
 def test_fit_prior_learns_the_labels_and_scores_held_out(bundle, model_dir):
@@ -146,13 +148,14 @@ def test_spatial_extractor_keeps_positions(bundle, model_dir):
     """spatial=k: (P k,) features that change when the same tokens move to other cells (the mean-pool does not)."""
     from gymnasium import spaces
 
-    from gaia_gym.policy import WorldModelExtractor
+    from gaia_gym.rl.extractor import WorldModelExtractor
 
     g = bundle.backend.latent_shape[-1]
     space = spaces.Dict({"tokens": spaces.Box(0, 15, (g, g), np.int64)})
     p = bundle.world_model.cfg.patch
-    pooled = WorldModelExtractor(space, world_model=model_dir)
-    spatial = WorldModelExtractor(space, world_model=model_dir, spatial=3)
+    kw = policy_kwargs(bundle)["features_extractor_kwargs"]
+    pooled = WorldModelExtractor(space, **kw)
+    spatial = WorldModelExtractor(space, **kw, spatial=3)
     assert spatial.features_dim == 3 * (g // p) ** 2
     t = torch.zeros(1, g, g)
     t[0, :p, :p] = 5.0

@@ -1,8 +1,6 @@
-"""The `gaia-gym` verbs that use a trained world model: demo, imagine, bench, play, pretrain, export, and
-`eval multiview` (the camera rig).
+"""The `gaia-gym` verbs that use a trained world model: demo, imagine, bench, export, play, pretrain.
 
-Each is a thin shell over a library function (`gaia_gym.verbs.imagine`, `.bench`, `.pretrain`,
-`.play`); `gaia_gym.cli` adds them to the parser.
+Each is a thin shell over a library function (`gaia_gym.verbs.imagine`, `.bench`, `.pretrain`, `.play`).
 """
 
 from __future__ import annotations
@@ -10,6 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from gaia_gym.errors import ConfigError
+from gaia_gym.fileio import write_json
 
 DEFAULT_DEMO_OUT = "gaia_demo.gif"
 
@@ -34,7 +35,6 @@ def cmd_imagine(a: argparse.Namespace) -> None:
 def scene_options(a: argparse.Namespace) -> dict:
     """The scene conditions of `imagine`'s flags: --meta k=v (repeatable), --text, --negative, --agents FILE
     (a JSON list of vehicle rows [x, y, vx, vy, ...], or an object with "vehicles"), --agent-steps."""
-    from gaia_gym.errors import ConfigError
 
     scene: dict = {}
     if a.meta:
@@ -61,7 +61,6 @@ def scene_options(a: argparse.Namespace) -> dict:
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
-    from gaia_gym.fileio import write_json
     from gaia_gym.verbs.bench import run_bench, summary_line
 
     bundle = _bundle(a)
@@ -95,7 +94,6 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
 def cmd_export(a: argparse.Namespace) -> None:
     from gaia_gym.bundle import load_tokenizer, save_bundle
     from gaia_gym.checkpoint import read_model_info
-    from gaia_gym.errors import ConfigError
 
     bundle = _bundle(a)
     if a.decoder:
@@ -110,131 +108,6 @@ def cmd_export(a: argparse.Namespace) -> None:
     print(f"wrote {out} (world model of {bundle.path}" + (f", decoder of {a.decoder}" if a.decoder else "") + ")")
 
 
-def cmd_eval_multiview(a: argparse.Namespace) -> None:
-    from gaia_gym.bundle import load_bundle
-    from gaia_gym.evaluation.multiview import evaluate_multiview, rig_cost
-    from gaia_gym.evaluation.throughput import cpu_name
-    from gaia_gym.fileio import merge_json
-
-    bundle = load_bundle(a.model, device=a.device)
-    single = load_bundle(a.single, device=a.device) if a.single else None
-    cmd = "gaia-gym eval " + " ".join(a.argv_tail)
-    r = {"model": str(a.model), "data": str(a.data), "cpu": cpu_name()}
-    if a.max_clips:
-        r.update(command=cmd, single_camera_model=a.single)
-        r.update(evaluate_multiview(bundle, Path(a.data), single, split=a.split, max_clips=a.max_clips,
-                                    seed=a.seed, progress=not a.quiet))
-        c = r["cross_view_consistency"]
-        for k in ("real_rig", "reconstructed_rig", "joint", "isolated", "independent"):
-            if k in c:
-                print(f"  cross-view consistency (dB), {k}: {json.dumps(c[k])}")
-        for n, v in r["per_view_psnr"].items():
-            print(f"  PSNR {n}: joint {json.dumps(v['joint'])}  copy-last {json.dumps(v['copy_last'])}")
-        for n, v in r["counterfactual_steering"]["per_view"].items():
-            print(f"  steering read back, {n}: {json.dumps(v)}")
-    if a.picture:
-        from gaia_gym.evaluation.multiview import rig_picture
-
-        print("  wrote " + " and ".join(rig_picture(bundle, Path(a.data), a.picture, single, split=a.split, clip=a.clip)))
-    if a.cost:
-        key = "cost_int8" if a.int8 else "cost"  # both can live in one results file
-        r[key] = rig_cost(bundle, view_counts=tuple(a.views), seconds=a.cost_seconds, real_seconds=a.real_seconds,
-                          int8=a.int8)
-        r[key]["command"] = cmd
-        for k, v in r[key]["per_views"].items():
-            print(f"  {k} view(s): tokens {v['tokens_vs_real']}x, frames {v['frames_vs_real']}x the real rig "
-                  f"({v['real_rig_steps_per_s']} real steps/s)")
-    if a.json:
-        merge_json(Path(a.json), ".", r)
-        print(f"wrote {a.json}")
-
-
-def cmd_eval_highway(a: argparse.Namespace) -> None:
-    from gaia_gym.bundle import HIGHWAY_WORLD_MODEL, load_bundle
-    from gaia_gym.evaluation.highway import evaluate_highway, highway_picture
-    from gaia_gym.evaluation.throughput import cpu_name
-    from gaia_gym.fileio import merge_json
-
-    r = {"model": str(a.model or "shipped"), "data": str(a.data), "cpu": cpu_name(),
-         "command": "gaia-gym eval " + " ".join(a.argv_tail)}
-    if a.compare:
-        import tempfile
-
-        from gaia_gym.train.conditioning import compare_conditioning
-
-        models = dict(kv.split("=", 1) if "=" in kv else (Path(kv).name, kv) for kv in a.compare.split(","))
-        with tempfile.TemporaryDirectory() as tmp:
-            cmp = compare_conditioning(models, Path(a.data), Path(tmp), seed=a.seed)
-        for k, v in cmp.items():
-            print(f"  {k}: {json.dumps(v)[:600]}")
-        if a.json:
-            key = a.key or "conditioning_comparison"
-            merge_json(Path(a.json), key, {"cpu": cpu_name(), "command": r["command"], **cmp})
-            print(f"wrote {a.json} under {key}")
-        return
-    bundle = load_bundle(a.model or HIGHWAY_WORLD_MODEL, device=a.device)
-    if bundle.conditions is None:
-        from gaia_gym.errors import ConfigError
-
-        raise ConfigError(f"{bundle.path} takes no scene conditions (train it on a highway-env dataset)")
-    if not a.picture_only:
-        r.update(evaluate_highway(bundle, Path(a.data), seed=a.seed, progress=not a.quiet, quick=a.quick))
-        for k in ("agent_placement", "metadata_adherence", "text_adherence", "negative_prompt_effect", "fidelity"):
-            print(f"  {k}: {json.dumps(r[k])[:400]}")
-    if a.picture:
-        print("  wrote " + " and ".join(highway_picture(bundle, Path(a.data), a.picture, clip=a.clip, seed=a.seed)))
-    if a.json and not a.picture_only:
-        key = a.key or "."
-        merge_json(Path(a.json), key, r)
-        print(f"wrote {a.json}" + (f" under {key}" if key != "." else ""))
-
-
-def add_eval_parsers(esub) -> None:
-    """`gaia-gym eval multiview` and `eval highway` (added to the `eval` verb by gaia_gym.cli)."""
-    eh = esub.add_parser("highway", help="a conditioned highway-env model: agent placement, metadata / text adherence, "
-                         "negative prompts, PSNR by horizon, collision AUC",
-                         description="Evaluate a conditioned highway-env world model on a dataset's validation split.")
-    eh.add_argument("--model", help="highway world-model directory (default: the shipped one)")
-    eh.add_argument("--data", required=True, help="highway-env dataset (gaia-gym collect highway)")
-    eh.add_argument("--picture", help="write one held-out context under several conditions as a PNG grid here")
-    eh.add_argument("--picture-only", action="store_true", help="only the picture")
-    eh.add_argument("--clip", type=int, default=0, help="which validation episode the picture starts from")
-    eh.add_argument("--quick", action="store_true", help="a few scenes per measurement (smoke runs)")
-    eh.add_argument("--compare", help="comma-separated name=DIR conditioned models to compare side by side (validation "
-                    "cross-entropy with / without conditions, agent placement, cost); only this")
-    eh.add_argument("--key", help="merge under this key of the JSON file (default: its top level; with --compare, "
-                    "conditioning_comparison)")
-    eh.add_argument("--device", default="cpu")
-    eh.add_argument("--seed", type=int, default=0)
-    eh.add_argument("--json", help="merge the record into this JSON file (e.g. results/highway.json)")
-    eh.add_argument("--quiet", action="store_true")
-    eh.set_defaults(fn=cmd_eval_highway)
-
-    em = esub.add_parser("multiview", help="camera rig: cross-view consistency, per-view PSNR, steering read back "
-                         "in every view, cost per number of views",
-                         description="Evaluate a camera-rig world model on a rig dataset's held-out tracks.")
-    em.add_argument("--model", required=True, help="rig world-model directory (gaia-gym train world-model --cameras)")
-    em.add_argument("--data", required=True, help="rig dataset (gaia-gym collect carracing --cameras ...)")
-    em.add_argument("--single", help="a single-camera world model to imagine each view independently (e.g. "
-                    "gaia_gym/assets/world_model_fast); decoded by the rig model's tokenizer")
-    em.add_argument("--split", default="val", choices=["val", "train", "all"])
-    em.add_argument("--max-clips", type=int, default=64, help="clips spread over the split (0: skip the quality part)")
-    em.add_argument("--picture", help="write the real rig beside the imagined rig(s) for one held-out clip: a GIF "
-                    "here and a PNG contact sheet beside it")
-    em.add_argument("--clip", type=int, default=0, help="which held-out clip the picture shows")
-    em.add_argument("--cost", action="store_true", help="also time imagination per number of views vs the real rig")
-    em.add_argument("--views", type=int, nargs="+", default=[1, 2, 4], help="rig sizes to time (the first k cameras)")
-    em.add_argument("--cost-seconds", type=float, default=4.0)
-    em.add_argument("--real-seconds", type=float, default=10.0)
-    em.add_argument("--int8", action="store_true", help="time the world model with int8 Linear layers (recorded "
-                    "under cost_int8)")
-    em.add_argument("--device", default="cpu")
-    em.add_argument("--seed", type=int, default=0)
-    em.add_argument("--json", help="merge the record into this JSON file (e.g. results/multiview.json)")
-    em.add_argument("--quiet", action="store_true")
-    em.set_defaults(fn=cmd_eval_multiview)
-
-
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="world-model directory (default: the shipped model)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -242,6 +115,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub) -> None:
+    """`demo`, `imagine`, `bench`, `export`, `play`, `pretrain`."""
     for name, default_out, helptext in (
             ("demo", DEFAULT_DEMO_OUT, "the main job: several imagined futures and a left/straight/right "
                                        "counterfactual from a real context clip, as a GIF (shipped model)"),

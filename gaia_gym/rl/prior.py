@@ -13,7 +13,8 @@ cost no real transition beyond the dataset's own.
   agent's `ActionRange`, inverted);
 - `fit_prior` regresses an SB3 actor-critic's action mean onto them (and, optionally, its value onto
   the data's discounted reward-to-go), holding out the dataset's validation episodes;
-- `PriorReward` is the prior *term* for training in imagination: a VecEnv wrapper that adds
+- `split_arrays` builds (and caches) one split's replayed observations, targets and returns;
+- the prior *term* for training in imagination (`gaia_gym.rl.wrappers.prior_reward_env`) adds
   ``-coef * |u - mu0(s)|^2 / (2 std^2)`` to each reward, mu0 the frozen prior's action. With SB3's
   entropy bonus this is the reverse KL to a Gaussian prior of std ``std`` (up to a constant):
   KL(pi || pi0) = -H(pi) - E_pi[log pi0(a|s)].
@@ -21,6 +22,7 @@ cost no real transition beyond the dataset's own.
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 
 from gaia_gym.errors import ConfigError, DatasetError
-from gaia_gym.policy import ActionRange
+from gaia_gym.rl.agent import ActionRange
 
 EXPERT_FIELDS = ("expert_steering", "expert_speed_mps")
 
@@ -197,11 +199,45 @@ def prior_mean(policy, obs: dict) -> np.ndarray:
     return np.clip(mu.cpu().numpy(), -1.0, 1.0)
 
 
-def load_prior(path: str | Path, device: str = "cpu"):
-    """The SB3 policy of a prior agent zip (agents/behaviour_prior.py), frozen, in eval mode."""
-    from gaia_gym.policy import load_agent
+def split_arrays(data: Path, split: str, bundle, action_range, gamma: float, out: Path, rows: int,
+                 max_episodes: int | None, progress: bool) -> dict[str, np.ndarray]:
+    """Observations, targets and returns of one split, cached in `out` (atomic; reused when it was made
+    from the same episodes, world-model weights, action range and discount)."""
+    from gaia_gym.bundle import weights_sha256
+    from gaia_gym.data.format import load_episode
+    from gaia_gym.data.loader import EpisodeIndex
+    from gaia_gym.fileio import atomic_write_bytes
 
-    pol = load_agent(path, device=device).policy
+    idx = EpisodeIndex(data, split=split)
+    paths = idx.paths[:max_episodes] if max_episodes else idx.paths
+    key = (f"{len(paths)}:{sum(idx.lengths[:len(paths)])}:{weights_sha256(bundle.path)}:"
+           f"{action_range.as_dict()}:{gamma}")
+    if out.exists():
+        with np.load(out) as z:
+            if str(z["key"]) == key:
+                return {k: z[k] for k in z.files if k != "key"}
+    parts: dict[str, list] = {"tokens": [], "features": [], "target": [], "returns": []}
+    fields = ["frames", "steering", "target_speed_mps", "reward", "expert_steering", "expert_speed_mps"]
+    for i in range(0, len(paths), rows):
+        eps = [load_episode(p, fields=fields) for p in paths[i : i + rows]]
+        obs = real_observations(bundle, eps, rows=rows, progress=progress)
+        parts["tokens"].append(obs["tokens"])
+        parts["features"].append(obs["features"])
+        parts["target"] += [expert_targets(e, bundle.codec, action_range) for e in eps]
+        parts["returns"] += [discounted_returns(e["reward"], gamma) for e in eps]
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    buf = io.BytesIO()
+    np.savez(buf, **arrays, key=np.array(key))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, lambda f: f.write(buf.getvalue()))
+    return arrays
+
+
+def load_prior(path: str | Path, world_model=None, device: str = "cpu"):
+    """The SB3 policy of a prior agent zip (agents/behaviour_prior.py) on `world_model` (see `load_agent`), frozen, in eval mode."""
+    from gaia_gym.rl.agent import load_agent
+
+    pol = load_agent(path, world_model=world_model, device=device).policy
     pol.set_training_mode(False)
     for p in pol.parameters():
         p.requires_grad_(False)
@@ -214,30 +250,5 @@ def prior_penalty(u: np.ndarray, mu0: np.ndarray, coef: float, std: float) -> np
     return (-coef * (d * d).sum(-1) / (2.0 * std * std)).astype(np.float32)
 
 
-def prior_reward_env(venv, prior_policy, coef: float, std: float = 0.3):
-    """`venv` (an SB3 VecEnv fed the agent's raw actions) with `prior_penalty` added to every reward
-    (the agent sees it, an inner VecMonitor's episode returns do not); ``infos[i]["prior_penalty"]``."""
-    from stable_baselines3.common.vec_env import VecEnvWrapper
-
-    if coef < 0 or std <= 0:
-        raise ConfigError(f"prior term needs coef >= 0 and std > 0, got coef={coef}, std={std}")
-
-    class _PriorReward(VecEnvWrapper):
-        def reset(self):
-            self._obs = self.venv.reset()
-            return self._obs
-
-        def step_async(self, actions) -> None:
-            self._mu0 = prior_mean(prior_policy, self._obs)
-            self._u = np.asarray(actions, np.float32)
-            self.venv.step_async(actions)
-
-        def step_wait(self):
-            obs, rew, done, infos = self.venv.step_wait()
-            pen = prior_penalty(self._u, self._mu0, coef, std)
-            for i, info in enumerate(infos):
-                info["prior_penalty"] = float(pen[i])
-            self._obs = obs
-            return obs, rew + pen, done, infos
-
-    return _PriorReward(venv)
+__all__ = ["EXPERT_FIELDS", "PriorFit", "discounted_returns", "expert_targets", "fit_prior", "inverse_range",
+           "load_prior", "prior_mean", "prior_penalty", "real_observations", "split_arrays"]

@@ -21,8 +21,8 @@ from a trained agent). `value_fn(tokens, features) -> (n,)` adds a terminal valu
 (TD-MPC2): a sequence's score gains gamma^H x P(still running) x V(the last imagined observation), so a
 short horizon still sees what comes after it (`PolicyValue` makes one from a trained agent's critic).
 
-`plan_real_episode` drives the REAL CarRacing-v3 with it (`RealCarRacingEnv`: the world model's memory is
-rebuilt from the real frames every step, the planner imagines from there).
+`gaia_gym.evaluation.real.drive_tracks` drives the REAL CarRacing-v3 with it (`RealCarRacingEnv`: the world
+model's memory is rebuilt from the real frames every step, the planner imagines from there).
 """
 
 from __future__ import annotations
@@ -31,16 +31,16 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 
 from gaia_gym.imagination import EngineState, Imagination
+from gaia_gym.rl.agent import agent_actor
 from gaia_gym.errors import ConfigError
 
 RewardFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-@dataclass
+@dataclass(frozen=True)
 class PlannerConfig:
     method: str = "cem"  # "cem" or "mppi"
     candidates: int = 32  # K action sequences per iteration
@@ -55,7 +55,7 @@ class PlannerConfig:
     momentum: float = 0.1  # new mean = momentum * old + (1 - momentum) * refit
     gamma: float = 0.99  # discount within the horizon
     low: tuple[float, float] = (-1.0, -1.0)  # action range searched: [steering, speed]
-    high: tuple[float, float] = (1.0, 0.6)  # speed capped where the data's commands end (see policy.ActionRange)
+    high: tuple[float, float] = (1.0, 0.6)  # speed capped where the data's commands end (see rl.agent.ActionRange)
     temperature: float = 1.0  # sampling temperature of imagined futures
 
     def __post_init__(self) -> None:
@@ -192,11 +192,9 @@ class PolicyProposal:
     """`proposal` for a `Planner` from a trained agent (policy proposes, planner refines): from row 0 of
     the state, the agent drives `horizon` greedy imagined steps on its own observations (the frame's
     tokens and the world model's features, as in GaiaDrive-v0), and those actions, mapped through the
-    agent's action range (`gaia_gym.policy.ActionRange`), are the search's starting mean."""
+    agent's action range (`gaia_gym.rl.agent.ActionRange`), are the search's starting mean."""
 
     def __init__(self, agent, bundle, horizon: int, seed: int | None = 0) -> None:
-        from gaia_gym.policy import agent_actor
-
         self.act, self.horizon = agent_actor(agent), int(horizon)
         self.engine = Imagination(bundle, n=1, temperature=0.0, end_threshold=1.0, seed=seed)
 
@@ -231,73 +229,6 @@ class PolicyValue:
         return self.agent.policy.predict_values(t).reshape(-1).float().cpu() * self.scale
 
 
-def plan_real_episode(env, planner: Planner, track: int, max_steps: int | None = None, video: bool = False) -> dict:
-    """Drive one REAL episode of `env` (a `RealCarRacingEnv`) on `track`, deciding every step with
-    `planner` from the world model's memory of the real frames; scored like every policy
-    (`gaia_gym.envs.real.run_real_episode`), plus the planner's decisions per second."""
-    from gaia_gym.envs.real import run_real_episode
-
-    planner.reset()
-    dec0, sec0 = planner.decisions, planner.seconds
-    out = run_real_episode(env, lambda obs: planner.act(env.engine.state(), 0).cpu().numpy(), track, max_steps, video)
-    out["decisions_per_s"] = (planner.decisions - dec0) / max(planner.seconds - sec0, 1e-9)
-    return out
-
-
-def drive_tracks(bundle, config: PlannerConfig, tracks, done_path=None, seed: int = 0, max_steps: int | None = None,
-                 video_path=None, progress: bool = True, proposal=None, value_fn=None) -> list[dict]:
-    """`plan_real_episode` on every track in `tracks`, resumable: each finished episode is appended to the
-    JSON file `done_path` (atomically), and tracks already there are not driven again. With
-    `video_path`, the first track driven in this call is also written as a GIF; `proposal` seeds every
-    decision (see `Planner`, `PolicyProposal`), `value_fn` values the horizon's end (`PolicyValue`). Returns all episodes (per-step rewards dropped) in
-    `tracks` order."""
-    import json
-    from pathlib import Path
-
-    from tqdm import tqdm
-
-    from gaia_gym.fileio import atomic_write_json
-    from gaia_gym.envs.real import RealCarRacingEnv
-
-    done: dict[str, dict] = {}
-    if done_path is not None and Path(done_path).exists():
-        done = {str(e["track"]): e for e in json.loads(Path(done_path).read_text())}
-    todo = [int(t) for t in tracks if str(int(t)) not in done]
-    if todo:
-        env = RealCarRacingEnv(bundle=bundle, obs_mode="tokens", render_mode="rgb_array" if video_path else None)
-        planner = Planner(bundle, config, seed=seed, proposal=proposal, value_fn=value_fn)
-        try:
-            for i, t in enumerate(tqdm(todo, desc="planning (real tracks)", unit="track", disable=not progress)):
-                e = plan_real_episode(env, planner, t, max_steps, video=video_path is not None and i == 0)
-                frames = e.pop("frames", None)
-                if frames:
-                    from gaia_gym.media import write_video
-
-                    write_video(Path(video_path), np.stack(frames[::2]), fps=6.25)
-                e.pop("rewards")
-                done[str(t)] = e
-                if done_path is not None:
-                    Path(done_path).parent.mkdir(parents=True, exist_ok=True)
-                    atomic_write_json(Path(done_path), list(done.values()))
-        finally:
-            env.close()
-    return [done[str(int(t))] for t in tracks]
-
-
-def summarize_planning(episodes: list[dict], config: PlannerConfig) -> dict:
-    """The JSON record of a planner's real episodes."""
-    ret = np.array([e["return"] for e in episodes], np.float64)
-    return {"real_return_mean": float(ret.mean()), "real_return_std": float(ret.std()),
-            "real_return_per_seed": {str(e["track"]): round(e["return"], 3) for e in episodes},
-            "model_return_per_seed": {str(e["track"]): round(e["model_return"], 3) for e in episodes},
-            "decisions_per_s": float(np.mean([e["decisions_per_s"] for e in episodes])),
-            "steps_mean": float(np.mean([e["steps"] for e in episodes])),
-            "laps_finished": int(sum(e["lap_finished"] for e in episodes)),
-            "wall_seconds": round(float(sum(e["wall_seconds"] for e in episodes)), 1),
-            "capped": any(e["capped"] for e in episodes), "episodes": len(episodes),
-            "planner": {**asdict(config), "imagined_steps_per_decision": config.imagined_steps()}}
-
-
 def add_planner_args(parser) -> None:
     """The planner's settings (`PlannerConfig`) as command-line flags, plus --model and --seed (shared by
     the planning examples); `planner_config_from_args` turns the parsed flags back into a config."""
@@ -322,3 +253,7 @@ def planner_config_from_args(args, **override) -> PlannerConfig:
               iterations=args.iterations, execute=args.execute, elites=min(args.elites, args.candidates),
               high=(1.0, args.speed_max))
     return PlannerConfig(**{**kw, **override})
+
+
+__all__ = ["Planner", "PlannerConfig", "PolicyProposal", "PolicyValue", "RewardFn", "add_planner_args",
+           "planner_config_from_args"]

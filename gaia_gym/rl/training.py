@@ -1,0 +1,286 @@
+"""A resumable training run of an SB3 agent in imagination, with its callbacks.
+
+`Run` owns the output directory (OUT/last.zip, best.zip, state.json, tb/) and a wall clock that counts
+over every resume; the callbacks stop at the wall-clock budget and checkpoint atomically (`Budget`,
+`Checkpoint`), draw a progress bar (`ProgressBar`) and score the policy on the real simulator's
+validation tracks (`RealEval`, tracks `gaia_gym.seeds.validation_tracks`, never the test tracks);
+`learn_resumable` runs SB3's `learn` so that SIGTERM or Ctrl-C stop it like a finished run (the agent is
+saved, and rerunning the same command resumes). `training_prompts`, `make_model`, `init_from` and
+`action_range` build what agents/train_imagination.py trains from its settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.utils import safe_mean
+from tqdm import tqdm
+
+from gaia_gym.envs.real import RealCarRacingEnv
+from gaia_gym.errors import ConfigError, MissingFileError, ResumeError
+from gaia_gym.evaluation.real import evaluate_env_policy
+from gaia_gym.fileio import atomic_write_bytes, atomic_write_json, clean_temp_files
+from gaia_gym.rl.agent import ActionRange, agent_actor, algo_class, load_agent
+from gaia_gym.rl.extractor import policy_kwargs
+from gaia_gym.seeds import validation_tracks
+
+
+def save_model_atomic(model, path: Path) -> None:
+    """Write an SB3 model to `path` atomically (a crash leaves the previous file)."""
+    atomic_write_bytes(Path(path), lambda f: model.save(f))
+
+
+# ---------------------------------------------------------------------------------------------
+# the run: its directory, state and clock
+# ---------------------------------------------------------------------------------------------
+class Run:
+    """OUT/ and state.json; `elapsed()` counts wall seconds over all resumes. `args`: the script's settings
+    (a dataclass with at least ``out``, ``algo``, ``minutes`` and ``checkpoint_minutes``), saved in state.json."""
+
+    def __init__(self, args) -> None:
+        self.args, self.out = args, Path(args.out)
+        if self.out.is_dir():
+            clean_temp_files(self.out)  # leftovers of a write that was interrupted
+        p = self.out / "state.json"
+        self.state = json.loads(p.read_text()) if p.exists() else {}
+        if self.state.get("algo", args.algo) != args.algo:
+            raise ResumeError(f"{self.out} holds a {self.state['algo']} run; use --algo {self.state['algo']} or "
+                              "another --out")
+        self.state.setdefault("evals", [])
+        self.t0, self.prior = time.perf_counter(), float(self.state.get("elapsed_s", 0.0))
+
+    def elapsed(self) -> float:
+        return self.prior + time.perf_counter() - self.t0
+
+    def over_budget(self) -> bool:
+        return self.args.minutes is not None and self.elapsed() >= self.args.minutes * 60
+
+    def save(self, model, name: str = "last.zip") -> None:
+        """Atomically (temp file + os.replace) write the agent as OUT/`name` (with last.zip: SAC's replay
+        buffer), then state.json (elapsed time; with last.zip: its timesteps). `name` "state": only state.json."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        if name != "state":
+            save_model_atomic(model, self.out / name)
+        if name == "last.zip":
+            if getattr(model, "replay_buffer", None) is not None:
+                atomic_write_bytes(self.out / "replay.pkl", lambda f: model.save_replay_buffer(f))
+            self.state.update(num_timesteps=int(model.num_timesteps), args=dataclasses.asdict(self.args))
+        self.state.update(algo=self.args.algo, elapsed_s=round(self.elapsed(), 2))
+        atomic_write_json(self.out / "state.json", self.state)
+
+
+# ---------------------------------------------------------------------------------------------
+# callbacks
+# ---------------------------------------------------------------------------------------------
+class ProgressBar(BaseCallback):
+    """tqdm over the total timesteps (SB3's own progress bar needs `rich`)."""
+
+    def __init__(self, total: int, enabled: bool = True) -> None:
+        super().__init__()
+        self.total, self.enabled, self.bar = total, enabled, None
+
+    def _on_training_start(self) -> None:
+        self.bar = tqdm(total=self.total, initial=self.num_timesteps, unit="step", disable=not self.enabled,
+                        dynamic_ncols=True, desc="imagination")
+
+    def _on_step(self) -> bool:
+        self.bar.update(self.num_timesteps - self.bar.n)
+        return True
+
+    def _on_training_end(self) -> None:
+        self.bar.close()
+
+
+class Budget(BaseCallback):
+    """Stops training once the run's wall-clock budget (--minutes, over all resumes) is spent, and
+    checkpoints OUT/last.zip every --checkpoint-minutes."""
+
+    def __init__(self, run: Run) -> None:
+        super().__init__()
+        self.run, self.last_save = run, time.perf_counter()
+
+    def _on_step(self) -> bool:
+        if time.perf_counter() - self.last_save >= self.run.args.checkpoint_minutes * 60:
+            self.run.save(self.model)
+            self.last_save = time.perf_counter()
+        return not self.run.over_budget()
+
+
+class RealEval(BaseCallback):
+    """Every `eval_every` timesteps: drive the real CarRacing-v3 on fixed held-out tracks, log the real
+    return beside the imagined one, keep OUT/best.zip (like SB3's EvalCallback, in another env)."""
+
+    def __init__(self, run: Run, bundle) -> None:
+        super().__init__()
+        self.run, self.bundle, self.env = run, bundle, None
+        a = run.args
+        self.every, self.seeds = a.eval_every, validation_tracks(a.eval_episodes)
+        self.last = run.state.get("last_eval_timesteps", 0)
+
+    def _on_step(self) -> bool:
+        if self.every > 0 and self.num_timesteps - self.last >= self.every:
+            self.evaluate()
+        return True
+
+    def evaluate(self) -> dict:
+        if self.env is None:
+            self.env = RealCarRacingEnv(bundle=self.bundle, obs_mode=self.run.args.obs)
+        t = time.perf_counter()
+        eps, _ = evaluate_env_policy(self.env, agent_actor(self.model), self.seeds, self.run.args.eval_max_steps)
+        real = np.array([e["return"] for e in eps])
+        H = self.run.args.horizon
+        rec = {"timesteps": int(self.num_timesteps), "elapsed_s": round(self.run.elapsed(), 1),
+               "imagined_return_mean": _num(safe_mean([e["r"] for e in self.model.ep_info_buffer])),
+               "imagined_length_mean": _num(safe_mean([e["l"] for e in self.model.ep_info_buffer])),
+               "real_return_mean": float(real.mean()), "real_return_std": float(real.std()),
+               "real_return_per_seed": {str(e["track"]): round(e["return"], 2) for e in eps},
+               f"real_return_first_{H}_steps": float(np.mean([sum(e["rewards"][:H]) for e in eps])),
+               "real_model_return_mean": float(np.mean([e["model_return"] for e in eps])),
+               "real_steps_mean": float(np.mean([e["steps"] for e in eps])), "eval_seconds": 0.0}
+        rec["eval_seconds"] = round(time.perf_counter() - t, 1)
+        for k in ("imagined_return_mean", "imagined_length_mean"):
+            if rec[k] is not None:  # None: no imagined episode has ended yet
+                self.logger.record(f"imagined/{k[9:]}", rec[k])
+        for k in ("real_return_mean", "real_return_std", f"real_return_first_{H}_steps", "real_model_return_mean",
+                  "real_steps_mean", "eval_seconds"):
+            self.logger.record(f"real/{k.removeprefix('real_')}", rec[k])
+        self.logger.dump(self.num_timesteps)
+        # recorded before best.zip is written: every real step spent is in state.json even if the run dies
+        self.run.state["evals"].append(rec)
+        self.last = self.run.state["last_eval_timesteps"] = int(self.num_timesteps)
+        best = self.run.state.get("best_real_return")
+        if best is None or rec["real_return_mean"] > best:
+            self.run.state.update(best_real_return=rec["real_return_mean"], best_timesteps=rec["timesteps"])
+        self.run.save(self.model, "best.zip" if self.run.state["best_timesteps"] == rec["timesteps"] else "state")
+        tqdm.write(f"[{rec['timesteps']:>9} steps] imagined return {_fmt(rec['imagined_return_mean'])} | real return "
+                   f"{rec['real_return_mean']:7.1f} +- {rec['real_return_std']:.1f} (first {H} steps "
+                   f"{rec[f'real_return_first_{H}_steps']:.1f}, reward head {rec['real_model_return_mean']:.1f}) "
+                   f"| best {self.run.state['best_real_return']:.1f}")
+        return rec
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
+
+
+def _num(x) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def _fmt(x: float | None) -> str:
+    return "    n/a" if x is None else f"{x:7.1f}"
+
+
+# ---------------------------------------------------------------------------------------------
+def training_prompts(args, bundle, out: Path):
+    """The prompt bank imagined episodes start from: the model's own, or (--prompt-data) `prompt_clips`
+    mid-drive clips of the TRAINING split plus, with --standing-starts, each training episode's first
+    frame held still. Real data only from the dataset the world model was trained on (no new real steps)."""
+    from gaia_gym.bundle import PromptBank
+
+    if args.prompt_data is None:
+        return bundle.prompts
+    src = Path(args.prompt_data)
+    if src.is_dir():
+        from gaia_gym.bundle import Sources, resolve_tokenizer
+        from gaia_gym.train.world_model import tokenize_split
+
+        tok_dir = resolve_tokenizer(Path(bundle.path), Sources.read(bundle.path))
+        src = tokenize_split(src, tok_dir, "train", out / "tokens" / "train.npz", bundle.codec)
+    elif not src.is_file():
+        raise MissingFileError(f"{src}: no such dataset directory or tokenized split")
+    C = bundle.prompts.context
+    bank = PromptBank.from_token_file(src, context=C, n=args.prompt_clips, seed=args.seed, continuation=0)
+    if args.standing_starts:
+        bank = bank.concat(PromptBank.standing_starts(src, C, bundle.codec.encode(0.0, 0.0)))
+    return bank
+
+
+def make_model(args, run: Run, venv, device: str, bundle):
+    """A new agent, or the one in OUT/last.zip (resume)."""
+    last, tb = run.out / "last.zip", str(run.out / "tb")
+    if last.exists():
+        model = load_agent(last, world_model=bundle, env=venv, device=device, tensorboard_log=tb)
+        if (run.out / "replay.pkl").exists() and hasattr(model, "load_replay_buffer"):
+            model.load_replay_buffer(run.out / "replay.pkl")
+        return model, True
+    arch = [int(x) for x in args.net_arch.split(",") if x.strip()]
+    kw = policy_kwargs(bundle, freeze=args.freeze, net_arch=arch, spatial=args.spatial)
+    common = dict(learning_rate=args.lr, gamma=args.gamma, batch_size=args.batch_size, tensorboard_log=tb,
+                  seed=args.seed, device=device, verbose=0, policy_kwargs=kw)
+    if args.algo == "ppo":
+        algo = dict(n_steps=args.n_steps, n_epochs=args.n_epochs, ent_coef=args.ent_coef)
+    else:
+        algo = dict(buffer_size=args.buffer_size, learning_starts=args.learning_starts,
+                    gradient_steps=args.gradient_steps)
+    model = algo_class(args.algo)("MultiInputPolicy", venv, **common, **algo)
+    if args.init is not None:
+        init_from(model, args.init, bundle)
+    model.gaia_action_range = action_range(args).as_dict()  # saved with the agent; the evaluator applies it
+    return model, False
+
+
+def init_from(model, path: str, bundle) -> None:
+    """Copy the policy weights of the agent zip at `path` into `model` (a new agent of the same network)."""
+    src = load_agent(path, world_model=bundle, device=model.device).policy.state_dict()
+    dst = model.policy.state_dict()
+    bad = sorted(k for k in set(src) | set(dst) if k not in src or k not in dst or src[k].shape != dst[k].shape)
+    if bad:
+        raise ConfigError(f"{path}: its policy does not fit this run's network ({', '.join(bad[:3])}...): "
+                         "use the same --net-arch, --obs and world model")
+    model.policy.load_state_dict(src)
+
+
+def action_range(args) -> ActionRange:
+    return ActionRange((-1.0, -1.0), (1.0, args.speed_max))
+
+
+class Checkpoint(BaseCallback):
+    """Saves the model to `path` atomically every `minutes`, and stops training after `budget_s` wall
+    seconds from `t0` (None: no budget)."""
+
+    def __init__(self, path: Path, minutes: float, budget_s: float | None = None, t0: float | None = None) -> None:
+        super().__init__()
+        self.path, self.every, self.budget = Path(path), minutes * 60, budget_s
+        self.t0 = time.time() if t0 is None else t0
+        self.last = time.time()
+
+    def _on_step(self) -> bool:
+        if time.time() - self.last > self.every:
+            save_model_atomic(self.model, self.path)
+            self.last = time.time()
+        return self.budget is None or time.time() - self.t0 < self.budget
+
+
+def learn_resumable(model, run: Run, remaining: int, callbacks: list[BaseCallback], tb_log_name: str,
+                    finish=None) -> bool:
+    """`model.learn(remaining)` with `callbacks`; SIGTERM (`kill`, also of a background job where SIGINT is
+    ignored) and SIGINT stop it like Ctrl-C. `finish()` runs after a complete learn (e.g. a last
+    evaluation); OUT/last.zip is saved in every case. Returns False when it was interrupted."""
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    done = True
+    try:
+        model.learn(remaining, callback=CallbackList(callbacks), reset_num_timesteps=False, tb_log_name=tb_log_name)
+        if finish is not None:
+            finish()
+    except KeyboardInterrupt:
+        done = False
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+        run.save(model)
+    return done
+
+
+__all__ = ["Budget", "Checkpoint", "ProgressBar", "RealEval", "Run", "action_range", "init_from", "learn_resumable",
+           "make_model", "save_model_atomic", "training_prompts"]
