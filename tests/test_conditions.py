@@ -144,7 +144,7 @@ def test_an_agent_box_moves_what_the_tiny_model_predicts(mode):
                 "terminated": torch.zeros(B, 2, dtype=torch.bool), "agents": boxes}, col
 
     wm.train()
-    for _ in range(400):
+    for _ in range(800):  # cross-attention learns the box slower than adaLN (400 steps fell short on AVX2 machines)
         b, _ = batch(32)
         loss, _ = wm.compute_loss(b)
         opt.zero_grad()
@@ -160,7 +160,7 @@ def test_an_agent_box_moves_what_the_tiny_model_predicts(mode):
         pred_b = wm.unpatchify(wm.next_frame_logits(blind).argmax(-1))[:, 0]
         hit_blind = (pred_b[torch.arange(64), 0, col[:, 1]] == 1).float().mean()
     assert float(hit) > 0.7  # chance (4 columns): 0.25
-    assert float(hit_blind) < 0.5
+    assert float(hit_blind) < float(hit) - 0.3, (float(hit), float(hit_blind))  # the box, not the frames, places it
 
 
 def _map_encoder(d: int = 8):
