@@ -32,11 +32,11 @@ def drive(policy: str, bundle, tracks: list[int], out: Path, progress: bool) -> 
 
     from gaia_gym.data import format as fmt
     from gaia_gym.envs.real import RealCarRacingEnv
-    from gaia_gym.rl.agent import agent_actor, load_agent
+    from gaia_gym.rl.agent import agent_actor, agent_obs_mode, load_agent
 
     agent = load_agent(policy, world_model=bundle, device="cpu")
     act = agent_actor(agent)
-    env = RealCarRacingEnv(bundle=bundle, obs_mode="+".join(agent.observation_space.spaces))
+    env = RealCarRacingEnv(bundle=bundle, obs_mode=agent_obs_mode(agent, bundle))
     eps = []
     for track in tqdm(tracks, desc="drive", disable=not progress):
         obs, _ = env.reset(options={"track": track})

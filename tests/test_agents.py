@@ -339,3 +339,16 @@ def test_sigterm_stops_training_and_saves(model_dir, tmp_path):
     assert proc.returncode == 0, "".join(lines) + rest
     assert "interrupted" in rest and (out / "last.zip").exists()
     assert json.loads((out / "state.json").read_text())["num_timesteps"] > 0
+
+
+def test_features_only_agent_trains_and_is_scored_on_the_same_keys(model_dir, tmp_path, capsys):
+    """obs_mode "features" is a Box: the agent is an MlpPolicy over the hidden state, and the real
+    evaluation reads the keys back from its space; a latent alone is refused with one line."""
+    from gaia_gym.evaluation.real import evaluate_policy
+
+    out = tmp_path / "feat"
+    s = _train(model_dir, out, "--timesteps", "128", "--eval-every", "0", "--obs", "features")
+    assert s["num_timesteps"] == 128
+    r = evaluate_policy(str(out / "last.zip"), [1_000_000], model=str(model_dir), max_steps=3, progress=False)
+    assert r["obs_mode"] == "features" and r["episodes"] == 1
+    _exit_2(capsys, lambda argv: _train(model_dir, tmp_path / "tok", *argv), ["--obs", "tokens"], "cannot be embedded")

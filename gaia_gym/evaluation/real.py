@@ -184,16 +184,13 @@ def evaluate_policy(policy: str, seeds=TEST_TRACKS, model: str | None = None, bu
         extra = {}
     else:
         from gaia_gym.bundle import load_bundle
-        from gaia_gym.envs.core import parse_obs_mode
         from gaia_gym.envs.real import RealCarRacingEnv
-        from gaia_gym.rl.agent import load_agent
+        from gaia_gym.rl.agent import agent_obs_mode, load_agent
 
         bundle = bundle if bundle is not None else load_bundle(model, device)
         # the agent must have been trained on this world model's features (its zip records which)
         agent = None if policy == "random" else load_agent(policy, world_model=bundle, device=device)
-        # the agent's observation keys, in GaiaDrive's order (gymnasium sorts a Dict space's keys)
-        key = bundle.backend.latent_key
-        obs_mode = "+".join(parse_obs_mode("+".join(agent.observation_space.spaces), key)) if agent is not None else key
+        obs_mode = agent_obs_mode(agent, bundle) if agent is not None else bundle.backend.latent_key
         env = RealCarRacingEnv(bundle=bundle, obs_mode=obs_mode, render_mode="rgb_array")
         act = random_actor(env.action_space, seed) if agent is None else agent_actor(agent)
         try:

@@ -180,5 +180,19 @@ def agent_actor(agent, deterministic: bool = True):
     return lambda obs: rng(agent.predict(obs, deterministic=deterministic)[0])
 
 
-__all__ = ["ALGOS", "ActionRange", "SHIPPED_AGENT", "agent_actor", "agent_algo", "agent_world_model_sha", "algo_class",
+def agent_obs_mode(agent, bundle) -> str:
+    """The `obs_mode` an agent was trained on, for an env over `bundle`: a Dict space's keys in GaiaDrive's
+    order (gymnasium sorts a Dict's keys), or the one key of a Box space (features or the latent)."""
+    from gymnasium import spaces
+
+    be = bundle.backend
+    space = agent.observation_space
+    if isinstance(space, spaces.Dict):
+        keys = set(space.spaces)
+    else:
+        keys = {"features"} if tuple(space.shape) == (be.feature_dim,) else {be.latent_key}
+    return "+".join(k for k in (be.latent_key, "frame", "features") if k in keys)
+
+
+__all__ = ["ALGOS", "ActionRange", "SHIPPED_AGENT", "agent_actor", "agent_algo", "agent_obs_mode", "agent_world_model_sha", "algo_class",
            "export_agent", "load_agent", "resolve_agent_path", "save_agent"]

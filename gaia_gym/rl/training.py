@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from gymnasium import spaces as gym_spaces
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.utils import safe_mean
 from tqdm import tqdm
@@ -211,7 +212,13 @@ def make_model(args, run: Run, venv, device: str, bundle):
             model.load_replay_buffer(run.out / "replay.pkl")
         return model, True
     arch = [int(x) for x in args.net_arch.split(",") if x.strip()]
-    kw = policy_kwargs(bundle, freeze=args.freeze, net_arch=arch, spatial=args.spatial)
+    if isinstance(venv.observation_space, gym_spaces.Dict):
+        policy, kw = "MultiInputPolicy", policy_kwargs(bundle, freeze=args.freeze, net_arch=arch, spatial=args.spatial)
+    elif args.obs == "features":  # one key is a Box: the hidden state alone needs no extractor
+        policy, kw = "MlpPolicy", {"net_arch": arch}
+    else:
+        raise ConfigError(f"--obs {args.obs}: a latent alone cannot be embedded (the extractor reads a Dict): use "
+                          f"'{args.obs}+features' or 'features'")
     common = dict(learning_rate=args.lr, gamma=args.gamma, batch_size=args.batch_size, tensorboard_log=tb,
                   seed=args.seed, device=device, verbose=0, policy_kwargs=kw)
     if args.algo == "ppo":
@@ -219,7 +226,7 @@ def make_model(args, run: Run, venv, device: str, bundle):
     else:
         algo = dict(buffer_size=args.buffer_size, learning_starts=args.learning_starts,
                     gradient_steps=args.gradient_steps)
-    model = algo_class(args.algo)("MultiInputPolicy", venv, **common, **algo)
+    model = algo_class(args.algo)(policy, venv, **common, **algo)
     if args.init is not None:
         init_from(model, args.init, bundle)
     model.gaia_action_range = action_range(args).as_dict()  # saved with the agent; the evaluator applies it
