@@ -199,12 +199,11 @@ def check_horizon(horizon) -> int | None:
     return int(horizon)
 
 
-def _check_settings(n, temperature, top_k, guidance, horizon, end_threshold) -> tuple[int, float, int | None, float, float]:
+def _check_settings(n, temperature, top_k, guidance, end_threshold) -> tuple[int, float, int | None, float, float]:
     """One-line errors for engine settings, at construction (not at the first step); the settings as
-    Python numbers (n, temperature, top_k, guidance, end_threshold)."""
+    Python numbers (n, temperature, top_k, guidance, end_threshold). The horizon is `check_horizon`'s."""
     n = check_count(n, "n (number of rows / envs)")
     temperature, top_k, guidance, end_threshold = check_sampling(temperature, top_k, guidance, end_threshold)
-    check_horizon(horizon)
     return n, temperature, top_k, guidance, end_threshold
 
 
@@ -218,8 +217,8 @@ class Imagination:
                  guidance: float = 1.0, horizon: int | None = None, end_threshold: float = 0.5,
                  seed: int | None = None, bf16: bool = True, prompts=None, guide: tuple[str, ...] = ("action",),
                  step_seconds: float = 0.2) -> None:
-        n, temperature, top_k, guidance, end_threshold = _check_settings(n, temperature, top_k, guidance, horizon,
-                                                                         end_threshold)
+        n, temperature, top_k, guidance, end_threshold = _check_settings(n, temperature, top_k, guidance, end_threshold)
+        horizon = check_horizon(horizon)
         backend = getattr(model, "backend", model)  # a WorldBundle carries one
         if not isinstance(backend, Backend):
             raise ConfigError(f"Imagination needs a world-model backend or a loaded model directory, got "
@@ -231,7 +230,7 @@ class Imagination:
         if top_k is None:  # the sampler's default is the backend's (a flow model ignores top_k)
             top_k = getattr(backend, "default_top_k", 0)
         self.temperature, self.top_k, self.guidance = float(temperature), int(top_k), float(guidance)
-        self.horizon = check_horizon(horizon)
+        self.horizon = horizon
         self.end_threshold = float(end_threshold)
         self.bf16 = bf16
         self.generator = torch.Generator(device=self.device)

@@ -187,6 +187,14 @@ def _add_codec_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
+def _add_run_args(p: argparse.ArgumentParser, example_json: str) -> None:
+    """--device, --seed, --json and --quiet, as the scene and rig evaluations take them."""
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help=f"merge the record into this JSON file (e.g. {example_json})")
+    p.add_argument("--quiet", action="store_true")
+
+
 def add_parsers(sub) -> None:
     """`eval tokenizer|vae|world-model|highway|multiview`."""
     e = sub.add_parser("eval", help="evaluate a stage on held-out data; --json writes the metrics")
@@ -243,10 +251,7 @@ def add_parsers(sub) -> None:
                     "cross-entropy with / without conditions, agent placement, cost); only this")
     eh.add_argument("--key", help="merge under this key of the JSON file (default: its top level; with --compare, "
                     "conditioning_comparison)")
-    eh.add_argument("--device", default="cpu")
-    eh.add_argument("--seed", type=int, default=0)
-    eh.add_argument("--json", help="merge the record into this JSON file (e.g. results/highway.json)")
-    eh.add_argument("--quiet", action="store_true")
+    _add_run_args(eh, "results/highway.json")
     eh.set_defaults(fn=cmd_eval_highway)
 
     em = esub.add_parser("multiview", help="camera rig: cross-view consistency, per-view PSNR, steering read back "
@@ -267,8 +272,5 @@ def add_parsers(sub) -> None:
     em.add_argument("--real-seconds", type=float, default=10.0)
     em.add_argument("--int8", action="store_true", help="time the world model with int8 Linear layers (recorded "
                     "under cost_int8)")
-    em.add_argument("--device", default="cpu")
-    em.add_argument("--seed", type=int, default=0)
-    em.add_argument("--json", help="merge the record into this JSON file (e.g. results/multiview.json)")
-    em.add_argument("--quiet", action="store_true")
+    _add_run_args(em, "results/multiview.json")
     em.set_defaults(fn=cmd_eval_multiview)
