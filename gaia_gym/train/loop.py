@@ -524,25 +524,30 @@ class Trainer:
             self.images()
         return stopped
 
-    def close(self) -> None:
-        """Close the progress bar and TensorBoard writer; leave a process group this run created."""
+    def close(self, finished: bool = False) -> None:
+        """Close the progress bar and TensorBoard writer; leave a process group this run created (after a
+        barrier when the run `finished` normally, so no rank hangs up on a peer still in a collective)."""
         if self.pbar is not None:
             self.pbar.close()
         if self.writer is not None:
             self.writer.close()
         if self.ctx is not None and self.ctx.owns_group and dist.is_initialized():
+            if finished:  # every rank gets here before any tears its connections down: a gloo rank whose
+                dist.barrier()  # peer left first can abort on exit ("terminate called without an active exception")
             dist.destroy_process_group()
 
     def run(self) -> dict:
         """setup, train, checkpoint; returns {"step", "minutes", "metrics", "stopped"}."""
+        finished = False
         try:
             self.setup()
             stopped = self._loop()
+            finished = True
         except KeyboardInterrupt:
             self._checkpoint_on_interrupt()
             raise
         finally:
-            self.close()
+            self.close(finished)
         return {"step": self.step, "minutes": self.elapsed() / 60.0, "metrics": self.metrics, "stopped": stopped}
 
 
