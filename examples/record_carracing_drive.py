@@ -5,7 +5,7 @@ track no collection uses (with `--weave`, `--weave-hz` and `--speed-scale` to dr
 to a video, with a CSV log (time_s, speed_mps, steering). Import it like any drive:
 
     python examples/record_carracing_drive.py --out drives/cr_test --seconds 15
-    gaia-gym import drives/cr_test.mp4 --log drives/cr_test.csv --out data/imported --like carracing
+    gaia-gym import drives/cr_test.mp4 --log drives/cr_test.csv --out data/imported --like carracing --return-col return
     gaia-gym eval tokenizer --data data/imported --split all
 """
 
@@ -43,14 +43,16 @@ def main() -> None:
     if not vw.isOpened():
         exit_with(f"OpenCV cannot write {a.codec} video here")
     rows = []
+    ret = 0.0  # CarRacing's return so far (zoom-in excluded), logged so an import knows each step's reward
     n = int(a.seconds * SIM_FPS)
     for k in range(n):
         t = k / SIM_FPS
         steer, speed = driver.act()
         steer = max(-1.0, min(1.0, steer + a.weave * math.sin(2 * math.pi * a.weave_hz * t)))  # a weave
-        rows.append((f"{t:.3f}", f"{drive.speed_mps:.3f}", f"{steer:.4f}"))
+        rows.append((f"{t:.3f}", f"{drive.speed_mps:.3f}", f"{steer:.4f}", f"{ret:.4f}"))
         vw.write(cv2.cvtColor(drive.last_obs, cv2.COLOR_RGB2BGR))  # frame k is shown at time t
         s = drive.step(steer, speed * a.speed_scale)
+        ret += s.reward
         if s.terminated or s.truncated:
             break
     vw.release()
@@ -58,7 +60,7 @@ def main() -> None:
     log = a.out.with_suffix(".csv")
     with open(log, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["time_s", "speed_mps", "steering"])
+        w.writerow(["time_s", "speed_mps", "steering", "return"])
         w.writerows(rows)
     print(f"wrote {video} ({len(rows)} frames at {SIM_FPS} fps) and {log}")
 

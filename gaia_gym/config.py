@@ -20,14 +20,18 @@ T = TypeVar("T")
 class CarRacingCollectConfig:
     """How `gaia-gym collect carracing` records real CarRacing-v3 driving."""
 
-    episodes: int = 840  # 840 x <=238 steps <= 200k transitions: the project's whole CarRacing budget
+    episodes: int = 714  # 714 x <= 238 steps <= 170k transitions: the budget's share for the world model's data
+    # behaviour mix (gaia_gym.sims.carracing_collect.MIXES): "v2" = several driver styles, weaves, fast and
+    # late-braking segments, recoveries from both sides; "v1" = the first mix (its 840-track dataset is
+    # rebuilt by `--mix v1 --episodes 840 --clean-fraction 0.15`)
+    mix: str = "v2"
     seed: int = 0  # episode i drives track seed `seed + i`
     val_every: int = VAL_EVERY  # every 10th episode (i % 10 == 9) is validation: held-out tracks, never frames
     workers: int = 2  # collector processes (one per core)
     frame_size: int = 64  # dataset frames are frame_size x frame_size RGB, HUD cropped
     frame_skip: int = 4  # simulator frames (50 Hz) per recorded step -> 12.5 Hz
     max_steps: int = 0  # stop an episode after this many recorded steps (0 = simulator's own limit)
-    clean_fraction: float = 0.15  # episodes driven by the scripted driver with only tiny noise
+    clean_fraction: float = 0.10  # episodes driven by the scripted driver with only tiny noise
     compress: bool = True  # zlib shards (~10x smaller for CarRacing frames)
     # camera rig (gaia_gym.sims.rig): () = the single front camera; e.g. ("front", "left", "rear", "right")
     # adds `views` (T, V, S, S, 3) to every shard, views[:, 0] == frames

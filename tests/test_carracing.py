@@ -17,7 +17,7 @@ from gaia_gym.config import CarRacingCollectConfig, preset
 from gaia_gym.data import format as fmt
 from gaia_gym.data.collect import EpisodeSpec, plan_episodes
 from gaia_gym.sims.carracing import CarRacingDrive, SpeedController, run_scripted_episode
-from gaia_gym.sims.carracing_collect import MODES, record_carracing_episode
+from gaia_gym.sims.carracing_collect import MODES, MODES_V2, record_carracing_episode
 
 
 def test_speed_controller_gas_brake_and_traction():
@@ -64,17 +64,49 @@ def test_recorder_is_deterministic_and_well_formed():
     assert a1["frames"].std() > 10  # a real image, not a blank one
     assert np.abs(np.diff(a1["frames"].astype(int), axis=0)).mean() > 1  # the car moves
     assert np.all(np.abs(a1["steering"]) <= 1) and np.all(a1["speed_mps"] >= 0)
-    assert set(np.unique(a1["behaviour"])) <= set(MODES)
+    assert set(np.unique(a1["behaviour"])) <= set(MODES_V2)
     assert m1["source"] == "carracing" and m1["fps"] == 12.5
 
 
-def test_behaviour_mix_covers_every_mode():
-    cfg = CarRacingCollectConfig(max_steps=120, clean_fraction=0.0)
+def test_v1_mix_covers_every_mode():
+    cfg = CarRacingCollectConfig(max_steps=120, clean_fraction=0.0, mix="v1")
     seen = set()
     for seed in range(3):
-        a, _ = record_carracing_episode(EpisodeSpec(seed, seed, "train"), cfg)
+        a, m = record_carracing_episode(EpisodeSpec(seed, seed, "train"), cfg)
         seen |= set(np.unique(a["behaviour"]).tolist())
+        assert "driver_style" not in m
     assert seen == set(MODES), seen
+
+
+def test_v2_mix_covers_every_mode_many_drivers_and_labels_every_step():
+    cfg = CarRacingCollectConfig(max_steps=200, clean_fraction=0.0)
+    assert cfg.mix == "v2"
+    seen, styles, fast = set(), set(), 0.0
+    for seed in range(4):
+        a, m = record_carracing_episode(EpisodeSpec(seed, seed, "train"), cfg)
+        seen |= set(np.unique(a["behaviour"]).tolist())
+        styles.add(m["driver_style"]["lookahead_base"])
+        assert m["behaviour_modes"] == {str(k): v for k, v in MODES_V2.items()}
+        assert np.isfinite(a["expert_steering"]).all() and np.isfinite(a["expert_speed_mps"]).all()
+        fast = max(fast, float(a["target_speed_mps"][a["behaviour"] == 7].max(initial=0.0)))
+    assert seen == set(MODES_V2), seen
+    assert len(styles) == 4  # one driver per episode
+    assert fast >= 75.0  # the fast segments ask for the car's limit
+
+
+def test_v2_recorder_is_deterministic():
+    cfg = CarRacingCollectConfig(max_steps=40, clean_fraction=0.0)
+    spec = EpisodeSpec(0, 23, "train")
+    a1, m1 = record_carracing_episode(spec, cfg)
+    a2, m2 = record_carracing_episode(spec, cfg)
+    for k in a1:
+        np.testing.assert_array_equal(a1[k], a2[k], err_msg=k)
+    assert m1 == m2
+
+
+def test_unknown_mix_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown CarRacing behaviour mix 'v9'"):
+        record_carracing_episode(EpisodeSpec(0, 1, "train"), CarRacingCollectConfig(max_steps=3, mix="v9"))
 
 
 def test_split_is_by_track_seed():

@@ -93,10 +93,10 @@ def carracing_recording(tmp_path_factory):
     d1.reset(SEED)
     d1._sim_step = sim_step
     assert len(zoom) == ZOOM_FRAMES + 1 and np.array_equal(zoom[-1], d1.last_obs)
-    obs, speed, steer = [d1.last_obs.copy()], [d1.speed_mps], []
+    obs, speed, steer, ret = [d1.last_obs.copy()], [d1.speed_mps], [], [0.0]
     for s, v in acts:
         for _ in range(4):
-            d1.step(s, v)
+            ret.append(ret[-1] + d1.step(s, v).reward)
             obs.append(d1.last_obs.copy())
             speed.append(d1.speed_mps)
             steer.append(s)
@@ -105,11 +105,12 @@ def carracing_recording(tmp_path_factory):
 
     # the collector's own drive (frame_skip 4) with the same actions
     d4 = CarRacingDrive(frame_skip=4)
-    col_frames, col_speed = [d4.reset(SEED)], [d4.speed_mps]
+    col_frames, col_speed, col_reward = [d4.reset(SEED)], [d4.speed_mps], []
     for s, v in acts:
         st = d4.step(s, v)
         col_frames.append(st.frame)
         col_speed.append(st.speed_mps)
+        col_reward.append(st.reward)
     d4.close()
 
     root = tmp_path_factory.mktemp("carracing")
@@ -120,8 +121,10 @@ def carracing_recording(tmp_path_factory):
     log_zoom = write_csv(root / "log_zoom.csv", ["time_s", "speed_mps", "steering"],
                          [[j / 50, 0.0, 0.0] for j in range(len(pre))]
                          + [[(len(pre) + j) / 50, speed[j], steer[j]] for j in range(len(obs))])
+    log_ret = write_csv(root / "log_ret.csv", ["time_s", "speed_mps", "steering", "return"],
+                        [[j / 50, speed[j], steer[j], ret[j]] for j in range(len(obs))])
     return {
-        "root": root, "obs": obs, "speed": np.array(speed), "steer": np.array(steer),
+        "root": root, "obs": obs, "log_ret": log_ret, "col_reward": np.array(col_reward), "speed": np.array(speed), "steer": np.array(steer),
         "col_frames": np.stack(col_frames), "col_speed": np.array(col_speed, dtype=np.float32),
         "log": log, "log_zoom": log_zoom, "pre": pre,
     }
@@ -156,6 +159,16 @@ def test_carracing_recording_lines_up_with_collector(carracing_recording, tmp_pa
     assert meta["reward_known"] is False and meta["seed"] is None and meta["video"] == "rec.avi"
     assert m["source"] == "import" and m["num_episodes"] == 1 and m["num_steps"] == STEPS
     assert m["episodes"][0]["file"] == "episodes/ep_000000.npz"
+
+
+def test_carracing_recording_with_its_return_knows_the_collector_rewards(carracing_recording, tmp_path):
+    r = carracing_recording
+    video = write_video(tmp_path / "rec.avi", r["obs"], 50.0, "FFV1")
+    import_drive(video, r["log_ret"], tmp_path / "ds", like="carracing", progress=False, return_col="return")
+    ep = episode(tmp_path / "ds")
+    np.testing.assert_allclose(ep["reward"], r["col_reward"][:STEPS], atol=1e-3)
+    assert np.abs(ep["reward"]).sum() > 1.0  # tiles were visited: a reward the test would notice missing
+    assert ep["meta"]["reward_known"] is True and ep["meta"]["columns"]["return"] == "return"
 
 
 def test_carracing_recording_in_mp4(carracing_recording, tmp_path):

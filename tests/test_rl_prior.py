@@ -171,10 +171,12 @@ def test_collector_records_the_experts_action_at_every_step():
     from gaia_gym.data.collect import EpisodeSpec
     from gaia_gym.sims.carracing_collect import record_carracing_episode
 
-    a, _ = record_carracing_episode(EpisodeSpec(0, 3, "train"), CarRacingCollectConfig(max_steps=60, clean_fraction=0.0))
-    assert a["expert_steering"].shape == a["steering"].shape == (60,)
+    a, _ = record_carracing_episode(EpisodeSpec(0, 3, "train"), CarRacingCollectConfig(clean_fraction=0.0))
+    T = len(a["steering"])
+    assert a["expert_steering"].shape == (T,) and T > 200
     assert np.all(np.abs(a["expert_steering"]) <= 1) and np.all(a["expert_speed_mps"] > 0)
     expert = a["behaviour"] == 0
+    assert expert.any() and (~expert).any()
     # expert segments execute the label (up to its tiny noise); the perturbed ones do not
     assert np.abs(a["steering"] - a["expert_steering"])[expert].mean() < 0.1
     if (~expert).any():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from gaia_gym.fileio import merge_json
@@ -22,6 +23,7 @@ def cmd_collect_carracing(a: argparse.Namespace) -> None:
 
     cfg = preset(CarRacingCollectConfig, a.preset, episodes=a.episodes, seed=a.seed, workers=a.workers,
                  frame_size=a.frame_size, frame_skip=a.frame_skip, max_steps=a.max_steps,
+                 mix=a.mix, clean_fraction=a.clean_fraction,
                  cameras=split_names(a.cameras) if a.cameras else None)
     m = collect_carracing(cfg, Path(a.out), progress=not a.quiet)
     print(f"{a.out}: {m['num_episodes']} episodes, {m['num_steps']} steps "
@@ -49,6 +51,7 @@ def cmd_import(a: argparse.Namespace) -> None:
         time_col=a.time_col, speed_col=a.speed_col, steering_col=a.steering_col,
         speed_scale=a.speed_scale, steering_scale=a.steering_scale, video_fps=a.video_fps,
         trim_start_s=a.trim_start, split=a.split, progress=not a.quiet, allow_duplicate=a.allow_duplicate,
+        return_col=a.return_col,
     )
     e = m["episodes"][-1]
     print(f"{a.out}: imported {e['steps']} steps from {a.video} as {e['file']} "
@@ -60,6 +63,25 @@ def cmd_data_stats(a: argparse.Namespace) -> None:
 
     s = dataset_stats(Path(a.dir), sheet=Path(a.sheet) if a.sheet else None, json_path=a.json)
     print(format_stats(s))
+
+
+def cmd_data_coverage(a: argparse.Namespace) -> None:
+    from gaia_gym.data.coverage import coverage, plot_coverage
+    from gaia_gym.fileio import write_json
+
+    r = coverage(Path(a.dir), [Path(d) for d in a.against], split=None if a.split == "all" else a.split,
+                 min_count=a.min_count, progress=not a.quiet, max_episodes=a.max_episodes)
+    ref = r["reference"]
+    print(f"{a.dir} ({a.split}): {ref['steps']} steps, speed p50/p95/max {ref['speed_mps']['p50']}/"
+          f"{ref['speed_mps']['p95']}/{ref['speed_mps']['max']} m/s, off-road {ref['share_offroad']:.1%}, "
+          f"{ref['cells_used']} cells used")
+    for d, o in r["against"].items():
+        print(f"  {d}: {o['steps']} steps, speed p50/p95 {o['speed_mps']['p50']}/{o['speed_mps']['p95']} m/s, "
+              f"off-road {o['share_offroad']:.1%}: {o['covered_share']:.1%} of its steps covered")
+    if a.json:
+        write_json(a.json, {**r, "command": "gaia-gym data coverage " + " ".join(sys.argv[3:])})
+    if a.plot:
+        print(f"wrote {plot_coverage(r, a.plot)}")
 
 
 def cmd_data_verify(a: argparse.Namespace) -> None:
@@ -99,11 +121,15 @@ def add_parsers(sub) -> None:
                        description="Record real driving into DIR. Resumable: rerun the same command (only --episodes and --workers may change; other settings are refused).")
     csub = c.add_subparsers(dest="sim", metavar="SIM", required=True)
     cr = csub.add_parser("carracing", help="CarRacing-v3 with the scripted driver + behaviour mix",
-                         description="Record CarRacing-v3 driven by a privileged pure-pursuit driver, "
-                         "perturbed by noise, excursions, hard braking and random segments.")
+                         description="Record CarRacing-v3 driven by privileged pure-pursuit drivers of many "
+                         "styles, perturbed by noise, weaves, excursions to both sides, late braking, "
+                         "fast and random segments (the v2 mix; --mix v1 is the first one).")
     cr.add_argument("--out", required=True, help="dataset directory (created; rerun to resume)")
     _add_preset(cr)
-    cr.add_argument("--episodes", type=int, help="number of episodes (tracks); default 840 (<= 200k steps)")
+    cr.add_argument("--episodes", type=int, help="number of episodes (tracks); default 714 (<= 170k steps)")
+    cr.add_argument("--mix", choices=["v2", "v1"], help="behaviour mix (default v2; v1 + --episodes 840 "
+                    "--clean-fraction 0.15 rebuilds the first dataset)")
+    cr.add_argument("--clean-fraction", type=float, help="share of expert-only episodes (default 0.10)")
     cr.add_argument("--seed", type=int, help="track seed of episode 0 (episode i uses seed+i)")
     cr.add_argument("--workers", type=int, help="collector processes (default 2)")
     cr.add_argument("--frame-size", type=int, help="dataset frame side in pixels (default 64)")
@@ -138,6 +164,8 @@ def add_parsers(sub) -> None:
     im.add_argument("--log", required=True, help="CSV log with a time column, speed and steering")
     im.add_argument("--out", required=True, help="dataset directory (created or appended to)")
     im.add_argument("--like", choices=["carracing"], help="apply a collector's frame conventions exactly")
+    im.add_argument("--return-col", help="log column with the return accumulated so far (a simulator's drive): "
+                    "each step's reward is its increase; default: rewards unknown (0)")
     im.add_argument("--fps", type=float, help="dataset frame rate (default 12.5, or the --like source's)")
     im.add_argument("--frame-size", type=int, default=64)
     im.add_argument("--time-col", default="time_s")
@@ -162,6 +190,20 @@ def add_parsers(sub) -> None:
     st.add_argument("--sheet", help="contact sheet path (default DIR/contact_sheet.png)")
     st.add_argument("--json", help="also write the statistics as JSON here")
     st.set_defaults(fn=cmd_data_stats)
+    co = dsub.add_parser("coverage", help="how much of other drives' speed x steering x off-road cells a dataset holds",
+                         description="Place every step in a speed x steering x off-road cell (off-road read from "
+                         "the frame); report each --against dataset's share of steps whose cell holds enough "
+                         "steps of DIR.")
+    co.add_argument("dir", help="reference dataset directory (CarRacing frames)")
+    co.add_argument("--against", nargs="+", default=[], help="datasets to measure (every split of each)")
+    co.add_argument("--split", default="train", choices=["train", "val", "all"], help="reference split")
+    co.add_argument("--min-count", type=int, default=20, help="reference steps a cell needs to count as covered")
+    co.add_argument("--max-episodes", type=int, help="only the reference split's first N episodes (compare "
+                    "datasets of equal size)")
+    co.add_argument("--json", help="write the figures here")
+    co.add_argument("--plot", help="write the reference's speed x steering heat map here (PNG)")
+    co.add_argument("--quiet", action="store_true")
+    co.set_defaults(fn=cmd_data_coverage)
     ve = dsub.add_parser("verify", help="read back every shard and report the first corrupt one")
     ve.add_argument("dir")
     ve.add_argument("--quiet", action="store_true")

@@ -57,3 +57,23 @@ FRAME_CONVENTIONS = {
     "carracing": carracing_frame,
     "square": resize_square,
 }
+
+
+# Where the car's wheels touch the ground in a 64x64 CarRacing frame (rows 49-59, columns 27-37 hold
+# the car and the ground under it; the car's own red, black and grey-wheel pixels are not grass).
+CAR_BOX_64 = (slice(49, 60), slice(27, 38))
+
+
+def carracing_grass_fraction(frames: np.ndarray) -> np.ndarray:
+    """(T, 64, 64, 3) uint8 CarRacing frames -> (T,) share of grass pixels around the car, in [0, 1].
+
+    Read from pixels alone, so collected, imported and imagined frames are measured alike: on the road
+    it is ~0 (the kerbs are red and white), fully off the road it is ~0.8 (the car hides the rest).
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[1:] != (64, 64, 3):
+        raise ConfigError(f"expected (T, 64, 64, 3) CarRacing frames, got shape {frames.shape}")
+    box = frames[:, CAR_BOX_64[0], CAR_BOX_64[1]].astype(np.int16)
+    r, g, b = box[..., 0], box[..., 1], box[..., 2]
+    grass = (g - np.maximum(r, b)) > 40
+    return grass.mean(axis=(1, 2))

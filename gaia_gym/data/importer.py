@@ -267,12 +267,14 @@ def import_drive(
     split: str = "train",
     allow_duplicate: bool = False,
     progress: bool = True,
+    return_col: str | None = None,
 ) -> dict:
     """Import one logged drive (VIDEO + CSV LOG) as the next episode of the dataset at `out_dir`.
 
     See the module docstring for the resampling rules and the meaning of every field. A drive already
     in the dataset (same video, log and options, whatever the split) is refused unless
-    `allow_duplicate`.
+    `allow_duplicate`. `return_col`: a log column holding the return accumulated so far (a simulator's
+    drive); each step's reward is then its increase over the step, and `meta["reward_known"]` is True.
     Returns the dataset manifest after appending; raises DriveImportError (a DatasetError) with a
     one-line message for any input it cannot use.
     """
@@ -305,7 +307,7 @@ def import_drive(
         raise DriveImportError(f"split must be 'train' or 'val', got {split!r}")
 
     # --- the log (fast checks before the video is decoded) ----------------------------------
-    cols = list(dict.fromkeys([time_col, speed_col, steering_col]))
+    cols = list(dict.fromkeys([time_col, speed_col, steering_col] + ([return_col] if return_col else [])))
     data, lines = read_log(log, cols)
     t_log = data[time_col]
     check_time(log, t_log, time_col, lines)
@@ -324,7 +326,7 @@ def import_drive(
     options = {"like": like, "fps": fps, "frame_size": frame_size, "time_col": time_col, "speed_col": speed_col,
                "steering_col": steering_col, "speed_scale": float(speed_scale),
                "steering_scale": float(steering_scale), "video_fps": None if video_fps is None else float(video_fps),
-               "trim_start_s": float(trim_start_s)}
+               "trim_start_s": float(trim_start_s), **({"return_col": return_col} if return_col else {})}
     digest = input_sha256(video, log, options)
     if not allow_duplicate and (out_dir / fmt.MANIFEST).exists():
         _refuse_duplicate(out_dir, fmt.read_manifest(out_dir), digest)
@@ -365,7 +367,7 @@ def import_drive(
         "speed_mps": speed[:T],
         "target_speed_mps": speed[1:],
         "raw_action": np.stack([steer_raw_t[:T], speed_raw_t[:T]], axis=1),
-        "reward": np.zeros(T),
+        "reward": np.diff(np.interp(times, t_log, data[return_col])) if return_col else np.zeros(T),
         "terminated": np.zeros(T, dtype=bool),
         "truncated": truncated,
     }
@@ -390,10 +392,11 @@ def import_drive(
         "video_frames": n_video,
         "trim_start_s": float(trim_start_s),
         "start_s": float(times[0]),
-        "columns": {"time": time_col, "speed": speed_col, "steering": steering_col},
+        "columns": {"time": time_col, "speed": speed_col, "steering": steering_col,
+                    **({"return": return_col} if return_col else {})},
         "scales": {"speed": float(speed_scale), "steering": float(steering_scale)},
         "raw_action_fields": [f"{steering_col} (unscaled)", f"{speed_col} (unscaled)"],
-        "reward_known": False,
+        "reward_known": bool(return_col),
         "input_sha256": digest,
     }
     path = out_dir / fmt.EPISODES / fmt.episode_filename(index)
