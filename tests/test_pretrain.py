@@ -1,4 +1,4 @@
-"""`gaia-gym pretrain --preset tiny`: the whole pipeline (collect -> tokenizer -> world model -> eval ->
+"""`gaia-gym pretrain --preset tiny`: the whole pipeline (collect -> tokenizer -> decoder -> world model -> eval ->
 export) runs end to end, and the exported bundle is a GaiaDrive-v0 model."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ def test_tiny_pretrain_exports_a_working_bundle(tmp_path, capsys):
     work, export = tmp_path / "work", tmp_path / "export"
     assert main(["pretrain", "--preset", "tiny", "--work", str(work), "--export", str(export), "--quiet"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert set(r["stage_minutes"]) == {"collect", "tokenizer", "world_model", "evaluate"}
+    assert set(r["stage_minutes"]) == {"collect", "tokenizer", "decoder", "world_model", "evaluate"}
     assert np.isfinite(r["val_cross_entropy"]) and (work / "world_model.json").exists()
     assert (export / "tokenizer" / "model.safetensors").exists() and (export / "prompts.npz").exists()
     env = gym.make("GaiaDrive-v0", model=str(export), obs_mode="tokens+features")

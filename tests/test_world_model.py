@@ -264,3 +264,26 @@ def test_cache_clone_never_shares_memory_even_when_full():
     assert d.k[0].data_ptr() != c.k[0].data_ptr() and torch.equal(d.keys(0), c.keys(0))
     d.k[0].zero_()
     assert c.keys(0).abs().sum() > 0
+
+
+def test_token_noise_corrupts_inputs_at_the_drawn_rate_and_leaves_targets_clean():
+    m = tiny(token_noise=0.5).train()
+    tok, act = clip(m, B=64, T=4)
+    torch.manual_seed(1)
+    noisy = m.noisy_tokens(tok)
+    changed = (noisy != tok).float().flatten(1).mean(1)  # per clip
+    assert noisy.shape == tok.shape and noisy.dtype == tok.dtype
+    assert 0.15 < float(changed.mean()) < 0.35  # E[U(0, 0.5)] * (1 - 1/vocab) = 0.25
+    assert float(changed.max()) < 0.8 and float(changed.std()) > 0.05  # one rate per clip, not one for all
+    # the loss reads clean targets: with noise off the same call is the plain loss
+    batch = {"tokens": tok, "actions": act, "reward": torch.zeros(64, 4), "terminated": torch.zeros(64, 4)}
+    clean = tiny(token_noise=0.0).train()
+    clean.load_state_dict(m.state_dict())
+    torch.manual_seed(2)
+    loss_clean, _ = clean.compute_loss(batch)
+    torch.manual_seed(2)
+    loss_noisy, _ = m.compute_loss(batch)
+    assert torch.isfinite(loss_noisy) and not torch.equal(loss_clean, loss_noisy)
+    m.eval()  # evaluation never corrupts
+    out1, out2 = m.forward(tok, act), m.forward(tok, act)
+    assert torch.equal(out1.memory, out2.memory)

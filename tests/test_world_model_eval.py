@@ -150,6 +150,22 @@ def test_evaluate_world_model(ds: Path, models, tmp_path: Path):
     assert img.ndim == 3 and img.shape[0] > 5 * 2 * S and img.shape[1] > 5 * 2 * S  # 5 rows, 1 + 4 columns
 
 
+def test_per_episode_figures_pool_to_the_overall_ones(ds: Path, models):
+    wm, tok = models
+    res = evaluate_world_model(wm, tok, ds, split="val", context=3, horizons=(1, 2), max_clips=2, batch_size=4,
+                               progress=False, real_sim_seconds=0, throughput_seconds=0, counterfactual_steps=0,
+                               per_episode=True)
+    per = res["open_loop_by_episode"]
+    assert res["clips"] == 4 * (80 // 5)  # every clip, max_clips ignored
+    assert list(per) == [f"episodes/ep_{i:06d}.npz" for i in range(8, 12)]  # the 4 val shards, in order
+    assert all(d["clips"] == 80 // 5 for d in per.values())
+    for key in ("psnr_by_horizon", "copy_last_psnr_by_horizon"):
+        for h in ("1", "2"):  # equal clips per episode: the pooled mean is the mean of the episodes'
+            pooled = float(np.mean([d[key][h] for d in per.values()]))
+            assert pooled == pytest.approx(res[key][h], rel=1e-5)
+    assert len({d["copy_last_psnr_by_horizon"]["1"] for d in per.values()}) == 4  # four different drives
+
+
 def test_max_clips_spreads_over_the_split(ds: Path):
     all_clips = select_clips(ds, "val", 7, None)
     some = select_clips(ds, "val", 7, 4)

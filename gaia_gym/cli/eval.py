@@ -69,7 +69,7 @@ def cmd_eval_world_model(a: argparse.Namespace) -> None:
     r = evaluate_world_model(wm, tok, Path(a.data), split=a.split, max_clips=a.max_clips, probe=probe, codec=bundle.codec,
                              sample_temperature=a.temperature, progress=not a.quiet,
                              real_sim_seconds=a.real_seconds, throughput_seconds=a.throughput_seconds, grid_path=a.grid,
-                             backend_options=opts)
+                             backend_options=opts, per_episode=a.per_episode)
     if a.steps_sweep:
         from gaia_gym.evaluation.world_model import sampling_steps_sweep
 
@@ -236,6 +236,8 @@ def add_parsers(sub) -> None:
     ew.add_argument("--merge", action="store_true")
     ew.add_argument("--quiet", action="store_true")
     ew.add_argument("--int8", action="store_true", help="evaluate the model with its Linear layers in int8 (CPU)")
+    ew.add_argument("--per-episode", action="store_true", help="every clip of the split (--max-clips ignored), "
+                    "and open-loop PSNR per episode (per imported drive) too")
     ew.set_defaults(fn=cmd_eval_world_model)
 
     eh = esub.add_parser("highway", help="a conditioned highway-env model: agent placement, metadata / text adherence, "

@@ -81,6 +81,9 @@ def cmd_train_world_model(a: argparse.Namespace) -> None:
         overrides["view_dropout"] = a.view_dropout
     if a.context:
         overrides["context"] = a.context
+    for key in ("d_model", "n_layers", "n_heads", "token_noise"):
+        if getattr(a, key) is not None:
+            overrides[key] = getattr(a, key)
     cams = split_names(a.cameras) if a.cameras else ()
     r = train_world_model(Path(a.data), Path(a.tokenizer), Path(a.out), preset=a.preset, train_cfg=tc,
                           progress=not a.quiet, head=a.head, cameras=cams, init=Path(a.init) if a.init else None,
@@ -204,6 +207,12 @@ def add_parsers(sub) -> None:
     tw.add_argument("--init", help="world-model directory to start from (tensors of matching name and shape, e.g. "
                     "a single-camera model for a rig model); ignored when OUT already holds a checkpoint")
     tw.add_argument("--context", type=int, help="frames per training clip / attention window (default 16)")
+    tw.add_argument("--d-model", dest="d_model", type=int, help="transformer width (default 256)")
+    tw.add_argument("--layers", dest="n_layers", type=int, help="transformer layers (default 4)")
+    tw.add_argument("--heads", dest="n_heads", type=int, help="attention heads (default 4)")
+    tw.add_argument("--token-noise", dest="token_noise", type=float,
+                    help="train on context tokens replaced by random codes at a rate drawn in [0, X] per clip "
+                         "(robustness to the model's own rollout errors; default 0)")
     tw.add_argument("--conditions", choices=["cross", "adaln", "none"], default="cross",
                     help="a highway-env dataset's scene conditions (metadata, agent boxes, text) enter by "
                          "cross-attention (default), adaLN, or not at all")

@@ -154,12 +154,27 @@ class OpenLoop:
                 self.flicker[f"{name}_per_frame"].append(flicker(decode(eng, lat), real))
                 self.flicker[f"{name}_windowed"].append(flicker(eng.backend.decode_video(lat.to(eng.device)).cpu(), real))
 
+    labels: list[str] | None = None  # the episode of every clip, in order (set for per-episode figures)
+
+    def by_episode(self) -> dict[str, dict]:
+        """Open-loop and copy-last PSNR per episode (`labels`: one name per clip, in update order)."""
+        labels = np.asarray(self.labels)
+        out = {}
+        for name in dict.fromkeys(self.labels):
+            m = torch.from_numpy(labels == name)
+            by = lambda d: {str(h): float(torch.cat(d[h]).float()[m].mean()) for h in self.horizons}  # noqa: E731
+            out[name] = {"clips": int(m.sum()), "psnr_by_horizon": by(self.psnr),
+                         "copy_last_psnr_by_horizon": by(self.copy_psnr)}
+        return out
+
     def summary(self) -> dict:
         by = lambda d: {str(h): _mean(d[h]) for h in self.horizons}  # noqa: E731
         out = {"psnr_by_horizon": by(self.psnr), "ssim_by_horizon": by(self.ssim),
                "copy_last_psnr_by_horizon": by(self.copy_psnr), "copy_last_ssim_by_horizon": by(self.copy_ssim),
                "tokenizer_ceiling_psnr": _mean(self.ceil_psnr), "tokenizer_ceiling_ssim": _mean(self.ceil_ssim),
                "reward_mae_rollout": self.r_err / self.r_n}
+        if self.labels is not None:
+            out["open_loop_by_episode"] = self.by_episode()
         if self.video:
             out["flicker"] = {k: _mean(v) for k, v in self.flicker.items()}
             out["flicker_definition"] = ("mean |(D_t - D_t-1) - (R_t - R_t-1)| in uint8 levels over the rollout: decoded "
@@ -340,6 +355,13 @@ def evaluate_world_model(*args, **kwargs) -> dict:
     return run_world_model_evaluation(*args, **kwargs).to_dict()
 
 
+def clip_episodes(data: str | Path, split: str, clips: list[dict]) -> list[str]:
+    """The episode of each clip (its source video's name, else its shard file), from the clip's own index."""
+    entries = EpisodeIndex(data, split=split).entries
+    return [entries[int(c["episode"])].get("meta", {}).get("video") or entries[int(c["episode"])]["file"]
+            for c in clips]
+
+
 @torch.no_grad()
 def run_world_model_evaluation(
     wm: WorldModel,
@@ -368,6 +390,7 @@ def run_world_model_evaluation(
     real_sim_processes: int | None = None,
     grid_path: str | Path | None = None,
     backend_options: dict | None = None,
+    per_episode: bool = False,
 ) -> WorldModelReport:
     """Every world-model metric in one run (see the module docstring), as a `WorldModelReport`.
 
@@ -379,6 +402,8 @@ def run_world_model_evaluation(
     ``..._steering_accuracy_moving`` keeps the contexts whose real speed at the last context frame exceeds
     `moving_mps`; ``..._speed_accuracy_midrange`` those between `moving_mps` and ``fast_mps - moving_mps``.
     `backend_options`: the backend's own settings, e.g. ``{"steps": 4}`` sampling steps for a flow model.
+    `per_episode`: every clip of the split (`max_clips` ignored), and open-loop PSNR per episode too
+    (``open_loop_by_episode``, named by the episode's video or shard file).
     """
     codec = codec or ActionCodec()
     horizons = sorted({int(h) for h in horizons})
@@ -394,7 +419,7 @@ def run_world_model_evaluation(
     W = min(C + H, wm.cfg.context)  # teacher-forced window
     if W < 2:
         raise ConfigError("teacher forcing needs windows of >= 2 frames")
-    clips = select_clips(data, split, C + H, max_clips)
+    clips = select_clips(data, split, C + H, None if per_episode else max_clips)
     if not clips:
         raise ConfigError(f"{data}: no {split!r} clip of {C + H} frames")
 
@@ -404,6 +429,8 @@ def run_world_model_evaluation(
     term = Termination()
     tf = TeacherForcing(wm, W, bf16, term)
     ol = OpenLoop(rollouts, C, horizons)
+    if per_episode:
+        ol.labels = clip_episodes(data, split, clips)
     cf = Counterfactuals(branches, C, int(counterfactual_steps), H, codec, fast_mps, moving_mps, probe)
 
     bar = tqdm(total=len(clips), unit="clip", desc=f"eval world model ({split})", disable=not progress)

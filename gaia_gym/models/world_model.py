@@ -65,6 +65,10 @@ class WorldModelConfig:
     # scene conditions beside the action (gaia_gym.models.conditions.ConditionSpec as a dict; None: none):
     # metadata, agent boxes, text, how they enter (cross-attention or adaLN) and their training dropouts
     conditions: dict | None = None
+    # training: each clip's input tokens are replaced by random codes with a probability drawn uniformly in
+    # [0, token_noise] per clip (the targets stay clean), so the model learns to predict from a context
+    # that holds its own sampling errors, as in an open-loop rollout (DIAMOND / GAIA-1 style robustness)
+    token_noise: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "code_levels", tuple(int(x) for x in self.code_levels))
@@ -672,7 +676,8 @@ class WorldModel(nn.Module):
         cond, hidden = self.batch_conditions(batch, train=self.training)
         if cond is not None and self.training:
             null = null | cond.dropped.pop("action")[:, None]
-        out = self.forward(tokens, actions, null, visible=visible, cond=cond, hidden=hidden)
+        inputs = self.noisy_tokens(tokens) if self.training and self.cfg.token_noise > 0 else tokens
+        out = self.forward(inputs, actions, null, visible=visible, cond=cond, hidden=hidden)
         logits, target = self.next_frame_logits(out), self.patchify(tokens[:, 1:])  # (B,T-1,P,S,K), (B,T-1,P,S)
         nll, correct = self.image_nll(logits, target)
         ce, acc = nll.mean(), correct.float().mean()
@@ -684,6 +689,14 @@ class WorldModel(nn.Module):
         return loss, {"ce": ce.item(), "token_acc": acc.item(), "reward_loss": r_loss.item(),
                       "end_loss": e_loss.item(),
                       "reward_mae": (out.reward - batch["reward"].float()).abs().mean().item()}
+
+    def noisy_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`tokens` (B, T, ...) with each code replaced by a uniformly random one with probability
+        u ~ U(0, token_noise), drawn once per clip (`WorldModelConfig.token_noise`)."""
+        B = tokens.shape[0]
+        rate = torch.rand(B, device=tokens.device) * self.cfg.token_noise
+        hit = torch.rand(tokens.shape, device=tokens.device) < rate.view(B, *([1] * (tokens.ndim - 1)))
+        return torch.where(hit, torch.randint_like(tokens, self.cfg.vocab), tokens)
 
     def batch_conditions(self, batch: dict, train: bool = False) -> tuple[Conditions | None, torch.Tensor | None]:
         """The conditions of a training/evaluation batch (keys "metadata" (B, F), "agents" (B, T, N, F)
