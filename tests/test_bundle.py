@@ -101,6 +101,32 @@ def test_the_shipped_model_loads_by_default():
     assert b.path == DEFAULT_WORLD_MODEL and b.backend.latent_key == "tokens"
 
 
+def test_the_default_is_the_fast_design_and_passes_both_env_checkers():
+    """GaiaDrive-v0 with no model: the 4x4-patch model (6 tokens per step) with the narrow decoder, a
+    trained one (its next frame beats copying the last one on its prompts), that both checkers accept."""
+    import warnings
+
+    import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check
+
+    b = load_bundle()
+    assert b.world_model.layout.block == 6 and b.world_model.cfg.embedding == "digits"
+    assert b.tokenizer.cfg.dec_channels == (64, 32, 16)
+    eng = Imagination(b, n=8, seed=0, temperature=0.0)
+    eng.reset(prompt=torch.arange(8))
+    out = eng.step(b.prompts.actions[:8, -1])
+    real = eng.frames(b.prompts.next_tokens[:8, 0]).float()
+    last = eng.frames(b.prompts.tokens[:8, -1]).float()
+    assert float((eng.frames(out.latents).float() - real).pow(2).mean()) < float((last - real).pow(2).mean())
+    env = gym.make("GaiaDrive-v0", render_mode="rgb_array")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(infinity|-infinity|dtype|bounds).*")
+        check_env(env.unwrapped)
+        sb3_check(env.unwrapped, warn=False)
+    env.close()
+
+
 @pytest.mark.parametrize("kw", [dict(temperature=-1.0), dict(temperature=float("nan")), dict(top_k=-1),
                                 dict(end_threshold=float("nan")), dict(end_threshold=1.5), dict(n=2.5), dict(n=0),
                                 dict(horizon=0), dict(guidance=0.0), dict(top_k=True)])
