@@ -139,8 +139,6 @@ def driver_style(rng: np.random.Generator) -> PursuitParams:
 class BehaviourMixV2(BehaviourMix):
     """The v2 mix: segments over MODES_V2, driven by the reference expert or the episode's own driver."""
 
-    modes = MODES_V2
-
     def __init__(self, rng: np.random.Generator, clean: bool) -> None:
         super().__init__(rng, clean)  # the v1 mix's segment state
         self.style = PursuitParams() if clean else driver_style(rng)
