@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from gaia_gym.fileio import merge_json
@@ -79,7 +78,7 @@ def cmd_data_coverage(a: argparse.Namespace) -> None:
         print(f"  {d}: {o['steps']} steps, speed p50/p95 {o['speed_mps']['p50']}/{o['speed_mps']['p95']} m/s, "
               f"off-road {o['share_offroad']:.1%}: {o['covered_share']:.1%} of its steps covered")
     if a.json:
-        write_json(a.json, {**r, "command": "gaia-gym data coverage " + " ".join(sys.argv[3:])})
+        write_json(a.json, {**r, "command": "gaia-gym data " + " ".join(a.argv_tail)})
     if a.plot:
         print(f"wrote {plot_coverage(r, a.plot)}")
 

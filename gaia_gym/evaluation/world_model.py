@@ -357,9 +357,8 @@ def evaluate_world_model(*args, **kwargs) -> dict:
 
 def clip_episodes(data: str | Path, split: str, clips: list[dict]) -> list[str]:
     """The episode of each clip (its source video's name, else its shard file), from the clip's own index."""
-    entries = EpisodeIndex(data, split=split).entries
-    return [entries[int(c["episode"])].get("meta", {}).get("video") or entries[int(c["episode"])]["file"]
-            for c in clips]
+    names = [e.get("meta", {}).get("video") or e["file"] for e in EpisodeIndex(data, split=split).entries]
+    return [names[int(c["episode"])] for c in clips]
 
 
 @torch.no_grad()

@@ -5,9 +5,9 @@ A world model only learns the consequences of actions it has seen (DIAMOND and V
 faster or recovers better than the collector needs a model that is right there too. So the scripted
 expert is only the backbone; each episode is a sequence of *segments*, each in one behaviour mode.
 
-The default mix, "v2": every mixed episode also draws a *driver style* (`DriverStyle`: the pure-pursuit
-driver with its own look-ahead, steering gain, top speed, cornering budget and braking preview), so the
-data holds many drivers, not one:
+The default mix, "v2": every mixed episode also draws a *driver style* (`driver_style`: the
+`PursuitParams` of a pure-pursuit driver with its own look-ahead, steering gain, top speed, cornering
+budget and braking preview), so the data holds many drivers, not one:
 
 | id | mode      | what the car does                                                               |
 |----|-----------|---------------------------------------------------------------------------------|
