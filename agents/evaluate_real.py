@@ -50,10 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from gaia_gym.errors import GaiaGymError, exit_with
+
     a = build_parser().parse_args(argv)
     if a.episodes < 1:
         exit_with(f"evaluate_real: --episodes must be >= 1, got {a.episodes}")
-    from gaia_gym.errors import GaiaGymError, exit_with
 
     seeds = range(a.first_seed, a.first_seed + a.episodes)
     try:

@@ -132,3 +132,16 @@ def test_user_errors_are_gaia_gym_errors():
                     and node.exc.func.id in ("ValueError", "FileNotFoundError", "Exception"):
                 bare.append(f"{p.relative_to(ROOT)}:{node.lineno} raises {node.exc.func.id}")
     assert not bare, "\n".join(bare)
+
+
+def test_models_and_the_engine_stay_behind_their_seams():
+    """models/ never reads the data pipeline or a simulator (shared facts live in gaia_gym.specs); the
+    engine reaches a model only through its backend, apart from the two owners it shares with every
+    layer: the token/action layout (models.layout) and the conditioning interface (models.conditions)."""
+    g = _graph()
+    bad = [f"{m} imports {d}" for m, deps in g.items() if m.startswith("gaia_gym.models")
+           for d in deps if d.startswith(("gaia_gym.sims", "gaia_gym.data"))]
+    allowed = {"gaia_gym.models.layout", "gaia_gym.models.conditions"}
+    bad += [f"gaia_gym.imagination imports {d}" for d in g["gaia_gym.imagination"]
+            if d.startswith(("gaia_gym.models", "gaia_gym.sims")) and d not in allowed]
+    assert not bad, "\n".join(sorted(bad))

@@ -21,7 +21,8 @@ from gaia_gym.metrics import psnr_uint8
 from gaia_gym.models.layout import ActionCodec
 from gaia_gym.models.tokenizer import Tokenizer, TokenizerConfig
 from gaia_gym.models.world_model import WORLD_MODEL_PRESETS, WorldModel, WorldModelConfig
-from gaia_gym.models.probe import IGNORE, Probe, ProbeConfig, ProbePairs, load_probe, pair_labels
+from gaia_gym.evaluation.probe import ProbePairs
+from gaia_gym.models.probe import IGNORE, Probe, ProbeConfig, load_probe, pair_labels
 from gaia_gym.train.probe import train_probe
 from gaia_gym.evaluation.common import branch_rollout, make_engine, roc_auc, select_clips
 from gaia_gym.evaluation.pictures import counterfactual_grid, write_rollout_gif

@@ -15,7 +15,7 @@ readable through cues such as the car's displacement and skid marks, but less di
 ``ProbeConfig(frames=4)`` adds frames t+1 and t+k-1, so the velocity at both ends of the interval is
 visible (12 channels; `predict` then needs those frames too).
 
-Training pairs come from the train split (``ClipDataset`` clips of k+1 frames, k in ``ks``), validation
+Training pairs (`gaia_gym.evaluation.probe.ProbePairs`) come from the train split (``ClipDataset`` clips of k+1 frames, k in ``ks``), validation
 pairs from the val split (held-out tracks). With ``flip_augment`` a pair is mirrored left-right at random,
 and its steering label swapped (CarRacing's view is centred on the car, so a mirrored drive is a valid
 drive turning the other way): both steering classes get the same number of examples.
@@ -31,19 +31,15 @@ frames with `Probe.predict`.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import IterableDataset, get_worker_info
 
 from gaia_gym.checkpoint import load_model
-from gaia_gym.data.loader import ClipDataset
 from gaia_gym.errors import ConfigError
 
 KIND = "probe"
@@ -82,61 +78,6 @@ def pair_labels(steering: np.ndarray, speed_mps: np.ndarray, k: int, cfg: ProbeC
     steer = 1.0 if s > cfg.steer_threshold else 0.0 if s < -cfg.steer_threshold else IGNORE
     faster = 1.0 if dv > cfg.speed_threshold_mps else 0.0 if dv < -cfg.speed_threshold_mps else IGNORE
     return steer, faster
-
-
-class ProbePairs(IterableDataset):
-    """Labelled frame pairs of one split: dicts with ``frames`` uint8 (n, H, W, 3), ``steer``, ``faster``
-    (float: 1, 0 or IGNORE) and ``k``. Pairs with neither label are skipped.
-
-    ``shuffle=True``: endless, the clip streams of the gaps interleaved at random (training).
-    ``shuffle=False``: every non-overlapping clip of each gap once, the gaps interleaved (evaluation).
-    """
-
-    def __init__(self, data: str | Path, split: str, cfg: ProbeConfig, seed: int = 0, shuffle: bool = True,
-                 augment: bool = False, buffer_episodes: int = 8, rank: int = 0, world_size: int = 1) -> None:
-        super().__init__()
-        self.data, self.split, self.cfg = Path(data), split, cfg
-        self.seed, self.shuffle, self.augment = int(seed), bool(shuffle), bool(augment)
-        self.buffer_episodes, self.rank, self.world_size = buffer_episodes, rank, world_size
-        self.streams = {k: ClipDataset(self.data, split=split, clip_len=k + 1, fields=PROBE_FIELDS,
-                                       buffer_episodes=buffer_episodes, seed=self.seed * 101 + k, shuffle=shuffle,
-                                       rank=rank, world_size=world_size) for k in cfg.ks}
-
-    def _sample(self, clip: dict, k: int, rng: np.random.Generator) -> dict | None:
-        steer, faster = pair_labels(clip["steering"].numpy(), clip["speed_mps"].numpy(), k, self.cfg)
-        if steer == IGNORE and faster == IGNORE:
-            return None
-        frames = clip["frames"][self.cfg.offsets(k)]  # (n, H, W, 3)
-        if self.augment and self.cfg.flip_augment and rng.random() < 0.5:
-            frames = frames.flip(2)
-            if steer != IGNORE:
-                steer = 1.0 - steer
-        return {"frames": frames.contiguous(), "steer": torch.tensor(steer), "faster": torch.tensor(faster),
-                "k": torch.tensor(k)}
-
-    def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        rng = np.random.default_rng([self.seed, 0 if info is None else info.id, 0xB0BE])
-        if not self.shuffle:  # the gaps' ordered streams, round-robin (a prefix covers every gap)
-            streams = [zip(itertools.repeat(k), ds) for k, ds in self.streams.items()]
-            for group in itertools.zip_longest(*streams):
-                for item in group:
-                    if item is not None:
-                        s = self._sample(item[1], item[0], rng)
-                        if s is not None:
-                            yield s
-            return
-        its = {k: iter(ds) for k, ds in self.streams.items()}
-        ks = list(its)
-        while ks:
-            k = ks[int(rng.integers(len(ks)))]
-            clip = next(its[k], None)
-            if clip is None:  # this worker has no episodes of that length
-                ks.remove(k)
-                continue
-            s = self._sample(clip, k, rng)
-            if s is not None:
-                yield s
 
 
 class Probe(nn.Module):
@@ -206,10 +147,6 @@ def load_probe(path: str | Path, device: str | torch.device = "cpu") -> Probe:
     return model.eval()
 
 
-def collate_pairs(samples: list[dict]) -> dict[str, torch.Tensor]:
-    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
-
-
 @torch.no_grad()
 def with_reconstructions(tokenizer: nn.Module, frames: torch.Tensor, fraction: float) -> torch.Tensor:
     """frames (B, n, H, W, 3) with the first round(fraction * B) pairs replaced by reconstructions (the
@@ -223,4 +160,4 @@ def with_reconstructions(tokenizer: nn.Module, frames: torch.Tensor, fraction: f
     return torch.cat([recon, frames[m:]])
 
 
-__all__ = ["with_reconstructions", "IGNORE", "KIND", "PROBE_FIELDS", "Probe", "ProbeConfig", "ProbePairs", "build_probe", "collate_pairs", "load_probe", "pair_labels"]
+__all__ = ["with_reconstructions", "IGNORE", "KIND", "PROBE_FIELDS", "Probe", "ProbeConfig", "build_probe", "load_probe", "pair_labels"]

@@ -11,8 +11,8 @@ from torch import nn
 
 from gaia_gym.checkpoint import read_model_info, save_model
 from gaia_gym.data.loader import EpisodeIndex, has_split
-from gaia_gym.evaluation.probe import _head_stats, evaluate_probe
-from gaia_gym.models.probe import KIND, Probe, ProbeConfig, ProbePairs, collate_pairs, with_reconstructions
+from gaia_gym.evaluation.probe import ProbePairs, _head_stats, collate_pairs, evaluate_probe
+from gaia_gym.models.probe import KIND, Probe, ProbeConfig, with_reconstructions
 
 
 def pair_batches(data: Path, cfg: ProbeConfig, batch_size: int, split: str = "train", workers: int = 1,
