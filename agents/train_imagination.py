@@ -41,7 +41,9 @@ from gaia_gym.errors import exit_with, run_script
 
 @dataclass
 class Args:
-    algo: str = field(default="ppo", metadata={"help": "ppo or sac", "choices": ("ppo", "sac")})
+    algo: str = field(default="ppo", metadata={
+        "help": "ppo, sac, or pmpo (PPO's rollouts with the sign-of-advantage update and a KL to --prior: "
+                "gaia_gym.rl.pmpo)", "choices": ("ppo", "sac", "pmpo")})
     model: str | None = field(default=None, metadata={"help": "world-model directory (None: the shipped model)"})
     envs: int = field(default=16, metadata={"help": "imagined episodes stepped together"})
     timesteps: int = field(default=1_000_000, metadata={"help": "total imagined steps (over all resumes)"})
@@ -67,6 +69,11 @@ class Args:
     n_steps: int = field(default=128, metadata={"help": "PPO: steps per env per rollout"})
     n_epochs: int = field(default=10, metadata={"help": "PPO: epochs per rollout"})
     ent_coef: float = field(default=0.0, metadata={"help": "PPO: entropy bonus"})
+    clip_range: float = field(default=0.2, metadata={"help": "PPO/PMPO: trust region of one update (ratio 1 +- this)"})
+    gae_lambda: float = field(default=0.95, metadata={"help": "PPO/PMPO: GAE lambda"})
+    alpha: float = field(default=0.5, metadata={"help": "PMPO: weight of the positive-advantage side"})
+    kl_coef: float = field(default=0.1, metadata={"help": "PMPO: weight of KL(pi || prior) (needs --prior)"})
+    critic_warmup: int = field(default=0, metadata={"help": "PMPO: rollouts that train the critic alone first"})
     buffer_size: int = field(default=100_000, metadata={"help": "SAC: replay buffer size"})
     learning_starts: int = field(default=1_000, metadata={"help": "SAC: steps before learning"})
     gradient_steps: int = field(default=-1, metadata={
@@ -87,10 +94,13 @@ class Args:
         "help": "start the policy (actor, critic, log std) from this agent zip, e.g. the behaviour prior "
                 "(agents/behaviour_prior.py); same network and observations"})
     prior: str | None = field(default=None, metadata={
-        "help": "behaviour-prior agent zip: add -prior_coef * |u - mu0(s)|^2 / (2 prior_std^2) to each imagined "
-                "reward (with the entropy bonus: the reverse KL to the prior; gaia_gym.rl.prior)"})
+        "help": "behaviour-prior agent zip. ppo/sac: add -prior_coef * |u - mu0(s)|^2 / (2 prior_std^2) to each "
+                "imagined reward (with the entropy bonus: the reverse KL to the prior; gaia_gym.rl.prior); pmpo: the "
+                "policy its KL term pulls towards (--kl-coef)"})
     prior_coef: float = field(default=1.0, metadata={"help": "weight of the prior term"})
     prior_std: float = field(default=0.3, metadata={"help": "std of the Gaussian prior around its action (agent units)"})
+    eval_start: bool = field(default=True, metadata={
+        "help": "score the starting policy on the validation tracks before a new run learns (the curve's first point)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 
@@ -158,12 +168,16 @@ def main(argv: list[str] | None = None) -> dict:
                                pessimism=args.pessimism)
         ranged = ActionRange(**run.state["action_range"]) if "action_range" in run.state else action_range(args)
         venv = VecMonitor(ranged_vec_env(venv, ranged))
-        if args.prior is not None:  # outside the monitor: logged imagined returns stay the model's reward
+        prior = None
+        if args.prior is not None:
             from gaia_gym.rl.prior import load_prior
-            from gaia_gym.rl.wrappers import prior_reward_env
 
-            venv = prior_reward_env(venv, load_prior(args.prior, bundle, device), args.prior_coef, args.prior_std)
-        model, resumed = make_model(args, run, venv, device, bundle)
+            prior = load_prior(args.prior, bundle, device, to_range=ranged)
+            if args.algo != "pmpo":  # outside the monitor: logged imagined returns stay the model's reward
+                from gaia_gym.rl.wrappers import prior_reward_env
+
+                venv = prior_reward_env(venv, prior, args.prior_coef, args.prior_std)
+        model, resumed = make_model(args, run, venv, device, bundle, prior=prior if args.algo == "pmpo" else None)
         model.gaia_action_range = run.state["action_range"] = ranged.as_dict()
     except (GaiaGymError, ValueError, FileNotFoundError) as e:
         exit_with(f"train_imagination: {e}")
@@ -175,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
     if remaining <= 0 or run.over_budget():
         print("nothing to do: the run has reached --timesteps or --minutes (raise them to continue)")
         return run.state
-    evaluator = RealEval(run, bundle)
+    evaluator = RealEval(run, bundle, at_start=args.eval_start)
 
     def finish() -> None:
         if args.eval_every > 0 and model.num_timesteps > evaluator.last:

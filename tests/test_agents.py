@@ -146,7 +146,7 @@ def test_train_ppo_then_resume(model_dir, tmp_path, capsys):
     out = tmp_path / "agent_ppo"
     s = _train(model_dir, out, "--timesteps", "256", "--eval-every", "128")
     assert s["num_timesteps"] == 256 and (out / "last.zip").exists() and (out / "best.zip").exists()
-    assert [e["timesteps"] for e in s["evals"]] == [128, 256]
+    assert [e["timesteps"] for e in s["evals"]] == [0, 128, 256]  # the start, then every 128
     assert {"imagined_return_mean", "real_return_mean", "real_return_first_20_steps"} <= set(s["evals"][-1])
     assert any((out / "tb").rglob("events.out.tfevents*"))
     first_elapsed = s["elapsed_s"]
@@ -155,7 +155,7 @@ def test_train_ppo_then_resume(model_dir, tmp_path, capsys):
     # a larger budget: continues from 256 (not from 0), time accumulates
     s = _train(model_dir, out, "--timesteps", "512", "--eval-every", "128")
     assert s["num_timesteps"] == 512 and s["elapsed_s"] > first_elapsed
-    assert [e["timesteps"] for e in s["evals"]] == [128, 256, 384, 512]
+    assert [e["timesteps"] for e in s["evals"]] == [0, 128, 256, 384, 512]
     assert load_agent(out / "last.zip").num_timesteps == 512
     _exit_2(capsys, lambda argv: _train(model_dir, out, *argv), ["--algo", "sac"], "holds a ppo run")
 
@@ -314,6 +314,58 @@ def test_behaviour_prior_then_imagination_from_it(bundle, model_dir, tmp_path, c
     with pytest.raises(SystemExit) as e:
         _train(model_dir, tmp_path / "ft2", "--timesteps", "64", "--eval-every", "0", "--init", str(out / "prior.zip"))
     assert e.value.code == 2 and "does not fit" in capsys.readouterr().err
+    # PMPO from the prior in a wider speed range: the start drives as the prior did (same physical
+    # actions), the curve's first point is the start, and the run saves and resumes as PMPO
+    run = tmp_path / "pmpo"
+    s = _train(model_dir, run, "--algo", "pmpo", "--timesteps", "64", "--spatial", "4", "--lr", "1e-12",
+               "--init", str(out / "prior.zip"), "--prior", str(out / "prior.zip"), "--speed-max", "1.0",
+               "--critic-warmup", "1", "--eval-every", "32")
+    assert s["evals"][0]["timesteps"] == 0 and len(s["evals"]) >= 2
+    ft = load_agent(run / "last.zip")
+    assert type(ft).__name__ == "PMPO" and ft.gaia_action_range["high"][1] == 1.0
+    obs = {k: np.repeat(v[None], 4, 0) for k, v in ft.observation_space.sample().items()}
+    assert np.allclose(agent_actor(ft)(obs), agent_actor(prior)(obs), atol=1e-4)
+    s = _train(model_dir, run, "--algo", "pmpo", "--timesteps", "128", "--spatial", "4", "--lr", "1e-12",
+               "--prior", str(out / "prior.zip"), "--speed-max", "1.0", "--eval-every", "0")
+    assert s["num_timesteps"] >= 128
+
+
+def test_the_example_trains_in_imagination_and_scores_on_real_tracks(tmp_path):
+    """examples/train_in_imagination.py, a few hundred imagined steps with the shipped model: a saved agent
+    with its action range, checkpoints, imagined returns in monitor.csv, a real score; the checkpoints then
+    make a learning curve (benchmarks/agent_plots.py curves)."""
+    out = tmp_path / "ex"
+    r = script("examples/train_in_imagination.py").main(
+        ["--timesteps", "512", "--envs", "8", "--horizon", "8", "--tracks", "1", "--eval-max-steps", "3",
+         "--out", str(out)])
+    assert r["episodes"] == 1 and r["capped"]
+    agent = load_agent(out / "agent.zip")
+    assert agent.num_timesteps >= 512 and agent.gaia_action_range["high"][1] == pytest.approx(0.6)
+    from gaia_gym.evaluation.agent_plots import checkpoint_curve, monitor_returns, read_curve
+
+    steps, ret = monitor_returns(out / "monitor.csv")
+    assert len(steps) > 0 and (np.diff(steps) > 0).all() and np.isfinite(ret).all()
+    (out / "checkpoints").mkdir(exist_ok=True)
+    agent.save(out / "checkpoints" / "agent_512_steps.zip")
+    checkpoint_curve(out, [1_000_100], progress=False, max_steps=3)
+    first = (out / "curve.json").read_text()
+    checkpoint_curve(out, [1_000_100], progress=False, max_steps=3)  # already scored: not driven again
+    assert (out / "curve.json").read_text() == first
+    c = read_curve(out)
+    assert c["timesteps"][-1] == 512 and np.isfinite(c["real"]).all()
+
+
+def test_paired_differences_picture_and_figures(tmp_path):
+    from gaia_gym.errors import ConfigError
+    from gaia_gym.evaluation.agent_plots import paired_differences
+
+    a = {"real_return_per_seed": {"1": 900.0, "2": 800.0, "3": 700.0}}
+    b = {"real_return_per_seed": {"1": 910.0, "2": 790.0, "3": 760.0, "4": 1.0}}
+    s = paired_differences(a, b, tmp_path / "p.png", ("a", "b"))
+    assert s["tracks"] == 3 and s["b_ahead"] == 2 and s["mean_difference"] == pytest.approx(20.0)
+    assert s["b_worst"] == 760.0 and (tmp_path / "p.png").stat().st_size > 1000
+    with pytest.raises(ConfigError):
+        paired_differences(a, {"real_return_per_seed": {"9": 1.0}}, tmp_path / "q.png")
 
 
 def test_sigterm_stops_training_and_saves(model_dir, tmp_path):

@@ -19,17 +19,20 @@ import numpy as np
 
 from gaia_gym.errors import ConfigError, MissingFileError, ModelFileError
 
-ALGOS = ("ppo", "sac")
+ALGOS = ("ppo", "sac", "pmpo")
 SHIPPED_AGENT = Path(__file__).resolve().parent.parent / "assets" / "agents" / "driver.zip"
 # where the extractor class lived when older zips were pickled -> where it lives now
 _MOVED = {"gaia_gym.policy": "gaia_gym.rl.extractor"}
 
 
 def algo_class(name: str):
-    """The SB3 algorithm class for "ppo" / "sac"."""
+    """The SB3 algorithm class for "ppo" / "sac" / "pmpo" (`gaia_gym.rl.pmpo.PMPO`, PPO's rollouts with the
+    sign-of-advantage update)."""
     from stable_baselines3 import PPO, SAC
 
-    classes = {"ppo": PPO, "sac": SAC}
+    from gaia_gym.rl.pmpo import PMPO
+
+    classes = {"ppo": PPO, "sac": SAC, "pmpo": PMPO}
     if name not in classes:
         raise ConfigError(f"unknown algorithm {name!r}: choose from {', '.join(ALGOS)}")
     return classes[name]
@@ -64,8 +67,12 @@ def _serialized(entry: Any) -> Any:
 
 
 def agent_algo(path: str | Path) -> str:
-    """"ppo" or "sac": which algorithm saved the zip at `path` (read from its stored policy class)."""
-    module = str(_zip_data(Path(path)).get("policy_class", {}).get("__module__", ""))
+    """"ppo", "sac" or "pmpo": which algorithm saved the zip at `path` (PMPO records itself; otherwise read
+    from the stored policy class)."""
+    data = _zip_data(Path(path))
+    if data.get("gaia_algo") in ALGOS:
+        return data["gaia_algo"]
+    module = str(data.get("policy_class", {}).get("__module__", ""))
     # SAC's policies live in stable_baselines3.sac; PPO's MultiInputPolicy is stable_baselines3.common's
     return "sac" if ".sac." in f".{module}." else "ppo"
 
@@ -165,6 +172,21 @@ class ActionRange:
 
     def as_dict(self) -> dict[str, list[float]]:
         return {"low": self.low.tolist(), "high": self.high.tolist()}
+
+    def rescale_policy(self, policy, to: "ActionRange") -> None:
+        """Re-express an SB3 Gaussian policy trained in this range in the range `to`: its action mean and
+        std are mapped linearly so that every physical action it chose (inside both ranges) stays the
+        same, e.g. widening the speed range of a behaviour prior before fine-tuning it."""
+        import torch
+
+        a = (self.high - self.low) / (to.high - to.low)
+        b = a - 1.0 + 2.0 * (self.low - to.low) / (to.high - to.low)
+        net = policy.action_net
+        with torch.no_grad():
+            at, bt = (torch.as_tensor(v, dtype=net.weight.dtype, device=net.weight.device) for v in (a, b))
+            net.weight.mul_(at[:, None])
+            net.bias.mul_(at).add_(bt)
+            policy.log_std.add_(at.log())
 
     @classmethod
     def of_agent(cls, agent) -> "ActionRange":

@@ -233,11 +233,15 @@ def split_arrays(data: Path, split: str, bundle, action_range, gamma: float, out
     return arrays
 
 
-def load_prior(path: str | Path, world_model=None, device: str = "cpu"):
-    """The SB3 policy of a prior agent zip (agents/behaviour_prior.py) on `world_model` (see `load_agent`), frozen, in eval mode."""
+def load_prior(path: str | Path, world_model=None, device: str = "cpu", to_range: ActionRange | None = None):
+    """The SB3 policy of a prior agent zip (agents/behaviour_prior.py) on `world_model` (see `load_agent`), frozen,
+    in eval mode. ``to_range``: re-expressed in that action range (`ActionRange.rescale_policy`)."""
     from gaia_gym.rl.agent import load_agent
 
-    pol = load_agent(path, world_model=world_model, device=device).policy
+    agent = load_agent(path, world_model=world_model, device=device)
+    pol = agent.policy
+    if to_range is not None:
+        ActionRange.of_agent(agent).rescale_policy(pol, to_range)
     pol.set_training_mode(False)
     for p in pol.parameters():
         p.requires_grad_(False)

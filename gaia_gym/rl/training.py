@@ -113,16 +113,35 @@ class Budget(BaseCallback):
         return not self.run.over_budget()
 
 
+class StopAfter(BaseCallback):
+    """Stops `learn` after `minutes` of wall-clock time from the start of training (None: never)."""
+
+    def __init__(self, minutes: float | None) -> None:
+        super().__init__()
+        self.seconds = None if minutes is None else float(minutes) * 60
+
+    def _on_training_start(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        return self.seconds is None or time.perf_counter() - self.t0 < self.seconds
+
+
 class RealEval(BaseCallback):
     """Every `eval_every` timesteps: drive the real CarRacing-v3 on fixed held-out tracks, log the real
-    return beside the imagined one, keep OUT/best.zip (like SB3's EvalCallback, in another env)."""
+    return beside the imagined one, keep OUT/best.zip (like SB3's EvalCallback, in another env).
+    ``at_start``: also score the policy a new run starts from (the learning curve's first point)."""
 
-    def __init__(self, run: Run, bundle) -> None:
+    def __init__(self, run: Run, bundle, at_start: bool = False) -> None:
         super().__init__()
-        self.run, self.bundle, self.env = run, bundle, None
+        self.run, self.bundle, self.env, self.at_start = run, bundle, None, at_start
         a = run.args
         self.every, self.seeds = a.eval_every, validation_tracks(a.eval_episodes)
         self.last = run.state.get("last_eval_timesteps", 0)
+
+    def _on_training_start(self) -> None:
+        if self.at_start and self.every > 0 and not self.run.state["evals"]:
+            self.evaluate()
 
     def _on_step(self) -> bool:
         if self.every > 0 and self.num_timesteps - self.last >= self.every:
@@ -180,36 +199,47 @@ def _fmt(x: float | None) -> str:
 
 # ---------------------------------------------------------------------------------------------
 def training_prompts(args, bundle, out: Path):
-    """The prompt bank imagined episodes start from: the model's own, or (--prompt-data) `prompt_clips`
-    mid-drive clips of the TRAINING split plus, with --standing-starts, each training episode's first
-    frame held still. Real data only from the dataset the world model was trained on (no new real steps)."""
-    from gaia_gym.bundle import PromptBank
-
+    """The prompt bank imagined episodes start from: the model's own, or (--prompt-data) `dataset_prompts`."""
     if args.prompt_data is None:
         return bundle.prompts
-    src = Path(args.prompt_data)
+    return dataset_prompts(bundle, args.prompt_data, out, clips=args.prompt_clips, seed=args.seed,
+                           standing_starts=args.standing_starts)
+
+
+def dataset_prompts(bundle, data: str | Path, out: Path, clips: int = 2048, seed: int = 0,
+                    standing_starts: bool = True):
+    """Start contexts from real drives: `clips` mid-drive clips of a dataset's TRAINING split (`data`: its
+    directory, tokenized once into OUT/tokens, or a tokenized split .npz) plus, with `standing_starts`,
+    each training episode's first frame held still (how a real episode starts). Real data only from the
+    dataset the world model was trained on: no new real steps."""
+    from gaia_gym.bundle import PromptBank
+
+    src = Path(data)
     if src.is_dir():
         from gaia_gym.bundle import Sources, resolve_tokenizer
         from gaia_gym.train.world_model import tokenize_split
 
         tok_dir = resolve_tokenizer(Path(bundle.path), Sources.read(bundle.path))
-        src = tokenize_split(src, tok_dir, "train", out / "tokens" / "train.npz", bundle.codec)
+        src = tokenize_split(src, tok_dir, "train", Path(out) / "tokens" / "train.npz", bundle.codec)
     elif not src.is_file():
         raise MissingFileError(f"{src}: no such dataset directory or tokenized split")
     C = bundle.prompts.context
-    bank = PromptBank.from_token_file(src, context=C, n=args.prompt_clips, seed=args.seed, continuation=0)
-    if args.standing_starts:
+    bank = PromptBank.from_token_file(src, context=C, n=clips, seed=seed, continuation=0)
+    if standing_starts:
         bank = bank.concat(PromptBank.standing_starts(src, C, bundle.codec.encode(0.0, 0.0)))
     return bank
 
 
-def make_model(args, run: Run, venv, device: str, bundle):
-    """A new agent, or the one in OUT/last.zip (resume)."""
+def make_model(args, run: Run, venv, device: str, bundle, prior=None):
+    """A new agent, or the one in OUT/last.zip (resume). ``prior``: PMPO's KL reference policy (already in
+    this run's action range; not saved with the agent, so it is given again on every resume)."""
     last, tb = run.out / "last.zip", str(run.out / "tb")
     if last.exists():
         model = load_agent(last, world_model=bundle, env=venv, device=device, tensorboard_log=tb)
         if (run.out / "replay.pkl").exists() and hasattr(model, "load_replay_buffer"):
             model.load_replay_buffer(run.out / "replay.pkl")
+        if hasattr(model, "set_prior"):
+            model.set_prior(prior)
         return model, True
     arch = [int(x) for x in args.net_arch.split(",") if x.strip()]
     if isinstance(venv.observation_space, gym_spaces.Dict):
@@ -221,27 +251,34 @@ def make_model(args, run: Run, venv, device: str, bundle):
                           f"'{args.obs}+features' or 'features'")
     common = dict(learning_rate=args.lr, gamma=args.gamma, batch_size=args.batch_size, tensorboard_log=tb,
                   seed=args.seed, device=device, verbose=0, policy_kwargs=kw)
-    if args.algo == "ppo":
-        algo = dict(n_steps=args.n_steps, n_epochs=args.n_epochs, ent_coef=args.ent_coef)
+    if args.algo in ("ppo", "pmpo"):
+        algo = dict(n_steps=args.n_steps, n_epochs=args.n_epochs, ent_coef=args.ent_coef,
+                    clip_range=getattr(args, "clip_range", 0.2), gae_lambda=getattr(args, "gae_lambda", 0.95))
+        if args.algo == "pmpo":
+            algo.update(prior=prior, alpha=args.alpha, kl_coef=args.kl_coef, critic_warmup=args.critic_warmup)
     else:
         algo = dict(buffer_size=args.buffer_size, learning_starts=args.learning_starts,
                     gradient_steps=args.gradient_steps)
     model = algo_class(args.algo)(policy, venv, **common, **algo)
     if args.init is not None:
-        init_from(model, args.init, bundle)
+        init_from(model, args.init, bundle, action_range(args))
     model.gaia_action_range = action_range(args).as_dict()  # saved with the agent; the evaluator applies it
     return model, False
 
 
-def init_from(model, path: str, bundle) -> None:
-    """Copy the policy weights of the agent zip at `path` into `model` (a new agent of the same network)."""
-    src = load_agent(path, world_model=bundle, device=model.device).policy.state_dict()
-    dst = model.policy.state_dict()
+def init_from(model, path: str, bundle, to_range: ActionRange | None = None) -> None:
+    """Copy the policy weights of the agent zip at `path` into `model` (a new agent of the same network);
+    with `to_range`, re-express them in that action range (`ActionRange.rescale_policy`: the same physical
+    actions, e.g. a prior trained with a lower speed cap)."""
+    src_agent = load_agent(path, world_model=bundle, device=model.device)
+    src, dst = src_agent.policy.state_dict(), model.policy.state_dict()
     bad = sorted(k for k in set(src) | set(dst) if k not in src or k not in dst or src[k].shape != dst[k].shape)
     if bad:
         raise ConfigError(f"{path}: its policy does not fit this run's network ({', '.join(bad[:3])}...): "
                          "use the same --net-arch, --obs and world model")
     model.policy.load_state_dict(src)
+    if to_range is not None:
+        ActionRange.of_agent(src_agent).rescale_policy(model.policy, to_range)
 
 
 def action_range(args) -> ActionRange:
@@ -289,5 +326,5 @@ def learn_resumable(model, run: Run, remaining: int, callbacks: list[BaseCallbac
     return done
 
 
-__all__ = ["Budget", "Checkpoint", "ProgressBar", "RealEval", "Run", "action_range", "init_from", "learn_resumable",
+__all__ = ["Budget", "Checkpoint", "ProgressBar", "RealEval", "Run", "StopAfter", "dataset_prompts", "action_range", "init_from", "learn_resumable",
            "make_model", "save_model_atomic", "training_prompts"]
