@@ -4,9 +4,9 @@
     python examples/agent_drives_real.py --track 1000007 --out drive.gif
 
 The agent (gaia_gym/assets/agents/driver.zip, an SB3 PPO actor-critic) reads the world model's features.
-It is the behaviour prior of agents/behaviour_prior.py, fit to the expert's logged actions on the
-observations the world model gives along the dataset's drives. It never drove the real simulator
-while it learned (agents/train_imagination.py trains agents inside the imagination from it). Here it sees the real track through the same observation (real frame -> tokens -> the world model's
+It was trained from scratch inside the world model's imagination
+(examples/train_in_imagination.py): it never saw an expert's action, and never drove the real simulator
+while it learned (gaia_gym/assets/agents/AGENT_CARD.md). Here it sees the real track through the same observation (real frame -> tokens -> the world model's
 hidden state over the real history, `RealCarRacingEnv`). Its scores on the 20 test tracks are in
 results/agents.json (`python agents/evaluate_real.py --policy shipped`).
 """
