@@ -179,6 +179,10 @@ class ActionRange:
         same, e.g. widening the speed range of a behaviour prior before fine-tuning it."""
         import torch
 
+        if np.array_equal(self.low, to.low) and np.array_equal(self.high, to.high):
+            return  # the same range: nothing to re-express
+        if not hasattr(policy, "action_net") or not hasattr(policy, "log_std"):
+            raise ConfigError("only a Gaussian actor-critic policy (PPO/PMPO) can change its action range")
         a = (self.high - self.low) / (to.high - to.low)
         b = a - 1.0 + 2.0 * (self.low - to.low) / (to.high - to.low)
         net = policy.action_net
