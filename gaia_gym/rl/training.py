@@ -114,17 +114,20 @@ class Budget(BaseCallback):
 
 
 class StopAfter(BaseCallback):
-    """Stops `learn` after `minutes` of wall-clock time from the start of training (None: never)."""
+    """Stops `learn` after `minutes` of wall-clock time (None: never), counted from `t0` (a `time.time()`;
+    None: the start of training)."""
 
-    def __init__(self, minutes: float | None) -> None:
+    def __init__(self, minutes: float | None, t0: float | None = None) -> None:
         super().__init__()
         self.seconds = None if minutes is None else float(minutes) * 60
+        self.t0 = t0
 
     def _on_training_start(self) -> None:
-        self.t0 = time.perf_counter()
+        if self.t0 is None:
+            self.t0 = time.time()
 
     def _on_step(self) -> bool:
-        return self.seconds is None or time.perf_counter() - self.t0 < self.seconds
+        return self.seconds is None or time.time() - self.t0 < self.seconds
 
 
 class RealEval(BaseCallback):
@@ -253,7 +256,7 @@ def make_model(args, run: Run, venv, device: str, bundle, prior=None):
                   seed=args.seed, device=device, verbose=0, policy_kwargs=kw)
     if args.algo in ("ppo", "pmpo"):
         algo = dict(n_steps=args.n_steps, n_epochs=args.n_epochs, ent_coef=args.ent_coef,
-                    clip_range=getattr(args, "clip_range", 0.2), gae_lambda=getattr(args, "gae_lambda", 0.95))
+                    clip_range=args.clip_range, gae_lambda=args.gae_lambda)
         if args.algo == "pmpo":
             algo.update(prior=prior, alpha=args.alpha, kl_coef=args.kl_coef, critic_warmup=args.critic_warmup)
     else:
@@ -285,21 +288,20 @@ def action_range(args) -> ActionRange:
     return ActionRange((-1.0, -1.0), (1.0, args.speed_max))
 
 
-class Checkpoint(BaseCallback):
+class Checkpoint(StopAfter):
     """Saves the model to `path` atomically every `minutes`, and stops training after `budget_s` wall
-    seconds from `t0` (None: no budget)."""
+    seconds from `t0` (None: no budget; `StopAfter`)."""
 
     def __init__(self, path: Path, minutes: float, budget_s: float | None = None, t0: float | None = None) -> None:
-        super().__init__()
-        self.path, self.every, self.budget = Path(path), minutes * 60, budget_s
-        self.t0 = time.time() if t0 is None else t0
+        super().__init__(None if budget_s is None else budget_s / 60, time.time() if t0 is None else t0)
+        self.path, self.every = Path(path), minutes * 60
         self.last = time.time()
 
     def _on_step(self) -> bool:
         if time.time() - self.last > self.every:
             save_model_atomic(self.model, self.path)
             self.last = time.time()
-        return self.budget is None or time.time() - self.t0 < self.budget
+        return super()._on_step()
 
 
 def learn_resumable(model, run: Run, remaining: int, callbacks: list[BaseCallback], tb_log_name: str,
