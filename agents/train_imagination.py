@@ -99,6 +99,9 @@ class Args:
                 "policy its KL term pulls towards (--kl-coef)"})
     prior_coef: float = field(default=1.0, metadata={"help": "weight of the prior term"})
     prior_std: float = field(default=0.3, metadata={"help": "std of the Gaussian prior around its action (agent units)"})
+    ledger: str | None = field(default=None, metadata={
+        "help": "a real-step ledger (gaia_gym.rl.ledger.RealBudget JSON): every real evaluation step is spent there"})
+    ledger_limit: int = field(default=200_000, metadata={"help": "the ledger's budget of real steps"})
     eval_start: bool = field(default=True, metadata={
         "help": "score the starting policy on the validation tracks before a new run learns (the curve's first point)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
@@ -192,8 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
     evaluator = RealEval(run, bundle, at_start=args.eval_start)
 
     def finish() -> None:
-        if args.eval_every > 0 and model.num_timesteps > evaluator.last:
-            evaluator.evaluate()  # the final policy, unless just evaluated
+        if args.eval_every > 0 and model.num_timesteps - evaluator.last >= max(args.envs, args.eval_every // 10):
+            evaluator.evaluate()  # the final policy, unless evaluated in its last tenth of an interval
 
     try:
         if not learn_resumable(model, run, remaining, [ProgressBar(args.timesteps, args.progress), Budget(run),

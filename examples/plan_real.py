@@ -31,7 +31,7 @@ from gaia_gym.errors import exit_with, run_script
 from gaia_gym.fileio import merge_json
 from gaia_gym.media import save_figure, subplots
 from gaia_gym.rl.planner import add_planner_args, planner_config_from_args
-from gaia_gym.seeds import TEST_TRACKS
+from gaia_gym.seeds import TEST_TRACKS, validation_tracks
 
 
 def compare(agents_json: Path) -> dict:
@@ -60,6 +60,9 @@ def plot(path: Path, record: dict) -> None:
     if "real_return_per_seed" in record.get("with_terminal_value", {}):
         series["planner with the critic's terminal value"] = record["with_terminal_value"]["real_return_per_seed"]
     series.update({k.replace("_", " "): v["real_return_per_seed"] for k, v in record.get("compare", {}).items()})
+    series.update({k.replace("_", " "): v["real_return_per_seed"] for k, v in record.items()  # other keyed runs
+                   if k not in ("with_policy_proposal", "with_terminal_value", "compare") and isinstance(v, dict)
+                   and isinstance(v.get("real_return_per_seed"), dict)})
     if not series:
         raise KeyError("no real_return_per_seed to plot")
     seeds = list(next(iter(series.values())))
@@ -69,12 +72,12 @@ def plot(path: Path, record: dict) -> None:
         ys = [per.get(s, np.nan) for s in seeds]
         ax.bar(np.arange(len(seeds)) + i * w, ys, w, label=f"{name} (mean {np.nanmean(ys):.0f})")
     ax.set_xticks(np.arange(len(seeds)) + 0.4 - w / 2, [s[-2:] for s in seeds])
-    ax.set_xlabel("test track (seed 1,000,0xx)")
+    ax.set_xlabel(f"track (seed {seeds[0][:-2]}xx)")
     ax.set_ylabel("real CarRacing-v3 return")
     ax.axhline(0, color="k", lw=0.5)
     ncol = min(3, len(series))
     ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=ncol, frameon=False)
-    ax.set_title(f"Real CarRacing-v3 returns on {len(seeds)} held-out test tracks",
+    ax.set_title(f"Real CarRacing-v3 returns on {len(seeds)} held-out tracks",
                  pad=6 + 11 * -(-len(series) // ncol))
     save_figure(fig, path)
 
@@ -83,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_planner_args(p)
     p.add_argument("--episodes", type=int, default=20, help="test tracks from 1,000,000 (default: %(default)s)")
+    p.add_argument("--validation", action="store_true",
+                   help="drive the validation tracks 1,000,100+ instead (to choose settings; test tracks score once)")
     p.add_argument("--max-steps", type=int, default=None, help="cap episodes (smoke runs; not comparable)")
     p.add_argument("--json", type=Path, default=Path("results/planning.json"), help="results file")
     p.add_argument("--plot", type=Path, default=Path("results/planning_real.png"), help="per-track plot")
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"wrote {a.plot}")
         return rec
     if not 1 <= a.episodes <= 20:
-        exit_with("plan_real: --episodes must be in [1, 20] (the test tracks)")
+        exit_with("plan_real: --episodes must be in [1, 20] (the test tracks, or as many validation tracks)")
     from gaia_gym.bundle import load_bundle
     from gaia_gym.errors import GaiaGymError
     from gaia_gym.evaluation.real import drive_tracks, summarize_planning
@@ -136,7 +141,12 @@ def main(argv: list[str] | None = None) -> dict:
         name += f"_value-{Path(a.terminal_value).parent.name}{Path(a.terminal_value).stem}x{a.value_scale:g}"
     if a.max_steps:
         name += f"_cap{a.max_steps}"
-    eps = drive_tracks(bundle, cfg, list(TEST_TRACKS)[: a.episodes], a.work / f"{name}.json", seed=a.seed,
+    if cfg.margin is not None:
+        name += f"_margin{cfg.margin:g}_std{cfg.init_std:g}"
+    if a.validation:
+        name += "_validation"
+    tracks = validation_tracks(a.episodes) if a.validation else list(TEST_TRACKS)[: a.episodes]
+    eps = drive_tracks(bundle, cfg, tracks, a.work / f"{name}.json", seed=a.seed,
                        max_steps=a.max_steps, video_path=a.video, proposal=proposal, value_fn=value_fn)
     rec = summarize_planning(eps, cfg)
     if a.proposal:
@@ -144,7 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
     if a.terminal_value:
         rec["terminal_value"], rec["value_scale"] = a.terminal_value, a.value_scale
     rec["command"] = "python examples/plan_real.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    key = a.key or ("with_terminal_value" if a.terminal_value else "with_policy_proposal" if a.proposal else None)
+    key = a.key or (f"validation_{name}" if a.validation else "with_terminal_value" if a.terminal_value
+                    else "with_policy_proposal" if a.proposal else None)
     if key:
         merge_json(a.json, key, rec)
     else:

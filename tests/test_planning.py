@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import runpy
 import types
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from gaia_gym.bundle import save_bundle
+from gaia_gym.errors import ConfigError
 from gaia_gym.imagination import Imagination
 from gaia_gym.rl.planner import Planner, PlannerConfig, add_planner_args, planner_config_from_args
 
@@ -195,6 +197,25 @@ def test_a_proposal_seeds_the_search(bundle):
     assert torch.allclose(a, want[0], atol=1e-3)
 
 
+def test_a_trust_region_keeps_the_proposal_unless_search_clearly_beats_it(bundle):
+    """margin: the proposal's own action unless a scored sequence beats the proposal's score by more."""
+    eng = fresh_engine(bundle, n=1)
+    want = torch.tensor([[-0.8, -0.5]] * 3)
+    steer_right = lambda tokens, actions, features: actions[:, 0]  # noqa: E731 - reward: the steering value
+    cfg = PlannerConfig(candidates=16, horizon=3, iterations=1, elites=4, init_std=0.5, momentum=0.0)
+    kw = dict(seed=0, proposal=lambda state: want, reward_fn=steer_right)
+    # the search finds sequences scored above the proposal's (steering -0.8 each step): a margin of 0 takes the best
+    p = Planner(bundle, dataclasses.replace(cfg, margin=0.0), **kw)
+    a = p.plan(eng.state(), 0)
+    assert not p.last["kept_proposal"] and torch.equal(a, p.last["first_action_best"])
+    assert p.last["score_best"] > p.last["score_proposal"] + 0.1
+    # a margin above any gain the search can find (steering <= 1 per step) keeps the proposal's action exactly
+    p = Planner(bundle, dataclasses.replace(cfg, margin=10.0), **kw)
+    assert torch.equal(p.plan(eng.state(), 0), want[0]) and p.last["kept_proposal"] and p.kept == 1
+    with pytest.raises(ConfigError, match="margin"):
+        PlannerConfig(margin=-1.0)
+
+
 class _ScriptedAgent:
     """Stands in for an SB3 agent: records what it sees, steers by its step count, asks for speed +1."""
 
@@ -257,7 +278,7 @@ def test_policy_value_reads_an_sb3_critic(bundle):
     import gymnasium as gym
     from stable_baselines3 import PPO
 
-    from gaia_gym.errors import ConfigError
+
     from gaia_gym.rl.planner import PolicyValue
 
     env = gym.make("GaiaDrive-v0", bundle=bundle, obs_mode="tokens+features")

@@ -31,6 +31,7 @@ from gaia_gym.sims.carracing import ZOOM_FRAMES
 from gaia_gym.sims.rig import Camera, render_rig
 
 ZOOM_PENALTY = -0.1 * ZOOM_FRAMES  # CarRacing's -0.1 per frame over the zoom-in, before the first observation
+EPISODE_STEPS_MAX = -(-(1000 - ZOOM_FRAMES) // 4)  # 238: CarRacing stops at 1000 frames; steps of 4 frames after the zoom-in
 
 
 class RealCarRacingEnv(gym.Env):
@@ -56,7 +57,10 @@ class RealCarRacingEnv(gym.Env):
 
     ## Rewards
     CarRacing-v3's own: -0.1 per simulator frame and +1000/N per new track tile (summed over the 4
-    frames of a step). ``info["model_reward"]`` is the world model's reward head for the same step.
+    frames of a step). ``info["model_reward"]`` is the world model's reward head for the same step; ``info``
+    also has the step's decoded ``steering``, ``target_speed_mps``, the measured ``speed_mps`` after it and
+    the ``raw_action`` ([steer, gas, brake] mean) sent to the simulator, and `frame` is the frame observed
+    now: what a recorder needs to write the drive as a dataset episode (`gaia_gym.rl.rounds`).
 
     ## Starting State
     After CarRacing's 50-frame zoom-in (its -5 reward is counted by `gaia_gym.evaluation.real.run_episode` as
@@ -147,8 +151,14 @@ class RealCarRacingEnv(gym.Env):
         self._needs_reset = s.terminated or s.truncated
         info = {"model_reward": float(out.reward[0]), "model_end_prob": float(out.end_prob[0]),
                 "speed_mps": s.speed_mps, "steering": float(steering), "target_speed_mps": float(speed),
+                "raw_action": s.raw_action,
                 "track": self.track, **{k: v for k, v in s.info.items() if k == "lap_finished"}}
         return self._obs(out.latents, out.features), float(s.reward), s.terminated, s.truncated, info
+
+    @property
+    def frame(self) -> np.ndarray | None:
+        """The frame the agent observes now (dataset convention; a rig's views (V, S, S, 3)), or None."""
+        return None if self._frame is None else self._frame.copy()
 
     def render(self):
         if self.render_mode != "rgb_array" or self._frame is None:

@@ -208,9 +208,11 @@ def plan_real_episode(env, planner: Planner, track: int, max_steps: int | None =
     `planner` from the world model's memory of the real frames; scored like every policy
     (`run_episode`), plus the planner's decisions per second."""
     planner.reset()
-    dec0, sec0 = planner.decisions, planner.seconds
+    dec0, sec0, kept0 = planner.decisions, planner.seconds, planner.kept
     out = run_episode(env, lambda obs: planner.act(env.engine.state(), 0).cpu().numpy(), track, max_steps, video)
     out["decisions_per_s"] = (planner.decisions - dec0) / max(planner.seconds - sec0, 1e-9)
+    if planner.cfg.margin is not None and planner.proposal is not None:  # share of decisions left to the proposal
+        out["kept_proposal"] = (planner.kept - kept0) / max(planner.decisions - dec0, 1)
     return out
 
 
@@ -264,6 +266,8 @@ def summarize_planning(episodes: list[dict], config: PlannerConfig) -> dict:
             "laps_finished": int(sum(e["lap_finished"] for e in episodes)),
             "wall_seconds": round(float(sum(e["wall_seconds"] for e in episodes)), 1),
             "capped": any(e["capped"] for e in episodes), "episodes": len(episodes),
+            **({"kept_proposal": float(np.mean([e["kept_proposal"] for e in episodes]))}
+               if all("kept_proposal" in e for e in episodes) else {}),
             "planner": {**asdict(config), "imagined_steps_per_decision": config.imagined_steps()}}
 
 

@@ -88,7 +88,9 @@ def load_agent(path: str | Path, world_model=None, env=None, device: str = "auto
     agent shipped in the package (`SHIPPED_AGENT`).
 
     ``world_model``: the loaded bundle (or module) whose features the agent will see; its weights sha256
-    must be the one the zip records (`ModelFileError` otherwise). Older zips record none: they are
+    must be the one the zip records, or, where the zip also records its ``observation_sha``, its weights
+    but the reward and end heads must be (a round of real driving retrains only the heads: the agent's
+    inputs are the same); `ModelFileError` otherwise. Older zips record none: they are
     rebuilt on `world_model` (default: the shipped model) unchecked. A missing file raises
     `MissingFileError`, a file that is not an SB3 agent `ModelFileError`.
     """
@@ -113,7 +115,8 @@ def load_agent(path: str | Path, world_model=None, env=None, device: str = "auto
             legacy = policy_kwargs(world_model, freeze=fk.get("freeze_embedding", True), net_arch=None,
                                    spatial=fk.get("spatial", 0))["features_extractor_kwargs"]
             fk = {**legacy, "world_model_sha": None}
-        elif world_model is not None and world_model_sha(world_model) != recorded:
+        elif world_model is not None and world_model_sha(world_model) != recorded and (
+                fk.get("observation_sha") is None or world_model_sha(world_model, heads=False) != fk["observation_sha"]):
             where = getattr(world_model, "path", "the given world model")
             raise ModelFileError(f"{p} was trained on the world model with weights sha256 {recorded[:12]}..., "
                                  f"not {where} ({world_model_sha(world_model)[:12]}...): pass --model with its model")
@@ -136,6 +139,7 @@ def save_agent(agent, path: str | Path, world_model=None, drop_optimizer: bool =
     if world_model is not None:
         fk = dict(agent.policy_kwargs.get("features_extractor_kwargs", {}))
         fk["world_model_sha"] = world_model_sha(world_model)
+        fk["observation_sha"] = world_model_sha(world_model, heads=False)
         agent.policy_kwargs = {**agent.policy_kwargs, "features_extractor_kwargs": fk}
     if drop_optimizer:
         opt = agent.policy.optimizer

@@ -53,10 +53,11 @@ class Tables:
     vocab: int = 0
     code_levels: tuple[int, ...] = ()  # non-empty: the "digits" embedding
     flow: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int] | None = None  # (weight, bias, positions, patch)
+    observation_sha: str | None = None  # `world_model_sha(model, heads=False)`
 
     def shapes(self) -> dict[str, Any]:
         """The small, path-free description stored in policy_kwargs."""
-        out: dict[str, Any] = {"world_model_sha": self.sha}
+        out: dict[str, Any] = {"world_model_sha": self.sha, "observation_sha": self.observation_sha}
         if self.table is not None:
             out.update(table_shape=tuple(self.table.shape), patch=self.patch, vocab=self.vocab,
                        code_levels=tuple(self.code_levels))
@@ -76,11 +77,20 @@ def _module_of(model) -> nn.Module:
     return wm
 
 
-def world_model_sha(model) -> str:
+# The layers that only score imagined steps: an agent's observations (tokens, latents, hidden features)
+# never pass through them, so a round of real driving may retrain them under a trained agent.
+HEAD_PREFIXES = ("reward_head.", "end_head.")
+
+
+def world_model_sha(model, heads: bool = True) -> str:
     """The sha256 of a loaded world model's weights (its state_dict's names and float32 values, in name
-    order): the same for a model in memory and for the directory it was saved to and loaded from."""
+    order): the same for a model in memory and for the directory it was saved to and loaded from.
+    ``heads=False``: without the reward and end heads (`HEAD_PREFIXES`), i.e. of everything an agent's
+    observations depend on (two models that differ only in their heads give an agent the same inputs)."""
     h = hashlib.sha256()
     for k, v in sorted(_module_of(model).state_dict().items()):
+        if not heads and k.startswith(HEAD_PREFIXES):
+            continue
         h.update(k.encode())
         h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -95,10 +105,12 @@ def world_model_tables(model) -> Tables:
     cfg = wm.cfg
     if hasattr(wm, "tok_emb"):
         levels = tuple(int(v) for v in cfg.code_levels) if getattr(cfg, "embedding", "codes") == "digits" else ()
-        t = Tables(sha, wm.tok_emb.weight.detach().float().cpu().clone(), int(cfg.patch), int(cfg.vocab), levels)
+        t = Tables(sha, wm.tok_emb.weight.detach().float().cpu().clone(), int(cfg.patch), int(cfg.vocab), levels,
+                   observation_sha=world_model_sha(wm, heads=False))
     elif hasattr(wm, "inp"):
         t = Tables(sha, flow=(wm.inp.weight.detach().float().cpu().clone(), wm.inp.bias.detach().float().cpu().clone(),
-                              wm.pos_emb.detach().float().cpu().clone(), int(cfg.patch)))
+                              wm.pos_emb.detach().float().cpu().clone(), int(cfg.patch)),
+                   observation_sha=world_model_sha(wm, heads=False))
     else:
         raise ConfigError(f"{type(wm).__name__} has neither a token table nor a latent input layer")
     _CACHE[sha] = t
@@ -111,7 +123,8 @@ class WorldModelExtractor(BaseFeaturesExtractor):
 
     Args:
         observation_space: a Dict space with ``tokens`` (g, g) or ``latents`` (C, h, w), and/or ``features``.
-        world_model_sha, table_shape, patch, vocab, code_levels, flow_shape: what `Tables.shapes` records.
+        world_model_sha, observation_sha, table_shape, patch, vocab, code_levels, flow_shape: what
+            `Tables.shapes` records (the shas only identify the model: `gaia_gym.rl.agent.load_agent` checks them).
         freeze_embedding: keep the copied layers fixed (True) or fine-tune them (False).
         spatial: per-position projection width of the token patches (0: mean-pool).
     """
@@ -119,7 +132,7 @@ class WorldModelExtractor(BaseFeaturesExtractor):
     def __init__(self, observation_space: spaces.Dict, world_model_sha: str | None = None,
                  table_shape: tuple[int, int] | None = None, patch: int = 0, vocab: int = 0,
                  code_levels: tuple[int, ...] = (), flow_shape=None, freeze_embedding: bool = True,
-                 spatial: int = 0) -> None:
+                 spatial: int = 0, observation_sha: str | None = None) -> None:
         if not isinstance(observation_space, spaces.Dict):
             raise ConfigError(f"WorldModelExtractor needs a Dict observation space, got {observation_space}")
         keys = tuple(observation_space.spaces)
@@ -245,4 +258,4 @@ def policy_kwargs(world_model, freeze: bool = True,
     return {**out, **extra}
 
 
-__all__ = ["EXTRACTOR_KEYS", "Tables", "WorldModelExtractor", "policy_kwargs", "world_model_sha", "world_model_tables"]
+__all__ = ["EXTRACTOR_KEYS", "HEAD_PREFIXES", "Tables", "WorldModelExtractor", "policy_kwargs", "world_model_sha", "world_model_tables"]

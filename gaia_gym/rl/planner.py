@@ -17,7 +17,10 @@ The planner never changes the state it is given (it restores copies into its own
 seed its decisions are reproducible. `reward_fn(tokens, actions, features) -> (n,)` replaces the reward
 head (e.g. a known reward in tests). `proposal(state) -> (H, 2)` (e.g. a trained policy's actions)
 seeds the mean at each decision: the policy proposes, the planner refines (`PolicyProposal` makes one
-from a trained agent). `value_fn(tokens, features) -> (n,)` adds a terminal value beyond the horizon
+from a trained agent). With a `margin` (a trust region around the proposal), the planner drives the
+proposal's own action unless the best sequence it scored beats the proposal's score by more than the
+margin, and then that sequence's first action: search overrides a good policy only where it sees a
+clear gain. `value_fn(tokens, features) -> (n,)` adds a terminal value beyond the horizon
 (TD-MPC2): a sequence's score gains gamma^H x P(still running) x V(the last imagined observation), so a
 short horizon still sees what comes after it (`PolicyValue` makes one from a trained agent's critic).
 
@@ -57,6 +60,7 @@ class PlannerConfig:
     low: tuple[float, float] = (-1.0, -1.0)  # action range searched: [steering, speed]
     high: tuple[float, float] = (1.0, 0.6)  # speed capped where the data's commands end (see rl.agent.ActionRange)
     temperature: float = 1.0  # sampling temperature of imagined futures
+    margin: float | None = None  # with a proposal: leave it only for a sequence scored this much higher (trust region)
 
     def __post_init__(self) -> None:
         if self.method not in ("cem", "mppi"):
@@ -72,6 +76,8 @@ class PlannerConfig:
             raise ConfigError(f"action range must satisfy -1 <= low < high <= 1, got {self.low} .. {self.high}")
         if self.mppi_temperature <= 0 or self.init_std <= 0:
             raise ConfigError("mppi_temperature and init_std must be > 0")
+        if self.margin is not None and not self.margin >= 0:
+            raise ConfigError(f"margin must be >= 0 (reward units) or None, got {self.margin}")
 
     @property
     def rows(self) -> int:
@@ -102,7 +108,7 @@ class Planner:
         self.high = torch.tensor(self.cfg.high, dtype=torch.float32, device=self.device)
         self._mean: torch.Tensor | None = None  # (H, 2) the last plan (the next decision's warm start)
         self._used = 0  # actions of the last plan driven so far
-        self.decisions, self.seconds = 0, 0.0
+        self.decisions, self.seconds, self.kept = 0, 0.0, 0
         self.last: dict = {}
 
     def reset(self) -> None:
@@ -147,12 +153,14 @@ class Planner:
         t0 = time.perf_counter()
         mean = self._initial_mean(state)
         std = torch.full_like(mean, c.init_std)
-        best_score, best_first = -float("inf"), None
-        for _ in range(c.iterations):
+        best_score, best_first, proposed = -float("inf"), None, None
+        for it in range(c.iterations):
             noise = torch.randn((c.candidates, c.horizon, 2), generator=self.gen, device=self.device)
             cand = (mean + std * noise).clamp(self.low, self.high)
             cand[0] = mean.clamp(self.low, self.high)  # the current mean is always among the candidates
             scores = self.score(state, row, cand)
+            if it == 0:
+                proposed = (float(scores[0]), cand[0, 0].clone())  # the starting mean (a proposal's own plan)
             i = int(scores.argmax())
             if float(scores[i]) > best_score:
                 best_score, best_first = float(scores[i]), cand[i, 0].clone()
@@ -167,9 +175,16 @@ class Planner:
             std = new_std.clamp_min(c.min_std)
         self._mean, self._used = mean, 1
         action = mean[0].clamp(self.low, self.high)
+        kept = None
+        if c.margin is not None and self.proposal is not None:
+            # trust region: the proposal's own action unless a scored sequence beats it by the margin
+            kept = best_score - proposed[0] <= c.margin
+            action = proposed[1] if kept else best_first
+            self.kept += int(kept)
         self.decisions += 1
         self.seconds += time.perf_counter() - t0
-        self.last = {"score_best": best_score, "first_action_best": best_first, "mean": mean}
+        self.last = {"score_best": best_score, "first_action_best": best_first, "mean": mean,
+                     "score_proposal": proposed[0], "kept_proposal": kept}
         return action
 
     def act(self, state: EngineState, row: int = 0) -> torch.Tensor:
@@ -242,6 +257,10 @@ def add_planner_args(parser) -> None:
     p.add_argument("--execute", type=int, default=d.execute, help="actions driven per plan (default: %(default)s)")
     p.add_argument("--elites", type=int, default=d.elites, help="CEM elites (default: %(default)s)")
     p.add_argument("--speed-max", type=float, default=d.high[1], help="highest speed action (default: %(default)s)")
+    p.add_argument("--margin", type=float, default=None, help="with a proposal: drive its action unless a sequence "
+                   "scores this much more (reward units; default: always the refined plan)")
+    p.add_argument("--init-std", type=float, default=d.init_std, help="sampling std around the mean (default: %(default)s)")
+    p.add_argument("--gamma", type=float, default=d.gamma, help="discount within the horizon (default: %(default)s)")
     p.add_argument("--model", default=None, help="world-model directory (default: the shipped model)")
     p.add_argument("--seed", type=int, default=0, help="planner seed (default: %(default)s)")
 
@@ -251,7 +270,7 @@ def planner_config_from_args(args, **override) -> PlannerConfig:
     with `override`'s fields on top; an invalid combination raises ValueError."""
     kw = dict(method=args.method, candidates=args.candidates, horizon=args.horizon, samples=args.samples,
               iterations=args.iterations, execute=args.execute, elites=min(args.elites, args.candidates),
-              high=(1.0, args.speed_max))
+              high=(1.0, args.speed_max), margin=args.margin, init_std=args.init_std, gamma=args.gamma)
     return PlannerConfig(**{**kw, **override})
 
 

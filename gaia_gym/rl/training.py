@@ -23,12 +23,13 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.utils import safe_mean
 from tqdm import tqdm
 
-from gaia_gym.envs.real import RealCarRacingEnv
+from gaia_gym.envs.real import EPISODE_STEPS_MAX, RealCarRacingEnv
 from gaia_gym.errors import ConfigError, MissingFileError, ResumeError
 from gaia_gym.evaluation.real import evaluate_env_policy
 from gaia_gym.fileio import atomic_write_bytes, atomic_write_json, clean_temp_files
 from gaia_gym.rl.agent import ActionRange, agent_actor, algo_class, load_agent
 from gaia_gym.rl.extractor import policy_kwargs
+from gaia_gym.rl.ledger import BudgetExceeded, RealBudget
 from gaia_gym.seeds import validation_tracks
 
 
@@ -141,6 +142,8 @@ class RealEval(BaseCallback):
         a = run.args
         self.every, self.seeds = a.eval_every, validation_tracks(a.eval_episodes)
         self.last = run.state.get("last_eval_timesteps", 0)
+        # every real step an evaluation drives is spent in the run's ledger, if it keeps one (rounds do)
+        self.budget = RealBudget.open(a.ledger, a.ledger_limit) if getattr(a, "ledger", None) else None
 
     def _on_training_start(self) -> None:
         if self.at_start and self.every > 0 and not self.run.state["evals"]:
@@ -155,7 +158,15 @@ class RealEval(BaseCallback):
         if self.env is None:
             self.env = RealCarRacingEnv(bundle=self.bundle, obs_mode=self.run.args.obs)
         t = time.perf_counter()
+        if self.budget is not None:
+            need = len(self.seeds) * (self.run.args.eval_max_steps or EPISODE_STEPS_MAX)
+            if self.budget.cap(need) < need:
+                raise BudgetExceeded(f"an evaluation on {len(self.seeds)} real tracks may take {need} steps; the "
+                                     f"ledger {self.budget.path} has {self.budget.left} left")
         eps, _ = evaluate_env_policy(self.env, agent_actor(self.model), self.seeds, self.run.args.eval_max_steps)
+        if self.budget is not None:
+            self.budget.spend(int(sum(e["steps"] for e in eps)), "checkpoint_eval", run=str(self.run.out),
+                              timesteps=int(self.num_timesteps))
         real = np.array([e["return"] for e in eps])
         H = self.run.args.horizon
         rec = {"timesteps": int(self.num_timesteps), "elapsed_s": round(self.run.elapsed(), 1),
