@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         drives = drive_round(agent, bundle, here / "drives", round_tracks(k, a.tracks), budget, k, progress=a.progress,
                              max_steps=a.max_steps)
         heads = finetune_heads(bundle, [a.data, *[out / f"round_{j}" / "drives" for j in range(1, k + 1)]],
-                               here / "model", steps=a.head_steps, progress=a.progress)
+                               here / "model", steps=a.head_steps, progress=a.progress, tokens_dir=out / "tokens")
         cmd = [sys.executable, str(Path(__file__).with_name("train_imagination.py")), *train, "--model",
                str(here / "model"), "--init", str(start), "--out", str(here / "agent"), "--ledger",
                str(out / "budget.json"), "--ledger-limit", str(a.limit)]

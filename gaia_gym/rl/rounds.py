@@ -132,12 +132,27 @@ def head_losses(wm, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch
     return r_loss, e_loss
 
 
+def _path_key(d: str | Path) -> str:
+    """A file name for dataset `d`'s encoded train split: its directory name, a hash of its full path and its
+    train steps (a dataset that grew since it was encoded is encoded again)."""
+    import hashlib
+
+    from gaia_gym.data.loader import EpisodeIndex
+
+    full = str(Path(d).resolve())
+    steps = EpisodeIndex(d, split="train").total_steps
+    return f"{Path(full).name}_{hashlib.sha1(full.encode()).hexdigest()[:10]}_{steps}"
+
+
 def finetune_heads(bundle, data: Sequence[str | Path], out: str | Path, steps: int = 1500, batch_size: int = 32,
-                   lr: float = 3e-4, seed: int = 0, val_fraction: float = 0.2, progress: bool = True) -> dict:
+                   lr: float = 3e-4, seed: int = 0, val_fraction: float = 0.2, progress: bool = True,
+                   tokens_dir: str | Path | None = None) -> dict:
     """Fine-tune `bundle`'s reward and end heads on the train splits of the datasets `data` (the first the
     original data, the rest rounds' drives: each batch takes half its clips from the first, half from the
     others) and write the model directory `out` (done already: returned as is). A held-out share
-    (`val_fraction`) of the round episodes scores the heads before and after. Returns the record."""
+    (`val_fraction`) of the round episodes scores the heads before and after. `tokens_dir`: where the
+    encoded datasets are cached (default: beside `out`; rounds share one, the tokenizer never changes).
+    Returns the record."""
     from tqdm import tqdm
 
     from gaia_gym.bundle import TOKENIZER_DIR, load_bundle, save_bundle
@@ -158,9 +173,9 @@ def finetune_heads(bundle, data: Sequence[str | Path], out: str | Path, steps: i
     tok_dir = Path(bundle.path) / TOKENIZER_DIR
     if not tok_dir.exists():
         raise ConfigError(f"{bundle.path}: no tokenizer directory to encode the drives with")
-    work = out.parent / (out.name + "_tokens")
-    files = [tokenize_split(Path(d), tok_dir, "train", work / f"data{i}.npz", bundle.codec, progress=progress)
-             for i, d in enumerate(data)]
+    work = Path(tokens_dir) if tokens_dir is not None else out.parent / (out.name + "_tokens")
+    files = [tokenize_split(Path(d), tok_dir, "train", work / f"{_path_key(d)}.npz", bundle.codec, progress=progress)
+             for d in data]
     L = wm.cfg.context
     base = TokenClips(files[0], L)
     rounds = [TokenClips(f, L) for f in files[1:]]
