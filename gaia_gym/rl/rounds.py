@@ -64,8 +64,7 @@ def drive_round(agent, bundle, out: str | Path, tracks: Sequence[int], budget: R
     act = agent_actor(agent, deterministic=deterministic)
     driven, t0 = [], time.perf_counter()
     try:
-        for i, track in enumerate(tqdm(tracks, desc=f"round {round_index} (real tracks)", unit="track",
-                                       disable=not progress)):
+        for track in tqdm(tracks, desc=f"round {round_index} (real tracks)", unit="track", disable=not progress):
             if track in have:
                 continue
             if budget.cap(need) < need:
@@ -119,13 +118,15 @@ def _head_parameters(wm: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for _, p in named]
 
 
-def head_losses(wm, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def head_losses(wm, batch: dict[str, torch.Tensor], memory: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The reward head's two-hot cross-entropy and the end head's BCE on `batch` (tokens, actions, reward,
-    terminated), over the world model's memory computed without gradient (only the heads learn)."""
+    terminated), over the world model's `memory` of it (computed here without gradient when not given:
+    only the heads learn)."""
     from gaia_gym.models.world_model import symlog, two_hot
 
-    with torch.no_grad():
-        memory = wm.forward(batch["tokens"], batch["actions"], None).memory
+    if memory is None:
+        with torch.no_grad():
+            memory = wm.forward(batch["tokens"], batch["actions"], None).memory
     target = two_hot(symlog(batch["reward"].float()), wm.bins)
     r_loss = -(target * wm.reward_logits(memory).log_softmax(-1)).sum(-1).mean()
     e_loss = F.binary_cross_entropy_with_logits(wm.end_head(memory).squeeze(-1).float(), batch["terminated"].float())
@@ -207,8 +208,8 @@ def finetune_heads(bundle, data: Sequence[str | Path], out: str | Path, steps: i
             for c, s in parts:
                 for i in range(0, len(s), 256):
                     b = c.batch(s[i:i + 256])
-                    r, e = head_losses(wm, b)
-                    mem = wm.forward(b["tokens"], b["actions"], None).memory
+                    mem = wm.forward(b["tokens"], b["actions"], None).memory  # once for the losses and the MAE
+                    r, e = head_losses(wm, b, mem)
                     mae = (wm.expected_reward(mem) - b["reward"].float()).abs().mean()
                     k = len(b["reward"])
                     tot["reward_loss"] += float(r) * k
