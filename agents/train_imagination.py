@@ -1,8 +1,15 @@
-"""Train a driving agent entirely in the world model's imagination; score it in the REAL CarRacing-v3.
+"""Train a driving agent entirely in the world model's imagination; score it in the REAL simulator.
 
     python agents/train_imagination.py --algo ppo --timesteps 2000000 --minutes 120 --out runs/agent_ppo
     python agents/train_imagination.py --algo sac --timesteps 300000 --out runs/agent_sac
+    python agents/train_imagination.py --model gaia_gym/assets/world_model_highway --init runs/hw_prior/prior.zip \\
+        --prior runs/hw_prior/prior.zip --spatial 8 --per-token --prompt-data data/highway2 --out runs/hw_ft
     tensorboard --logdir runs/agent_ppo/tb
+
+On a highway-env world model (docs/highway.md) the same script trains in GaiaHighway-v0 and scores its
+checkpoints in the real highway-env (`RealHighwayEnv`, `--eval-episodes` validation seeds of each of the
+four scenarios; the crash rate is logged too); everything below about CarRacing's tracks holds for
+those seeds.
 
 The agent acts in GaiaDrive-v0 (`GaiaDriveVecEnv`: `--envs` imagined episodes batched in one engine),
 each episode starting from a real context clip of the model's prompt bank and lasting at most
@@ -63,6 +70,8 @@ class Args:
     net_arch: str = field(default="256,256", metadata={"help": "hidden layers after the extractor"})
     spatial: int = field(default=0, metadata={
         "help": "per-position token projection width (0: mean-pool; gaia_gym.rl.extractor.WorldModelExtractor)"})
+    per_token: bool = field(default=False, metadata={
+        "help": "with --spatial: every token its own position, not every patch (gaia_gym.rl.extractor.policy_kwargs)"})
     lr: float = field(default=3e-4, metadata={"help": "learning rate"})
     gamma: float = field(default=0.99, metadata={"help": "discount"})
     batch_size: int = field(default=256, metadata={"help": "minibatch size"})
@@ -79,13 +88,16 @@ class Args:
     gradient_steps: int = field(default=-1, metadata={
         "help": "SAC: gradient steps per env step (-1: one per transition)"})
     prompt_data: str | None = field(default=None, metadata={
-        "help": "real start contexts: a dataset directory (its train split is tokenized into OUT/tokens) or a "
+        "help": "real start contexts: a dataset directory (its train split is tokenized into OUT/tokens; a highway-env "
+                "model's clips also carry their scene metadata: gaia_gym.rl.training.highway_prompts) or a "
                 "tokenized split .npz; None: the model's prompt bank"})
     prompt_clips: int = field(default=2048, metadata={"help": "with --prompt-data: mid-drive context clips drawn"})
     standing_starts: bool = field(default=True, metadata={
-        "help": "with --prompt-data: add every episode's first frame held still (how a real episode starts)"})
-    speed_max: float = field(default=0.6, metadata={
-        "help": "highest speed action the agent can ask for (the data's 95th percentile is ~0.5; 1 = 100 m/s)"})
+        "help": "with --prompt-data: add every episode's first frame held still (highway-env: held at its first "
+                "speed), which is how a real episode starts"})
+    speed_max: float | None = field(default=None, metadata={
+        "help": "highest speed action the agent can ask for (None: the world's default, `gaia_gym.rl.training."
+                "default_speed_max`: CarRacing 0.6 (1 = 100 m/s; the data's 95th percentile is ~0.5), highway-env 1.0)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of imagined frames"})
     end_threshold: float = field(default=0.5, metadata={"help": "end-head probability that ends an imagined episode"})
     pessimism: float = field(default=0.0, metadata={
@@ -151,8 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
     from gaia_gym.envs import GaiaDriveVecEnv
     from gaia_gym.errors import GaiaGymError
     from gaia_gym.rl.agent import ActionRange
-    from gaia_gym.rl.training import (Budget, ProgressBar, RealEval, Run, action_range, learn_resumable, make_model,
-                                      training_prompts)
+    from gaia_gym.rl.training import (Budget, ProgressBar, RealEval, Run, action_range, default_speed_max,
+                                      learn_resumable, make_model, training_prompts)
     from gaia_gym.rl.wrappers import ranged_vec_env
 
     args = parse_args(argv)
@@ -165,6 +177,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         bundle = load_bundle(args.model, device)
         args.obs = args.obs or f"{bundle.backend.latent_key}+features"
+        if args.speed_max is None:
+            args.speed_max = default_speed_max(bundle)
         bank = training_prompts(args, bundle, run.out)
         venv = GaiaDriveVecEnv(num_envs=args.envs, bundle=dataclasses.replace(bundle, prompts=bank), obs_mode=args.obs,
                                horizon=args.horizon, temperature=args.temperature, end_threshold=args.end_threshold,

@@ -178,3 +178,41 @@ def test_rerun_with_another_spec_is_refused(tiny, capsys):
         collect_highway(cfg, tiny, progress=False)
     assert (tiny / fmt.MANIFEST).read_bytes() == before  # nothing added, the header not rewritten
     assert sorted(p.name for p in (tiny / fmt.EPISODES).glob("ep_*.npz")) == shards
+
+
+def test_expert_labels_change_nothing_and_follow_the_controller(monkeypatch):
+    """The labels are the clean cruise controller's command at every step, and computing them draws none
+    of the behaviour's random numbers: the same seed records the same episode with or without them."""
+    from gaia_gym.sims import highway as hw
+
+    cfg = preset(HighwayCollectConfig, "tiny", max_steps=25)
+    spec = EpisodeSpec(0, 11, "train", ("intersection-v0",))
+    labelled, _ = record_highway_episode(spec, cfg)
+    monkeypatch.setattr(hw.BehaviourPolicy, "expert", lambda self, others: (0.0, 0.0))
+    plain, _ = record_highway_episode(spec, cfg)
+    for k in ("frames", "raw_action", "speed_mps", "reward", "behaviour", "others"):
+        np.testing.assert_array_equal(labelled[k], plain[k], err_msg=k)
+    steer, speed = labelled["expert_steering"], labelled["expert_speed_mps"]
+    assert steer.shape == speed.shape == (len(labelled["frames"]),) and steer.dtype == np.float32
+    assert np.all(np.abs(steer) <= 1.0) and np.all(speed >= 0.0)
+    # in cruise segments (the same steering law with light noise) the behaviour's steering is the label's
+    cruise = labelled["behaviour"] == 0
+    if cruise.any():
+        assert np.abs(labelled["steering"][cruise] - steer[cruise]).mean() < 0.1
+    assert not np.allclose(steer, 0.0) or not np.allclose(speed, 0.0)
+
+
+def test_an_episode_does_not_depend_on_the_episodes_before_it():
+    """highway-env's intersection-v0 changes its traffic model class-wide; every env starts from the defaults
+    again, so a highway episode records the same after an intersection episode as on its own."""
+    from highway_env.vehicle.behavior import IDMVehicle
+
+    cfg = preset(HighwayCollectConfig, "tiny", max_steps=15)
+    spec = EpisodeSpec(0, 5, "train", ("highway-fast-v0",))
+    alone, _ = record_highway_episode(spec, cfg)
+    record_highway_episode(EpisodeSpec(1, 6, "train", ("intersection-v0",)), cfg)
+    assert IDMVehicle.DISTANCE_WANTED == 7  # what intersection-v0 leaves behind
+    after, _ = record_highway_episode(spec, cfg)
+    assert IDMVehicle.DISTANCE_WANTED == 10 and IDMVehicle.COMFORT_ACC_MIN == -5  # highway-env's own defaults again
+    for k in ("frames", "others", "reward"):
+        np.testing.assert_array_equal(alone[k], after[k], err_msg=k)

@@ -101,6 +101,30 @@ def test_fit_prior_learns_the_labels_and_scores_held_out(bundle, model_dir):
     venv.close()
 
 
+def test_fit_prior_keep_best_restores_the_best_held_out_epoch(bundle, model_dir):
+    """Labels that are noise on the training set only: held-out error rises as the fit memorises them;
+    keep_best hands back the epoch with the lowest held-out error, and the policy then scores that error."""
+    agent, venv = _agent(model_dir, bundle)
+    rs = np.random.default_rng(2)
+    d, g = bundle.backend.feature_dim, bundle.backend.latent_shape
+
+    def make(n, noise):
+        f = rs.standard_normal((n, d)).astype(np.float32)
+        t = np.clip(0.5 * np.tanh(f[:, :2]) + noise * rs.standard_normal((n, 2)), -1, 1).astype(np.float32)
+        return {"tokens": rs.integers(0, 4, (n, *g)), "features": f, "target": t}
+
+    train, val = make(300, 0.6), make(300, 0.0)
+    fit = fit_prior(agent, train, val, epochs=6, batch_size=32, lr=3e-3, progress=False, keep_best=True,
+                    weight_decay=0.01)
+    best = int(np.argmin(fit.val_action_mse))
+    assert fit.best_epoch == best + 1
+    import gaia_gym.rl.prior as prior_mod
+
+    mu = prior_mod.prior_mean(agent.policy, {k: val[k] for k in ("tokens", "features")})
+    assert float(((mu - val["target"]) ** 2).sum(-1).mean() / 2) == pytest.approx(fit.val_action_mse[best], abs=2e-4)
+    venv.close()
+
+
 def test_prior_penalty_is_zero_at_the_prior_and_grows_with_distance():
     mu0 = np.array([[0.2, 0.5], [0.2, 0.5]], np.float32)
     p = prior_penalty(np.array([[0.2, 0.5], [0.8, 0.5]]), mu0, coef=2.0, std=0.3)
@@ -164,6 +188,28 @@ def test_spatial_extractor_keeps_positions(bundle, model_dir):
     assert not torch.allclose(spatial({"tokens": t}), spatial({"tokens": moved}))
     with pytest.raises(Exception, match="spatial"):
         WorldModelExtractor(spaces.Dict({"features": spaces.Box(-1, 1, (4,), np.float32)}), spatial=2)
+
+
+def test_per_token_extractor_sees_a_move_within_a_patch(bundle):
+    """per_token: (g*g*k,) features, and a code moved to another cell of the same patch changes them (a
+    patch's sum of its sub-positions' rows keeps less of where inside the patch a thing is)."""
+    from gymnasium import spaces
+
+    from gaia_gym.rl.extractor import WorldModelExtractor
+
+    g = bundle.backend.latent_shape[-1]
+    space = spaces.Dict({"tokens": spaces.Box(0, 15, (g, g), np.int64)})
+    kw = policy_kwargs(bundle, spatial=2, per_token=True)["features_extractor_kwargs"]
+    ex = WorldModelExtractor(space, **kw)
+    assert ex.features_dim == 2 * g * g
+    t = torch.zeros(1, g, g)
+    t[0, 0, 0] = 5.0
+    moved = torch.roll(t, shifts=1, dims=2)  # one cell to the right, inside the same patch
+    a, b = ex({"tokens": t}), ex({"tokens": moved})
+    assert not torch.allclose(a, b)
+    assert int((~torch.isclose(a, b)).sum()) <= 4  # only the two cells' own numbers changed
+    with pytest.raises(Exception, match="per_token needs spatial"):
+        WorldModelExtractor(space, **{**kw, "spatial": 0})
 
 
 def test_collector_records_the_experts_action_at_every_step():

@@ -25,8 +25,9 @@ from it, and what that action led to)::
     truncated         (T,)  bool           time limit / end of log after step t
     meta              ()    str            JSON: source, seed, split, scenario, fps, ...
 
-plus source-specific optional arrays (e.g. ``behaviour``; CarRacing's ``expert_steering`` and ``expert_speed_mps``,
-the clean scripted driver's action at every step, noisy segments included; highway's ``others``; a camera rig's ``views`` (T, V, S, S, 3)
+plus source-specific optional arrays (e.g. ``behaviour``; ``expert_steering`` and ``expert_speed_mps``,
+the clean scripted driver's action at every step, noisy segments included (CarRacing's expert; highway-env's
+cruise controller); highway's ``others``; a camera rig's ``views`` (T, V, S, S, 3)
 and ``last_views`` (V, S, S, 3), with views[:, 0] == frames and the rig's poses under the manifest's
 ``cameras``: `gaia_gym.sims.rig`). The manifest is a cache of the
 shards' ``meta``: shards are the truth, so a manifest can always be rebuilt (`rebuild_manifest`).

@@ -33,8 +33,9 @@ class RealHighwayEnv(gym.Env):
     keys of ``obs_mode``; a single key gives that key's ``Box`` and the bare array). ``int8`` and
     ``text_encoder`` are applied by `gaia_gym.bundle.load_bundle`, as in GaiaHighway-v0.
 
-    ``info``: ``model_reward`` (the world model's reward head for the same step), ``crashed``,
-    ``speed_mps``, ``seed``, ``scenario``. ``scripted_action()`` is the collector's cruise controller
+    ``info``: ``model_reward`` and ``model_end_prob`` (the world model's reward and end heads for the same
+    step), ``crashed``, ``speed_mps``, ``distance_m`` (driven this episode), ``success``
+    (`scenario_success`), ``seed``, ``scenario``. ``scripted_action()`` is the collector's cruise controller
     (lane keeping, speed tracking with a 1 s headway, slowing for crossing traffic) for the current
     state, in model units: the scripted baseline driver."""
 
@@ -71,7 +72,6 @@ class RealHighwayEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         from gaia_gym.sims.highway import BehaviourPolicy, grab_frame, lane_count, make_env, scene_variation
-        from gaia_gym.sims.highway_scene import scenario_family
 
         super().reset(seed=seed)
         options = dict(options or {})
@@ -96,13 +96,9 @@ class RealHighwayEnv(gym.Env):
         tok = self._encode(self._frame)
         C = self.bundle.prompts.context
         u = self.env.unwrapped
-        hold = torch.as_tensor(self.codec.encode(0.0, float(u.vehicle.speed)), device=self.engine.device)
-        scene = None  # what the simulator says of the scene, through the one options -> conditions path
-        spec = self.bundle.conditions
-        if spec is not None:
-            known = {"scenario": scenario_family(self.scenario), "lanes": str(min(4, lane_count(self.env)[0]))}
-            scene = scene_rows(self.bundle, 1, None, {"metadata": {k: v for k, v in known.items() if k in spec.fields}},
-                               self.engine.device)
+        self.distance_m = 0.0
+        hold, scene = highway_start(self.bundle, self.scenario, lane_count(self.env)[0], float(u.vehicle.speed),
+                                    self.engine.device)
         tokens, features = self.engine.reset(context=(tok[:, None].expand(1, C, *tok.shape[1:]), hold.expand(1, C, 2)),
                                              scene=scene)
         return self._obs(tokens, features), {"seed": self.seed_, "scenario": self.scenario}
@@ -127,12 +123,13 @@ class RealHighwayEnv(gym.Env):
         self.others = np.asarray(obs, dtype=np.float32)[1:]
         self._frame = grab_frame(self.env, self.cfg.frame_size)
         self.steps += 1
+        self.distance_m += float(u.vehicle.speed) / float(self.cfg.policy_frequency)
         truncated = bool(truncated) or self.steps >= self.max_steps
         out = self.engine.step(torch.from_numpy(a[None]).to(self.engine.device), observed=self._encode(self._frame))
         self._needs_reset = bool(terminated) or truncated
         info = {"model_reward": float(out.reward[0]), "model_end_prob": float(out.end_prob[0]),
                 "crashed": bool(u.vehicle.crashed), "speed_mps": float(u.vehicle.speed), "seed": self.seed_,
-                "scenario": self.scenario}
+                "scenario": self.scenario, "distance_m": self.distance_m, "success": scenario_success(self.env, self.scenario)}
         return self._obs(out.latents, out.features), float(reward), bool(terminated), truncated, info
 
     def render(self):
@@ -145,6 +142,43 @@ class RealHighwayEnv(gym.Env):
             self.env.close()
             self.env = None
         super().close()
+
+
+def highway_start(bundle, scenario: str, lanes: int, speed_mps: float, device=None):
+    """How a real highway episode starts in the world model: (the context's action (2,): straight on at the
+    current speed, held under the first frame; the scene rows of what the simulator says of the scene:
+    road family and lane count, or None for an unconditioned model). `RealHighwayEnv.reset` and the
+    behaviour prior's replay of logged episodes (`gaia_gym.rl.prior.real_observations`) share it, so the
+    prior sees what the agent will see."""
+    from gaia_gym.sims.highway_scene import scenario_family
+
+    dev = device if device is not None else bundle.device
+    hold = torch.as_tensor(bundle.codec.encode(0.0, float(speed_mps)), device=dev)
+    spec = bundle.conditions
+    if spec is None:
+        return hold, None
+    known = {"scenario": scenario_family(scenario), "lanes": str(min(4, int(lanes)))}
+    return hold, scene_rows(bundle, 1, None, {"metadata": {k: v for k, v in known.items() if k in spec.fields}}, dev)
+
+
+SUCCESS_SCENARIOS = ("merge-v0", "intersection-v0")
+# merge-v0's ramp joins the highway over x = 230..310 m (its road: 150 m before, 80 m converging, 80 m
+# merging); the ego starts at x = 30 m, so within 40 steps (8 s) it reaches the merging section, never
+# the end (highway-env's own success, x > 370 m, is out of reach of a 40-step episode)
+MERGE_ZONE_X = 230.0
+
+
+def scenario_success(env, scenario: str) -> bool | None:
+    """Success where the scenario defines it, for the episode so far: merge-v0, reached the merging section
+    (x >= `MERGE_ZONE_X`, where the ramp's traffic joins) without a crash; intersection-v0, arrived on the
+    exit road (highway-env's `has_arrived`) without a crash. None for the other scenarios (survival is
+    their crash rate)."""
+    u = env.unwrapped
+    if scenario == "merge-v0":
+        return bool(u.vehicle.position[0] >= MERGE_ZONE_X and not u.vehicle.crashed)
+    if scenario == "intersection-v0":
+        return bool(u.has_arrived(u.vehicle) and not u.vehicle.crashed)
+    return None
 
 
 def default_highway_model():

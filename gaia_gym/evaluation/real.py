@@ -58,8 +58,9 @@ def run_episode(env, act, seed: int, max_steps: int | None = None, video: bool =
     Returns the real return (CarRacing's counts every frame -0.1, the zoom-in's ZOOM_PENALTY included),
     the world model's predicted return (``info["model_reward"]`` summed), the per-step real rewards, the
     steps, whether `max_steps` cut it (then the return is not comparable) and the wall seconds; on
-    CarRacing ``track`` and ``lap_finished``, on highway ``scenario`` and ``crashed``; with ``video``
-    also the frames (`render()`)."""
+    CarRacing ``track`` and ``lap_finished``; on highway ``scenario``, ``crashed``, ``success`` (where the
+    scenario defines it), ``distance_m``, the per-step ``speeds`` and ``end_probs`` (the end head's
+    crash probability); with ``video`` also the frames (`render()`)."""
     highway = scenario is not None or hasattr(env, "scripted_action")
     t0 = time.perf_counter()
     if highway:
@@ -72,6 +73,7 @@ def run_episode(env, act, seed: int, max_steps: int | None = None, video: bool =
     else:
         obs, _ = env.reset(options={"track": int(seed)})
     rewards, model_return, frames, info, crashed, done = [], 0.0, [], {}, False, False
+    end_probs, speeds = [], []
     if video:
         frames.append(env.render())
     while not done and (max_steps is None or len(rewards) < max_steps):
@@ -79,19 +81,63 @@ def run_episode(env, act, seed: int, max_steps: int | None = None, video: bool =
         rewards.append(float(r))
         model_return += info["model_reward"]
         crashed |= bool(info.get("crashed", False))
+        if highway:
+            end_probs.append(float(info["model_end_prob"]))
+            speeds.append(float(info["speed_mps"]))
         done = terminated or truncated
         if video:
             frames.append(env.render())
     out = {"seed": int(seed), "return": float(sum(rewards)) + (0.0 if highway else ZOOM_PENALTY),
            "model_return": float(model_return), "rewards": rewards, "steps": len(rewards), "capped": not done,
            "wall_seconds": time.perf_counter() - t0}
-    if highway:
-        out.update(scenario=scenario, crashed=crashed)
+    if highway:  # the end head's probability at every step (its calibration against `crashed`), speeds
+        out.update(scenario=scenario or info.get("scenario"), crashed=crashed, success=info.get("success"),
+                   distance_m=float(info.get("distance_m", 0.0)), speeds=speeds, end_probs=end_probs)
     else:
         out.update(track=int(seed), lap_finished=bool(info.get("lap_finished", False)))
     if video:
         out["frames"] = frames
     return out
+
+
+def is_highway(bundle) -> bool:
+    """Whether `bundle` is a highway-env world model (its action codec is highway-env's)."""
+    from gaia_gym.models.layout import HIGHWAY_CODEC
+
+    return bundle.codec == HIGHWAY_CODEC
+
+
+def real_env_for(bundle, obs_mode: str):
+    """The real simulator seen as `bundle`'s imagination is: `RealHighwayEnv` for a highway-env model,
+    `RealCarRacingEnv` otherwise."""
+    if is_highway(bundle):
+        from gaia_gym.envs.real_highway import RealHighwayEnv
+
+        return RealHighwayEnv(bundle=bundle, obs_mode=obs_mode)
+    from gaia_gym.envs.real import RealCarRacingEnv
+
+    return RealCarRacingEnv(bundle=bundle, obs_mode=obs_mode)
+
+
+def validation_episodes(bundle, n: int) -> list[tuple[int, str | None]]:
+    """The real episodes that score checkpoints of an agent on `bundle`: the first `n` validation tracks
+    (CarRacing: (track, None)); on highway-env the first `n` validation seeds of every scenario."""
+    from gaia_gym.seeds import validation_tracks
+
+    if is_highway(bundle):  # scenario by scenario, as `gaia_gym.evaluation.highway_agents.episodes_of`
+        from gaia_gym.envs.real_highway import SCENARIOS
+
+        return [(s, sc) for sc in SCENARIOS for s in validation_tracks(n)]
+    return [(t, None) for t in validation_tracks(n)]
+
+
+def episode_steps_max(bundle) -> int:
+    """The longest real episode of `bundle`'s world (a ledger reserves this many steps per episode)."""
+    if is_highway(bundle):
+        return 40
+    from gaia_gym.envs.real import EPISODE_STEPS_MAX
+
+    return EPISODE_STEPS_MAX
 
 
 def _key(e: dict) -> int:

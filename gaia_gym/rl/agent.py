@@ -21,6 +21,8 @@ from gaia_gym.errors import ConfigError, MissingFileError, ModelFileError
 
 ALGOS = ("ppo", "sac", "pmpo")
 SHIPPED_AGENT = Path(__file__).resolve().parent.parent / "assets" / "agents" / "driver.zip"
+# the highway-env agent, trained in GaiaHighway-v0's world model (docs/highway.md); "shipped-highway"
+SHIPPED_HIGHWAY_AGENT = SHIPPED_AGENT.with_name("highway_driver.zip")
 # where the extractor class lived when older zips were pickled -> where it lives now
 _MOVED = {"gaia_gym.policy": "gaia_gym.rl.extractor"}
 
@@ -39,8 +41,9 @@ def algo_class(name: str):
 
 
 def resolve_agent_path(policy: str | Path) -> Path:
-    """"shipped" -> the agent shipped in the package; anything else is a path."""
-    return SHIPPED_AGENT if str(policy) == "shipped" else Path(policy)
+    """"shipped" -> the CarRacing agent shipped in the package, "shipped-highway" -> the highway-env one;
+    anything else is a path."""
+    return {"shipped": SHIPPED_AGENT, "shipped-highway": SHIPPED_HIGHWAY_AGENT}.get(str(policy), Path(policy))
 
 
 class _Unpickler(pickle.Unpickler):
@@ -224,5 +227,5 @@ def agent_obs_mode(agent, bundle) -> str:
     return "+".join(k for k in (be.latent_key, "frame", "features") if k in keys)
 
 
-__all__ = ["ALGOS", "ActionRange", "SHIPPED_AGENT", "agent_actor", "agent_algo", "agent_obs_mode", "agent_world_model_sha", "algo_class",
+__all__ = ["ALGOS", "ActionRange", "SHIPPED_AGENT", "SHIPPED_HIGHWAY_AGENT", "agent_actor", "agent_algo", "agent_obs_mode", "agent_world_model_sha", "algo_class",
            "export_agent", "load_agent", "resolve_agent_path", "save_agent"]

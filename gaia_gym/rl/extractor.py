@@ -132,7 +132,7 @@ class WorldModelExtractor(BaseFeaturesExtractor):
     def __init__(self, observation_space: spaces.Dict, world_model_sha: str | None = None,
                  table_shape: tuple[int, int] | None = None, patch: int = 0, vocab: int = 0,
                  code_levels: tuple[int, ...] = (), flow_shape=None, freeze_embedding: bool = True,
-                 spatial: int = 0, observation_sha: str | None = None) -> None:
+                 spatial: int = 0, observation_sha: str | None = None, per_token: bool = False) -> None:
         if not isinstance(observation_space, spaces.Dict):
             raise ConfigError(f"WorldModelExtractor needs a Dict observation space, got {observation_space}")
         keys = tuple(observation_space.spaces)
@@ -175,6 +175,9 @@ class WorldModelExtractor(BaseFeaturesExtractor):
         # a camera rig's tokens are (V, g, g): its views' patches are positions too (as WorldModel.patchify)
         views = int(np.prod(observation_space["tokens"].shape[:-2])) if table is not None else 0
         n_pos = 0 if table is None else views * (observation_space["tokens"].shape[-1] // patch) ** 2
+        if per_token and not spatial:
+            raise ConfigError("per_token needs spatial > 0 (each token's projection width)")
+        n_pos *= patch * patch if per_token else 1  # every token its own position, not every patch
         d_tok = 0 if table is None else (spatial * n_pos if spatial else table.shape[1])
         d_tok += 0 if proj is None else proj[0].shape[0]
         d_feat = int(observation_space["features"].shape[0]) if "features" in self.keys else 0
@@ -202,7 +205,7 @@ class WorldModelExtractor(BaseFeaturesExtractor):
             self.lat_patch = int(proj[3])
         if d_feat:
             self.norm = nn.LayerNorm(d_feat)
-        self.spatial = int(spatial)
+        self.spatial, self.per_token = int(spatial), bool(per_token)
         if self.spatial:  # each patch's embedding projected to `spatial` numbers, kept in place (not pooled)
             self.spatial_proj = nn.Linear(table.shape[1], self.spatial)
 
@@ -221,9 +224,12 @@ class WorldModelExtractor(BaseFeaturesExtractor):
         t = t.reshape(B, -1, g // p, p, g // p, p).permute(0, 1, 2, 4, 3, 5).reshape(B, -1, p * p)
         if self.digits:  # as WorldModel.embed_image: the sum over sub-positions and FSQ digits
             idx = (t.unsqueeze(-1) // self.basis) % self.levels + self.offset  # (B, P, S, nd)
-            e = self.embedding(idx.flatten(-2)).sum(-2)  # (B, P, d)
+            e = self.embedding(idx).sum(-2)  # (B, P, S, d): each token's row (its sub-position's table)
         else:
-            e = self.embedding(t + self.offset).sum(-2)  # (B, P, d)
+            e = self.embedding(t + self.offset)  # (B, P, S, d)
+        if self.per_token:  # every token kept in place: finer than a patch (a lane line's offset)
+            return torch.relu(self.spatial_proj(e)).flatten(1)  # (B, P * S * spatial)
+        e = e.sum(-2)  # (B, P, d): the patch embedding
         if self.spatial:
             return torch.relu(self.spatial_proj(e)).flatten(1)  # (B, P * spatial): where things are survives
         return e.mean(-2)
@@ -241,17 +247,21 @@ class WorldModelExtractor(BaseFeaturesExtractor):
 
 def policy_kwargs(world_model, freeze: bool = True,
                   net_arch: list[int] | dict[str, list[int]] | None = (256, 256), spatial: int = 0,
-                  **extra: Any) -> dict[str, Any]:
+                  per_token: bool = False, **extra: Any) -> dict[str, Any]:
     """SB3 ``policy_kwargs`` for a "MultiInputPolicy" (PPO, SAC, ...) using `WorldModelExtractor`.
 
     ``world_model``: the loaded bundle (or world-model module) whose layers are copied (recorded in the
     kwargs by shape and weights sha256 only); ``freeze``: keep them fixed; ``net_arch``: SB3's hidden
     layers after the extractor; ``spatial``: per-position token projection width (0: mean-pool);
+    ``per_token``: with ``spatial``, every token is a position (not every patch: highway-env's frames hold
+    a 4-patch grid, too coarse to see where the ego sits in its lane);
     ``extra``: more policy kwargs.
     """
     kw: dict[str, Any] = {**world_model_tables(world_model).shapes(), "freeze_embedding": bool(freeze)}
     if spatial:
         kw["spatial"] = int(spatial)
+    if per_token:
+        kw["per_token"] = True
     out: dict[str, Any] = {"features_extractor_class": WorldModelExtractor, "features_extractor_kwargs": kw}
     if net_arch is not None:
         out["net_arch"] = dict(net_arch) if isinstance(net_arch, dict) else list(net_arch)

@@ -46,7 +46,8 @@ def expert_targets(episode: dict, codec, action_range: ActionRange) -> np.ndarra
     """(T, 2) agent-unit targets of one logged episode: its expert labels, encoded and range-inverted."""
     missing = [k for k in EXPERT_FIELDS if k not in episode]
     if missing:
-        raise DatasetError(f"episode has no {', '.join(missing)}: recollect it with `gaia-gym collect carracing` "
+        src = (episode.get("meta") or {}).get("source", "carracing")
+        raise DatasetError(f"episode has no {', '.join(missing)}: recollect it with `gaia-gym collect {src}` "
                            "(datasets from before the expert labels cannot train a prior)")
     return inverse_range(action_range, codec.encode(episode["expert_steering"], episode["expert_speed_mps"]))
 
@@ -60,13 +61,30 @@ def discounted_returns(reward: np.ndarray, gamma: float) -> np.ndarray:
     return out
 
 
+def episode_start(bundle, episode: dict):
+    """How the real env starts this logged episode in the world model: (the context's action (2,), scene
+    rows or None). CarRacing: a standing start ("stand still" under the first frame, as `RealCarRacingEnv`);
+    highway-env (``meta["source"] == "highway"``): `gaia_gym.envs.real_highway.highway_start` (straight on
+    at the recorded first speed, the scenario's road family and lane count), as `RealHighwayEnv`."""
+    meta = episode.get("meta") or {}
+    if meta.get("source") == "highway":
+        from gaia_gym.envs.real_highway import highway_start
+
+        if "speed_mps" not in episode:
+            raise DatasetError("a highway episode's replay needs its speed_mps (the first speed starts it)")
+        return highway_start(bundle, meta["scenario"], int(meta["lanes"]), float(episode["speed_mps"][0]))
+    return torch.as_tensor(bundle.codec.encode(0.0, 0.0), device=bundle.device), None
+
+
 @torch.no_grad()
 def real_observations(bundle, episodes: list[dict], rows: int = 32, progress: bool = True) -> dict[str, np.ndarray]:
-    """The agent's observations along logged real episodes, as `RealCarRacingEnv` would give them.
+    """The agent's observations along logged real episodes, as the real env (`RealCarRacingEnv`,
+    `RealHighwayEnv`) would give them.
 
     `episodes`: dicts with ``frames`` (T, S, S, 3) uint8, ``steering`` and ``target_speed_mps`` (T,) (the
-    executed actions). Each is replayed from a standing start (the first frame held for the prompt
-    length under "stand still"), every next frame observed. Returns ``tokens`` (N, g, g),
+    executed actions), and ``meta`` (and ``speed_mps``) for highway episodes. Each is replayed from the
+    real env's start (`episode_start`: the first frame held for the prompt length under the start's
+    action, with the scene's conditions), every next frame observed. Returns ``tokens`` (N, g, g),
     ``features`` (N, d) and ``model_reward`` (N,): the reward head's prediction for each step's
     transition (NaN on an episode's last step, whose next frame is not in ``frames``), N = the
     episodes' summed length, episode after episode."""
@@ -74,9 +92,10 @@ def real_observations(bundle, episodes: list[dict], rows: int = 32, progress: bo
 
     from gaia_gym.imagination import Imagination
 
+    from gaia_gym.imagination import SceneRows
+
     engine = Imagination(bundle, n=1, temperature=0.0, end_threshold=1.0)
     codec, C = bundle.codec, bundle.prompts.context
-    still = torch.as_tensor(codec.encode(0.0, 0.0), device=engine.device)
     toks, feats, rews = [], [], []
     bar = tqdm(total=sum(len(e["frames"]) for e in episodes), unit="step", desc="replay", disable=not progress)
     for i in range(0, len(episodes), rows):
@@ -89,7 +108,14 @@ def real_observations(bundle, episodes: list[dict], rows: int = 32, progress: bo
                         (codec.encode(e["steering"], e["target_speed_mps"]) for e in group)])
         act = torch.as_tensor(act, device=engine.device)
         k = len(group)
-        _, f = engine.reset(context=(tok[:, :1].expand(k, C, *tok.shape[2:]), still.expand(k, C, 2)))
+        starts = [episode_start(bundle, e) for e in group]
+        hold = torch.stack([a.to(engine.device).float() for a, _ in starts])[:, None].expand(k, C, 2)
+        scene = None
+        if bundle.conditions is not None and starts[0][1] is not None:
+            scene = SceneRows.empty(bundle.conditions, k, engine.device)
+            for j, (_, sc) in enumerate(starts):
+                scene.assign(torch.tensor([j], device=engine.device), sc)
+        _, f = engine.reset(context=(tok[:, :1].expand(k, C, *tok.shape[2:]), hold), scene=scene)
         fs, rs = [f.float().cpu()], []
         for t in range(T - 1):
             out = engine.step(act[:, t], observed=tok[:, t + 1])
@@ -117,15 +143,18 @@ class PriorFit:
     val_action_mse: list[float]
     val_value_mse: list[float]
     seconds: float
+    best_epoch: int | None = None  # with keep_best: the epoch whose weights were kept
 
 
 def fit_prior(agent, train: dict[str, np.ndarray], val: dict[str, np.ndarray], epochs: int = 10,
               batch_size: int = 256, lr: float = 1e-3, value_coef: float = 0.0, log_std: float = -1.2,
-              seed: int = 0, progress: bool = True) -> PriorFit:
+              seed: int = 0, progress: bool = True, weight_decay: float = 0.0, keep_best: bool = False) -> PriorFit:
     """Regress `agent`'s (an SB3 actor-critic) action mean onto ``train["target"]`` from observations
     ``train["tokens"]``/``train["features"]`` (the keys its policy reads); with ``value_coef`` > 0 also
     its value onto ``train["returns"]``. The policy's log std is set to `log_std` (the exploration PPO
-    starts from). ``val`` (the dataset's validation episodes) is scored after every epoch, never fit."""
+    starts from). ``val`` (the dataset's validation episodes) is scored after every epoch, never fit;
+    with ``keep_best`` the weights of the epoch with the lowest validation action error are kept (early
+    stopping; `PriorFit.best_epoch`). ``weight_decay``: AdamW's decoupled weight decay."""
     from tqdm import tqdm
 
     pol = agent.policy
@@ -136,7 +165,7 @@ def fit_prior(agent, train: dict[str, np.ndarray], val: dict[str, np.ndarray], e
             raise ConfigError(f"fit_prior: {name} set lacks {missing}")
     dev = pol.device
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam([p for p in pol.parameters() if p.requires_grad], lr=lr)
+    opt = torch.optim.AdamW([p for p in pol.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     with torch.no_grad():
         pol.log_std.fill_(log_std)
     pol.log_std.requires_grad_(False)
@@ -181,11 +210,16 @@ def fit_prior(agent, train: dict[str, np.ndarray], val: dict[str, np.ndarray], e
             loss.backward()
             opt.step()
         va, vv = score(val)
+        if keep_best and (not fit.val_action_mse or va < min(fit.val_action_mse)):
+            best = {k: v.detach().clone() for k, v in pol.state_dict().items()}
+            fit.best_epoch = ep + 1
         fit.train_action_mse.append(round(tot / n, 5))
         fit.val_action_mse.append(round(va, 5))
         fit.val_value_mse.append(round(vv, 3))
         if progress:
             tqdm.write(f"prior epoch {ep + 1}: train action mse {tot / n:.4f}, val {va:.4f}, val value mse {vv:.2f}")
+    if keep_best and epochs:
+        pol.load_state_dict(best)
     pol.set_training_mode(False)
     fit.seconds = round(time.perf_counter() - t0, 1)
     return fit
@@ -217,7 +251,7 @@ def split_arrays(data: Path, split: str, bundle, action_range, gamma: float, out
             if str(z["key"]) == key:
                 return {k: z[k] for k in z.files if k != "key"}
     parts: dict[str, list] = {"tokens": [], "features": [], "target": [], "returns": []}
-    fields = ["frames", "steering", "target_speed_mps", "reward", "expert_steering", "expert_speed_mps"]
+    fields = ["frames", "steering", "target_speed_mps", "speed_mps", "reward", "expert_steering", "expert_speed_mps"]
     for i in range(0, len(paths), rows):
         eps = [load_episode(p, fields=fields) for p in paths[i : i + rows]]
         obs = real_observations(bundle, eps, rows=rows, progress=progress)
@@ -254,5 +288,5 @@ def prior_penalty(u: np.ndarray, mu0: np.ndarray, coef: float, std: float) -> np
     return (-coef * (d * d).sum(-1) / (2.0 * std * std)).astype(np.float32)
 
 
-__all__ = ["EXPERT_FIELDS", "PriorFit", "discounted_returns", "expert_targets", "fit_prior", "inverse_range",
+__all__ = ["EXPERT_FIELDS", "PriorFit", "discounted_returns", "episode_start", "expert_targets", "fit_prior", "inverse_range",
            "load_prior", "prior_mean", "prior_penalty", "real_observations", "split_arrays"]

@@ -3,7 +3,8 @@
 `Run` owns the output directory (OUT/last.zip, best.zip, state.json, tb/) and a wall clock that counts
 over every resume; the callbacks stop at the wall-clock budget and checkpoint atomically (`Budget`,
 `Checkpoint`), draw a progress bar (`ProgressBar`) and score the policy on the real simulator's
-validation tracks (`RealEval`, tracks `gaia_gym.seeds.validation_tracks`, never the test tracks);
+validation tracks (`RealEval`: `gaia_gym.evaluation.real.validation_episodes`, CarRacing's validation
+tracks or highway-env's validation seeds of every scenario, never the test ones);
 `learn_resumable` runs SB3's `learn` so that SIGTERM or Ctrl-C stop it like a finished run (the agent is
 saved, and rerunning the same command resumes). `training_prompts`, `make_model`, `init_from` and
 `action_range` build what agents/train_imagination.py trains from its settings.
@@ -23,14 +24,12 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.utils import safe_mean
 from tqdm import tqdm
 
-from gaia_gym.envs.real import EPISODE_STEPS_MAX, RealCarRacingEnv
 from gaia_gym.errors import ConfigError, MissingFileError, ResumeError
-from gaia_gym.evaluation.real import evaluate_env_policy
+from gaia_gym.evaluation.real import episode_steps_max, real_env_for, run_episode, validation_episodes
 from gaia_gym.fileio import atomic_write_bytes, atomic_write_json, clean_temp_files
 from gaia_gym.rl.agent import ActionRange, agent_actor, algo_class, load_agent
 from gaia_gym.rl.extractor import policy_kwargs
 from gaia_gym.rl.ledger import BudgetExceeded, RealBudget
-from gaia_gym.seeds import validation_tracks
 
 
 def save_model_atomic(model, path: Path) -> None:
@@ -132,7 +131,8 @@ class StopAfter(BaseCallback):
 
 
 class RealEval(BaseCallback):
-    """Every `eval_every` timesteps: drive the real CarRacing-v3 on fixed held-out tracks, log the real
+    """Every `eval_every` timesteps: drive the real simulator (CarRacing-v3, or highway-env for a highway
+    world model) on fixed held-out validation episodes, log the real
     return beside the imagined one, keep OUT/best.zip (like SB3's EvalCallback, in another env).
     ``at_start``: also score the policy a new run starts from (the learning curve's first point)."""
 
@@ -140,7 +140,7 @@ class RealEval(BaseCallback):
         super().__init__()
         self.run, self.bundle, self.env, self.at_start = run, bundle, None, at_start
         a = run.args
-        self.every, self.seeds = a.eval_every, validation_tracks(a.eval_episodes)
+        self.every, self.seeds = a.eval_every, validation_episodes(bundle, a.eval_episodes)
         self.last = run.state.get("last_eval_timesteps", 0)
         # every real step an evaluation drives is spent in the run's ledger, if it keeps one (rounds do)
         self.budget = RealBudget.open(a.ledger, a.ledger_limit) if getattr(a, "ledger", None) else None
@@ -156,14 +156,15 @@ class RealEval(BaseCallback):
 
     def evaluate(self) -> dict:
         if self.env is None:
-            self.env = RealCarRacingEnv(bundle=self.bundle, obs_mode=self.run.args.obs)
+            self.env = real_env_for(self.bundle, self.run.args.obs)
         t = time.perf_counter()
         if self.budget is not None:
-            need = len(self.seeds) * (self.run.args.eval_max_steps or EPISODE_STEPS_MAX)
+            need = len(self.seeds) * (self.run.args.eval_max_steps or episode_steps_max(self.bundle))
             if self.budget.cap(need) < need:
                 raise BudgetExceeded(f"an evaluation on {len(self.seeds)} real tracks may take {need} steps; the "
                                      f"ledger {self.budget.path} has {self.budget.left} left")
-        eps, _ = evaluate_env_policy(self.env, agent_actor(self.model), self.seeds, self.run.args.eval_max_steps)
+        act = agent_actor(self.model)
+        eps = [run_episode(self.env, act, s, self.run.args.eval_max_steps, scenario=sc) for s, sc in self.seeds]
         if self.budget is not None:
             self.budget.spend(int(sum(e["steps"] for e in eps)), "checkpoint_eval", run=str(self.run.out),
                               timesteps=int(self.num_timesteps))
@@ -173,10 +174,12 @@ class RealEval(BaseCallback):
                "imagined_return_mean": _num(safe_mean([e["r"] for e in self.model.ep_info_buffer])),
                "imagined_length_mean": _num(safe_mean([e["l"] for e in self.model.ep_info_buffer])),
                "real_return_mean": float(real.mean()), "real_return_std": float(real.std()),
-               "real_return_per_seed": {str(e["track"]): round(e["return"], 2) for e in eps},
+               "real_return_per_seed": {_episode_key(e): round(e["return"], 2) for e in eps},
                f"real_return_first_{H}_steps": float(np.mean([sum(e["rewards"][:H]) for e in eps])),
                "real_model_return_mean": float(np.mean([e["model_return"] for e in eps])),
                "real_steps_mean": float(np.mean([e["steps"] for e in eps])), "eval_seconds": 0.0}
+        if "crashed" in eps[0]:  # highway-env: crashes are what the reward alone hides
+            rec["real_crash_rate"] = float(np.mean([e["crashed"] for e in eps]))
         rec["eval_seconds"] = round(time.perf_counter() - t, 1)
         for k in ("imagined_return_mean", "imagined_length_mean"):
             if rec[k] is not None:  # None: no imagined episode has ended yet
@@ -203,6 +206,10 @@ class RealEval(BaseCallback):
             self.env.close()
 
 
+def _episode_key(e: dict) -> str:
+    return str(e["track"]) if "track" in e else f"{e['scenario']}/{e['seed']}"
+
+
 def _num(x) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
 
@@ -213,11 +220,73 @@ def _fmt(x: float | None) -> str:
 
 # ---------------------------------------------------------------------------------------------
 def training_prompts(args, bundle, out: Path):
-    """The prompt bank imagined episodes start from: the model's own, or (--prompt-data) `dataset_prompts`."""
+    """The prompt bank imagined episodes start from: the model's own, or (--prompt-data) `dataset_prompts`
+    (`highway_prompts` for a highway-env model: its clips carry their scene metadata)."""
     if args.prompt_data is None:
         return bundle.prompts
+    from gaia_gym.evaluation.real import is_highway
+
+    if is_highway(bundle):
+        return highway_prompts(bundle, args.prompt_data, out, clips=args.prompt_clips, seed=args.seed,
+                               starts=args.standing_starts, progress=getattr(args, "progress", True))
     return dataset_prompts(bundle, args.prompt_data, out, clips=args.prompt_clips, seed=args.seed,
                            standing_starts=args.standing_starts)
+
+
+def highway_prompts(bundle, data: str | Path, out: Path, clips: int = 2048, seed: int = 0, starts: bool = True,
+                    progress: bool = True):
+    """Start contexts from a highway-env dataset's TRAINING split, each with its scene metadata (road family
+    and lane count, as `RealHighwayEnv` conditions a real episode): `clips` mid-drive clips spread over
+    the episodes and, with `starts`, every episode's first frame held at its first speed
+    (`gaia_gym.envs.real_highway.highway_start`: how a real episode starts). Cached in
+    OUT/prompts_highway.npz (rebuilt when the dataset, the model or the settings change). No new real step."""
+    import torch
+    from tqdm import tqdm
+
+    from gaia_gym.bundle import PromptBank, weights_sha256
+    from gaia_gym.data.format import load_episode
+    from gaia_gym.data.loader import EpisodeIndex
+    from gaia_gym.envs.real_highway import highway_start
+    from gaia_gym.imagination import Imagination
+
+    idx = EpisodeIndex(data, split="train")
+    key = f"{Path(data).resolve()}:{len(idx.paths)}:{sum(idx.lengths)}:{weights_sha256(bundle.path)}:{clips}:{seed}:{starts}"
+    cache = Path(out) / "prompts_highway.npz"
+    if cache.exists() and (Path(out) / "prompts_highway.key").exists() and \
+            (Path(out) / "prompts_highway.key").read_text() == key:
+        return PromptBank.load(cache)
+    engine = Imagination(bundle, n=1, temperature=0.0, end_threshold=1.0)
+    C, codec = bundle.prompts.context, bundle.codec
+    rng = np.random.default_rng(seed)
+    per_episode = np.bincount(rng.integers(0, len(idx.paths), clips), minlength=len(idx.paths))
+    toks, acts, meta = [], [], []
+    for path, k in tqdm(list(zip(idx.paths, per_episode)), desc="start contexts", unit="ep", leave=False,
+                       disable=not progress):
+        e = load_episode(path, fields=["frames", "steering", "target_speed_mps", "speed_mps"])
+        hold, scene = highway_start(bundle, e["meta"]["scenario"], int(e["meta"]["lanes"]), float(e["speed_mps"][0]),
+                                    engine.device)
+        ids = scene.metadata[0].cpu() if scene is not None else None
+        T = len(e["frames"])
+        if not starts and (k == 0 or T < C):
+            continue
+        tok = engine.encode(torch.from_numpy(np.ascontiguousarray(e["frames"]))).cpu()
+        act = torch.from_numpy(codec.encode(e["steering"], e["target_speed_mps"]))
+        if starts:
+            toks.append(tok[:1].expand(C, *tok.shape[1:]))
+            acts.append(hold.cpu().float().expand(C, 2))
+            meta.append(ids)
+        for t0 in (rng.integers(0, T - C + 1, int(k)) if T >= C else []):
+            toks.append(tok[t0:t0 + C])
+            acts.append(act[t0:t0 + C])
+            meta.append(ids)
+    if not toks:
+        raise ConfigError(f"{data}: no training episode gives a start context of {C} frames")
+    bank = PromptBank(torch.stack(toks).long(), torch.stack(acts).float(),
+                      metadata=torch.stack(meta) if meta[0] is not None else None)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    bank.save(cache)
+    atomic_write_bytes(Path(out) / "prompts_highway.key", lambda f: f.write(key.encode()))
+    return bank
 
 
 def dataset_prompts(bundle, data: str | Path, out: Path, clips: int = 2048, seed: int = 0,
@@ -257,7 +326,8 @@ def make_model(args, run: Run, venv, device: str, bundle, prior=None):
         return model, True
     arch = [int(x) for x in args.net_arch.split(",") if x.strip()]
     if isinstance(venv.observation_space, gym_spaces.Dict):
-        policy, kw = "MultiInputPolicy", policy_kwargs(bundle, freeze=args.freeze, net_arch=arch, spatial=args.spatial)
+        policy, kw = "MultiInputPolicy", policy_kwargs(bundle, freeze=args.freeze, net_arch=arch, spatial=args.spatial,
+                                                        per_token=getattr(args, "per_token", False))
     elif args.obs == "features":  # one key is a Box: the hidden state alone needs no extractor
         policy, kw = "MlpPolicy", {"net_arch": arch}
     else:
@@ -297,6 +367,14 @@ def init_from(model, path: str, bundle, to_range: ActionRange | None = None) -> 
 
 def action_range(args) -> ActionRange:
     return ActionRange((-1.0, -1.0), (1.0, args.speed_max))
+
+
+def default_speed_max(bundle) -> float:
+    """The agent's highest speed action by default: 0.6 on CarRacing (60 m/s; faster than the data's
+    driving is where the model is least right), 1.0 (40 m/s, highway-env's cap) on highway-env."""
+    from gaia_gym.evaluation.real import is_highway
+
+    return 1.0 if is_highway(bundle) else 0.6
 
 
 class Checkpoint(StopAfter):
@@ -339,5 +417,5 @@ def learn_resumable(model, run: Run, remaining: int, callbacks: list[BaseCallbac
     return done
 
 
-__all__ = ["Budget", "Checkpoint", "ProgressBar", "RealEval", "Run", "StopAfter", "dataset_prompts", "action_range", "init_from", "learn_resumable",
+__all__ = ["Budget", "Checkpoint", "ProgressBar", "RealEval", "Run", "StopAfter", "dataset_prompts", "highway_prompts", "action_range", "default_speed_max", "init_from", "learn_resumable",
            "make_model", "save_model_atomic", "training_prompts"]

@@ -64,6 +64,13 @@ exits differ between episodes). Speeds never go negative: decelerations that wou
 within the step are clipped. All randomness comes from ``np.random.default_rng(spec.seed)`` and the
 simulator is reset with ``seed=spec.seed``, so an episode is reproducible and a collection resumable.
 
+**Expert labels.** Every step also records ``expert_steering`` and ``expert_speed_mps``: what the clean
+cruise controller (`BehaviourPolicy.expert`: lane keeping, the speed range's top, 1 s headway, slowing
+for crossing traffic, no noise) would command at that state, in noisy, lane-change, braking and random
+segments too. They are the behaviour prior's targets (`gaia_gym.rl.prior`); computing them draws none
+of the behaviour's random numbers, so a labelled episode is the same episode as an unlabelled one of
+the same seed (`tests/test_highway.py`).
+
 **Throughput**, measured per process on this project's 2-core CPU machine (no GPU), the whole recorder
 (simulator, controller, render, frame resize; no shard writing), 20 episodes x 40 steps per scenario::
 
@@ -86,6 +93,7 @@ import functools
 import math
 import os
 import time
+from collections import ChainMap
 from pathlib import Path
 
 import gymnasium as gym
@@ -189,11 +197,34 @@ def _check_video_driver() -> None:
         os.environ["SDL_VIDEODRIVER"] = "offscreen"
 
 
+def _idm_defaults() -> dict:
+    from highway_env.vehicle.behavior import IDMVehicle
+
+    return {k: v for k, v in vars(IDMVehicle).items() if k.isupper() and isinstance(v, (int, float))}
+
+
+# highway-env's intersection-v0 sets IDMVehicle.DISTANCE_WANTED / COMFORT_ACC_MAX / COMFORT_ACC_MIN on the
+# class when it builds its traffic, so every later episode of any scenario in the same process drove
+# other traffic: an episode depended on which episodes ran before it. `make_env` puts the class's own
+# values back before every episode (the intersection then sets its own again).
+_IDM_DEFAULTS = _idm_defaults()
+
+
+def restore_traffic_defaults() -> None:
+    """Undo highway-env's process-wide changes to its traffic model (see `_IDM_DEFAULTS`)."""
+    from highway_env.vehicle.behavior import IDMVehicle
+
+    for k, v in _IDM_DEFAULTS.items():
+        setattr(IDMVehicle, k, v)
+
+
 def make_env(scenario: str, cfg: HighwayCollectConfig, scene: dict | None = None, render: bool = True) -> gym.Env:
     """The registered highway-env scenario with continuous actions, Kinematics observation, rgb frames
     (``render=False``: no frames, faster); `scene`: highway-env config overrides (e.g.
-    `scene_variation`'s lane count and density)."""
+    `scene_variation`'s lane count and density). Every env starts from highway-env's own traffic model,
+    whatever ran before in this process (`restore_traffic_defaults`)."""
     _check_video_driver()
+    restore_traffic_defaults()
     spec = gym.spec(scenario)
     cls = _continuous_safe(_env_class(scenario))
     return gym.make(dataclasses.replace(spec, entry_point=cls), render_mode="rgb_array" if render else None,
@@ -408,6 +439,31 @@ class BehaviourPolicy:
                 target = min(target, v * float(np.clip((t_hit - 0.6) / 1.4, 0.0, 1.0)))
         return 1.5 * (target - v)
 
+    def expert(self, others: np.ndarray) -> tuple[float, float]:
+        """The expert label for this state: what the clean cruise controller (lane keeping on the lane the
+        ego is following, or the closest lane during a random segment; speed target the range's top,
+        1 s headway, slowing for crossing traffic; no noise) would command now, as (steering command in
+        [-1, 1], target speed in m/s reached by the next step).
+
+        It draws none of the behaviour's random numbers and changes none of its state: the episode is
+        the same with or without labels. A route choice the behaviour has not made yet (which exit) is
+        drawn from the labeller's own generator; one it has made is followed."""
+        f, ego = self.follow, self.u.vehicle
+        shadow = LaneFollower.__new__(LaneFollower)
+        shadow.u, shadow.net = f.u, f.net
+        if not hasattr(self, "_expert_rng"):
+            self._expert_rng, self._expert_routes = np.random.default_rng(0), {}
+        for k in [k for k in self._expert_routes if k in f.successor]:
+            del self._expert_routes[k]  # the behaviour has chosen: follow its choice from now on
+        shadow.rng, shadow.successor = self._expert_rng, ChainMap(self._expert_routes, f.successor)
+        shadow.lane = f.lane if self.mode != 4 else f.net.get_closest_lane_index(ego.position, ego.heading)
+        shadow.advance()
+        steer = shadow.steering()
+        accel = float(np.clip(self._accel_for(self.v_hi, others) / ACCEL_RANGE[1], -1.0, 1.0))
+        v = float(ego.speed)
+        accel = max(accel, -max(v, 0.0) / self.dt / ACCEL_RANGE[1])  # never reverse, as in `act`
+        return float(steer), max(0.0, v + accel * ACCEL_RANGE[1] * self.dt)
+
     def act(self, others: np.ndarray) -> tuple[np.ndarray, int]:
         """One step's raw action [accel, steer] in [-1, 1] and the behaviour mode id."""
         if self.left <= 0:
@@ -480,19 +536,21 @@ def record_highway_episode(spec: EpisodeSpec, cfg: HighwayCollectConfig) -> tupl
         limit = int(cfg.max_steps) if cfg.max_steps and cfg.max_steps > 0 else HARD_STEP_LIMIT
         ids: dict[int, int] = {}  # id(vehicle) -> track number (order of first sight)
         keys = ("frames", "others", "others_track", "steering", "speed_mps", "target_speed_mps", "raw_action", "reward",
-                "terminated", "truncated", "behaviour")
+                "terminated", "truncated", "behaviour", "expert_steering", "expert_speed_mps")
         rec: dict[str, list] = {k: [] for k in keys}
         frame = grab_frame(env, cfg.frame_size)
         while True:
             others = np.asarray(obs, dtype=np.float32)[1:]
             track = others_tracks(env, ids)
             speed = float(u.vehicle.speed)
+            expert = policy.expert(others)  # before the behaviour acts: the label of this state
             action, mode = policy.act(others)
             obs, reward, terminated, truncated, _ = env.step(action)
             for k, v in (("frames", frame), ("others", others), ("others_track", track), ("steering", action[1]), ("speed_mps", speed),
                          ("target_speed_mps", float(u.vehicle.speed)), ("raw_action", action),
                          ("reward", float(reward)), ("terminated", bool(terminated)),
-                         ("truncated", bool(truncated)), ("behaviour", mode)):
+                         ("truncated", bool(truncated)), ("behaviour", mode),
+                         ("expert_steering", expert[0]), ("expert_speed_mps", expert[1])):
                 rec[k].append(v)
             frame = grab_frame(env, cfg.frame_size)
             if terminated or truncated:
@@ -513,6 +571,8 @@ def record_highway_episode(spec: EpisodeSpec, cfg: HighwayCollectConfig) -> tupl
     arrays["others_track"] = np.stack(rec["others_track"]).astype(np.int16)
     arrays["raw_action"] = np.stack(rec["raw_action"]).astype(np.float32)
     arrays["behaviour"] = arrays["behaviour"].astype(np.uint8)
+    for k in ("expert_steering", "expert_speed_mps"):
+        arrays[k] = arrays[k].astype(np.float32)
     arrays["last_frame"] = frame
     meta = {
         "source": "highway",
