@@ -26,6 +26,7 @@ from gaia_gym.models.layout import check_action
 from gaia_gym.seeds import HIGHWAY_TEST_SEED
 
 SCENARIOS = HighwayCollectConfig().scenarios
+EPISODE_STEPS = 40  # a real episode's steps at most (the recorded episodes' length)
 
 
 class RealHighwayEnv(gym.Env):
@@ -42,7 +43,7 @@ class RealHighwayEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 5}
 
     def __init__(self, model=None, scenario: str = "highway-fast-v0", obs_mode: str = "all", bundle=None,
-                 device: str | torch.device = "cpu", max_steps: int = 40, bf16: bool = True,
+                 device: str | torch.device = "cpu", max_steps: int = EPISODE_STEPS, bf16: bool = True,
                  render_mode: str | None = None, int8: bool = False, text_encoder=None) -> None:
         from gaia_gym.bundle import load_bundle
 
@@ -161,7 +162,6 @@ def highway_start(bundle, scenario: str, lanes: int, speed_mps: float, device=No
     return hold, scene_rows(bundle, 1, None, {"metadata": {k: v for k, v in known.items() if k in spec.fields}}, dev)
 
 
-SUCCESS_SCENARIOS = ("merge-v0", "intersection-v0")
 # merge-v0's ramp joins the highway over x = 230..310 m (its road: 150 m before, 80 m converging, 80 m
 # merging); the ego starts at x = 30 m, so within 40 steps (8 s) it reaches the merging section, never
 # the end (highway-env's own success, x > 370 m, is out of reach of a 40-step episode)

@@ -134,7 +134,9 @@ def validation_episodes(bundle, n: int) -> list[tuple[int, str | None]]:
 def episode_steps_max(bundle) -> int:
     """The longest real episode of `bundle`'s world (a ledger reserves this many steps per episode)."""
     if is_highway(bundle):
-        return 40
+        from gaia_gym.envs.real_highway import EPISODE_STEPS
+
+        return EPISODE_STEPS
     from gaia_gym.envs.real import EPISODE_STEPS_MAX
 
     return EPISODE_STEPS_MAX
