@@ -2,6 +2,7 @@
 
     python agents/highway.py real --out runs/hw_ppo_real --timesteps 77572          # PPO on the real simulator
     python agents/highway.py imagination --out runs/hw_ppo_imagined --minutes 8     # plain PPO on the features
+    python agents/highway.py calibration --json results/highway.json --out cal.png   # the crash head, from a record
     python agents/highway.py evaluate --agent prior=runs/hw_prior/prior.zip \\
         --real ppo_real=runs/hw_ppo_real/last.zip --json results/highway.json --validation
 
@@ -177,6 +178,22 @@ def cmd_evaluate(a) -> None:
         print(f"wrote {a.calibration_plot}")
 
 
+def cmd_calibration(a) -> None:
+    """The crash head's reliability diagram of policies an `evaluate` record holds (no driving)."""
+    from gaia_gym.evaluation.highway_agents import plot_calibration
+
+    rec = (json.loads(Path(a.json).read_text()) if Path(a.json).exists() else {}).get(a.key)
+    if not rec or "calibration" not in rec:
+        raise SystemExit(f"highway: {a.json} has no evaluate record {a.key!r} with calibration")
+    names = a.policies.split(",") if a.policies else list(rec["calibration"])
+    bad = [n for n in names if n not in rec["calibration"]]
+    if bad:
+        raise SystemExit(f"highway: {a.key} has no policy {bad[0]!r} (it has {', '.join(rec['calibration'])})")
+    plot_calibration({n: rec["calibration"][n] for n in names}, a.out,
+                     title=f"crash head along real drives ({rec.get('split', '')} seeds, {len(rec['seeds'])} per scenario)")
+    print(f"wrote {a.out}")
+
+
 def _transitions(items) -> dict:
     out = {}
     for spec in items or []:
@@ -227,6 +244,12 @@ def main(argv=None) -> None:
     e.add_argument("--calibration-policies", help="comma-separated policies for the plot (default: all)")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(fn=cmd_evaluate)
+    c = sub.add_parser("calibration", help="draw the crash head's calibration from an evaluate record")
+    c.add_argument("--json", required=True, help="the JSON file evaluate wrote")
+    c.add_argument("--key", default="agents_test")
+    c.add_argument("--policies", help="comma-separated policies (default: all)")
+    c.add_argument("--out", required=True, help="PNG to write")
+    c.set_defaults(fn=cmd_calibration)
     for sp in sub.choices.values():
         sp.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     a = p.parse_args(argv)

@@ -138,6 +138,12 @@ def test_evaluate_command_writes_a_record_with_intervals(tmp_path, capsys):
     assert set(rec["vs_scripted"]) == {"random"}
     assert (tmp_path / "cal.png").stat().st_size > 1000
     assert "scripted_cruise" in capsys.readouterr().out
+    mod.main(["calibration", "--json", str(out), "--key", "agents_validation", "--policies", "scripted_cruise",
+              "--out", str(tmp_path / "one.png")])
+    assert (tmp_path / "one.png").stat().st_size > 1000
+    with pytest.raises(SystemExit, match="no policy 'nope'"):
+        mod.main(["calibration", "--json", str(out), "--key", "agents_validation", "--policies", "nope",
+                  "--out", str(tmp_path / "x.png")])
 
 
 def test_training_in_imagination_on_the_highway_model_validates_in_highway_env(tmp_path):
