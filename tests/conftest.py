@@ -5,6 +5,9 @@ horizontal bar sits at a height that grows with the measured speed, so both read
 
 from __future__ import annotations
 
+import functools
+import runpy
+import types
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +104,9 @@ def fit(model, batch: dict, steps: int, lr: float) -> tuple[dict, dict]:
         opt.step()
         first = met if first is None else first
     return first, met
+
+
+@functools.cache
+def script(rel: str) -> types.SimpleNamespace:
+    """A script's globals, as `runpy.run_path` leaves them (run as a file: scripts are not importable)."""
+    return types.SimpleNamespace(**runpy.run_path(str(Path(__file__).resolve().parents[1] / rel)))

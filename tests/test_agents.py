@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import runpy
-import types
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +10,7 @@ import pytest
 import torch
 from stable_baselines3 import PPO
 
+from conftest import script
 from gaia_gym.testing import tiny_bundle
 from gaia_gym.envs import GaiaDriveVecEnv
 from gaia_gym.envs.real import ZOOM_PENALTY, RealCarRacingEnv
@@ -26,10 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 OBS = "tokens+features"
 
 
-@functools.cache
-def script(rel: str) -> types.SimpleNamespace:
-    """A script's globals, as `runpy.run_path` leaves them (run as a file: scripts are not importable)."""
-    return types.SimpleNamespace(**runpy.run_path(str(ROOT / rel)))
 
 
 def evaluate_real_main(argv: list[str]) -> dict:

@@ -14,17 +14,9 @@ pytest.importorskip("highway_env")
 
 from gaia_gym.evaluation.highway_agents import (bootstrap_ci, calibration, episodes_of,  # noqa: E402
                                                 paired_difference, summarize_highway, wilson_ci)
+from conftest import script  # noqa: E402
 from gaia_gym import seeds  # noqa: E402
 from gaia_gym.seeds import HELD_OUT_FROM, validation_tracks  # noqa: E402
-
-
-def _script(rel: str):
-    """A script's globals, as `runpy.run_path` leaves them (scripts are files, not importable modules)."""
-    import runpy
-    import types
-    from pathlib import Path
-
-    return types.SimpleNamespace(**runpy.run_path(str(Path(__file__).parents[1] / rel)))
 
 
 def _ep(seed, scen, ret, crashed=False, success=None, probs=(0.0, 0.0)):
@@ -127,7 +119,7 @@ def test_replay_of_a_logged_highway_episode_is_what_the_real_env_sees(hw_bundle)
 
 def test_evaluate_command_writes_a_record_with_intervals(tmp_path, capsys):
     out = tmp_path / "r.json"
-    mod = _script("agents/highway.py")
+    mod = script("agents/highway.py")
     mod.main(["evaluate", "--seeds", "2", "--scenarios", "merge-v0", "--json", str(out), "--validation",
               "--no-progress", "--calibration-plot", str(tmp_path / "cal.png")])
     rec = json.loads(out.read_text())["agents_validation"]
@@ -151,7 +143,7 @@ def test_training_in_imagination_on_the_highway_model_validates_in_highway_env(t
     validation seeds of every scenario (crash rate logged), the speed range is highway-env's."""
     from gaia_gym.bundle import HIGHWAY_WORLD_MODEL
 
-    mod = _script("agents/train_imagination.py")
+    mod = script("agents/train_imagination.py")
     torch.manual_seed(0)
     state = mod.main(["--model", str(HIGHWAY_WORLD_MODEL), "--envs", "2", "--n-steps", "16", "--batch-size", "16",
                       "--timesteps", "32", "--horizon", "8", "--eval-every", "32", "--eval-episodes", "1",

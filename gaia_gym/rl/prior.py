@@ -90,9 +90,7 @@ def real_observations(bundle, episodes: list[dict], rows: int = 32, progress: bo
     episodes' summed length, episode after episode."""
     from tqdm import tqdm
 
-    from gaia_gym.imagination import Imagination
-
-    from gaia_gym.imagination import SceneRows
+    from gaia_gym.imagination import Imagination, SceneRows
 
     engine = Imagination(bundle, n=1, temperature=0.0, end_threshold=1.0)
     codec, C = bundle.codec, bundle.prompts.context

@@ -263,12 +263,12 @@ def highway_prompts(bundle, data: str | Path, out: Path, clips: int = 2048, seed
     for path, k in tqdm(list(zip(idx.paths, per_episode)), desc="start contexts", unit="ep", leave=False,
                        disable=not progress):
         e = load_episode(path, fields=["frames", "steering", "target_speed_mps", "speed_mps"])
-        hold, scene = highway_start(bundle, e["meta"]["scenario"], int(e["meta"]["lanes"]), float(e["speed_mps"][0]),
-                                    engine.device)
-        ids = scene.metadata[0].cpu() if scene is not None else None
         T = len(e["frames"])
         if not starts and (k == 0 or T < C):
             continue
+        hold, scene = highway_start(bundle, e["meta"]["scenario"], int(e["meta"]["lanes"]), float(e["speed_mps"][0]),
+                                    engine.device)
+        ids = scene.metadata[0].cpu() if scene is not None else None
         tok = engine.encode(torch.from_numpy(np.ascontiguousarray(e["frames"]))).cpu()
         act = torch.from_numpy(codec.encode(e["steering"], e["target_speed_mps"]))
         if starts:

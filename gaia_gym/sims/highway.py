@@ -387,6 +387,8 @@ class BehaviourPolicy:
         self.amp = 0.0
         self.held = np.zeros(2)
         self.hold = 0
+        # `expert`'s own route choices (where the behaviour has not chosen yet), from its own generator
+        self._expert_rng, self._expert_routes = np.random.default_rng(0), {}
 
     def _next_segment(self) -> None:
         r = self.rng
@@ -451,8 +453,6 @@ class BehaviourPolicy:
         f, ego = self.follow, self.u.vehicle
         shadow = LaneFollower.__new__(LaneFollower)
         shadow.u, shadow.net = f.u, f.net
-        if not hasattr(self, "_expert_rng"):
-            self._expert_rng, self._expert_routes = np.random.default_rng(0), {}
         for k in [k for k in self._expert_routes if k in f.successor]:
             del self._expert_routes[k]  # the behaviour has chosen: follow its choice from now on
         shadow.rng, shadow.successor = self._expert_rng, ChainMap(self._expert_routes, f.successor)
